@@ -1,0 +1,3 @@
+from xdrec.cli import main
+
+main()

@@ -1,0 +1,188 @@
+"""Read access to a prepared dataset (`datasets/<Source>+<Target>/`), as the models need it.
+
+Files written by `prepare`:
+    manifest.json         parameters, counts, input hashes, xdrec version
+    users.parquet         user_id (i32, 0..n-1, one vocabulary across domains), user (raw id), cold (bool)
+    items.parquet         domain, item_id (i32, 1..n per domain; 0 is padding), item (raw parent_asin)
+    interactions.parquet  user_id, domain, item_id, timestamp (ms), rating, split (train|valid|test),
+                          sorted by domain, user_id, timestamp, item_id
+
+Segments of a user, seen from the domain being evaluated ("this" domain; the other one is "other"):
+    warm           history in this domain at prediction time, and history in the other domain
+    cold           no history in this domain at prediction time, history in the other domain
+                   (the `prepare --cold-start` hold-out, and under `timestamp` users new after the cut)
+    <role>-only    no history in the other domain (`target-only` when evaluating the target)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import polars as pl
+
+from xdrec.errors import XdrecError
+from xdrec.workspace import Workspace, read_json
+
+Stage = Literal["valid", "test"]
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    path: Path
+
+    @classmethod
+    def load(cls, path: Path) -> Dataset:
+        if not (path / "manifest.json").exists():
+            raise XdrecError(
+                f"{path} is not a prepared dataset (no manifest.json): run `xdrec prepare` first"
+            )
+        return cls(path)
+
+    @classmethod
+    def from_workspace(cls, workspace: Workspace, name: str | None = None) -> Dataset:
+        return cls.load(workspace.dataset_dir(workspace.current_dataset(name)))
+
+    # --- identity ---
+    @cached_property
+    def manifest(self) -> dict:
+        return read_json(self.path / "manifest.json")
+
+    @cached_property
+    def manifest_hash(self) -> str:
+        """What checkpoints record, so a model refuses a dataset it was not trained on."""
+        return hashlib.sha256((self.path / "manifest.json").read_bytes()).hexdigest()[:16]
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def source(self) -> str:
+        return self.manifest["source"]
+
+    @property
+    def target(self) -> str:
+        return self.manifest["target"]
+
+    @property
+    def domains(self) -> tuple[str, str]:
+        return (self.source, self.target)
+
+    def other(self, domain: str) -> str:
+        self.check_domain(domain)
+        return self.target if domain == self.source else self.source
+
+    def role(self, domain: str) -> str:
+        self.check_domain(domain)
+        return "source" if domain == self.source else "target"
+
+    def check_domain(self, domain: str) -> None:
+        if domain not in self.domains:
+            raise XdrecError(
+                f"domain {domain!r} is not in dataset {self.name} (its domains: {', '.join(self.domains)})"
+            )
+
+    def n_items(self, domain: str) -> int:
+        """Largest item id of the domain (ids are 1..n_items, 0 is padding)."""
+        self.check_domain(domain)
+        return int(self.manifest["domains"][domain]["items"])
+
+    # --- tables ---
+    def interactions(self) -> pl.LazyFrame:
+        return pl.scan_parquet(self.path / "interactions.parquet")
+
+    @cached_property
+    def users(self) -> pl.DataFrame:
+        return pl.read_parquet(self.path / "users.parquet")
+
+    def items(self, domain: str) -> pl.DataFrame:
+        self.check_domain(domain)
+        return pl.read_parquet(self.path / "items.parquet").filter(pl.col("domain") == domain).drop("domain")
+
+    # --- what the models read ---
+    def train_sequences(self, domain: str) -> pl.DataFrame:
+        """user_id, items (list[i32], time-ordered): each user's training interactions in `domain`."""
+        return self._sequences(domain, ("train",))
+
+    def history_sequences(self, domain: str, stage: Stage) -> pl.DataFrame:
+        """user_id, items: what a model may see when predicting `stage` (train, plus valid for test)."""
+        return self._sequences(domain, ("train",) if stage == "valid" else ("train", "valid"))
+
+    def eval_cases(self, domain: str, stage: Stage) -> pl.DataFrame:
+        """One row per user with something to predict at `stage` in `domain`.
+
+        Columns: user_id, history (list[i32]: the input the model sees, time-ordered, maybe empty),
+        targets (list[i32]: the relevant items), segment (warm | cold | <role>-only).
+        """
+        self.check_domain(domain)
+        rows = self.interactions().filter(pl.col("domain") == domain)
+        targets = (
+            rows.filter(pl.col("split") == stage).group_by("user_id").agg(targets=pl.col("item_id").unique())
+        )
+        history = self.history_sequences(domain, stage).lazy().rename({"items": "history"})
+        other_users = (
+            self.interactions()
+            .filter(pl.col("domain") == self.other(domain))
+            .select("user_id")
+            .unique()
+            .with_columns(has_other=pl.lit(True))
+        )
+        cases = (
+            targets.join(history, on="user_id", how="left")
+            .join(other_users, on="user_id", how="left")
+            .with_columns(
+                history=pl.col("history").fill_null(pl.lit([], dtype=pl.List(pl.Int32))),
+                targets=pl.col("targets").list.sort(),
+            )
+            .with_columns(
+                segment=pl.when(pl.col("has_other").is_null())
+                .then(pl.lit(f"{self.role(domain)}-only"))
+                .when(pl.col("history").list.len() == 0)
+                .then(pl.lit("cold"))
+                .otherwise(pl.lit("warm"))
+            )
+            .select("user_id", "history", "targets", "segment")
+            .sort("user_id")
+        )
+        return cases.collect()
+
+    def item_counts(self, domain: str) -> np.ndarray:
+        """Training-set interaction count per item id (index 0, padding, is 0): the popularity baseline."""
+        counts = (
+            self.interactions()
+            .filter((pl.col("domain") == domain) & (pl.col("split") == "train"))
+            .group_by("item_id")
+            .len()
+            .collect()
+        )
+        out = np.zeros(self.n_items(domain) + 1, dtype=np.int64)
+        out[counts["item_id"].to_numpy()] = counts["len"].to_numpy()
+        return out
+
+    def user_id(self, raw_user: str) -> int:
+        hit = self.users.filter(pl.col("user") == raw_user)
+        if hit.height == 0:
+            raise XdrecError(f"unknown user {raw_user!r}: not in dataset {self.name}")
+        return int(hit["user_id"][0])
+
+    def item_raw_ids(self, domain: str) -> np.ndarray:
+        """Raw item id (parent_asin) by item id; index 0 (padding) is an empty string."""
+        items = self.items(domain).sort("item_id")
+        return np.array(["", *items["item"].to_list()], dtype=object)
+
+    def _sequences(self, domain: str, splits: tuple[str, ...]) -> pl.DataFrame:
+        self.check_domain(domain)
+        return (
+            self.interactions()
+            .filter((pl.col("domain") == domain) & pl.col("split").is_in(list(splits)))
+            .group_by("user_id", maintain_order=True)
+            .agg(items=pl.col("item_id"))
+            .sort("user_id")
+            .collect()
+        )
