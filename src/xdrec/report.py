@@ -1,0 +1,159 @@
+"""Rendering an evaluation `Report`: a rich table, JSON, and a PNG bar plot.
+
+The protocol is in every output's title or top-level key: a sampled-N number is never shown without
+the word SAMPLED beside it, and `save_report` gives sampled reports their own file names so they can never
+overwrite the full-ranking headline.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+from rich.table import Table
+from rich.text import Text
+
+from xdrec.evaluation import ALL_SEGMENT, COLD_SEGMENT, Report
+from xdrec.workspace import atomic_path, write_json
+
+BEST_STYLE = "bold green"
+
+
+def protocol_title(report: Report) -> str:
+    """One line that says how the numbers were computed (the table's and the plot's title)."""
+    where = f"{report.domain}, {report.stage} split"
+    if report.sampled:
+        return (
+            f"SAMPLED: positive(s) + {report.negatives} negatives per user (papers' protocol; not comparable "
+            f"to full ranking) — {where}"
+        )
+    return f"Full ranking over {report.n_items:,} items — {where}"
+
+
+def _best(block: pl.DataFrame, metric: str) -> float | None:
+    return block[metric].max()  # type: ignore[return-value]
+
+
+def render_table(report: Report) -> Table:
+    """Segments grouped (one section each), models in rows, the best value per segment and metric in bold
+    green, the segment's winner on the headline metric (NDCG at the first K) marked with ★."""
+    percent = round(report.confidence * 100)
+    table = Table(
+        title=protocol_title(report),
+        caption=(
+            f"mean over users, [{percent}% bootstrap CI]; best per segment in bold; "
+            f"★ = best {report.headline}; '{ALL_SEGMENT}' = every user except '{COLD_SEGMENT}'"
+        ),
+        title_style="bold red" if report.sampled else "bold",
+    )
+    table.add_column("segment", style="bold")
+    table.add_column("model")
+    table.add_column("users", justify="right")
+    for metric in report.metrics:
+        table.add_column(metric, justify="right")
+
+    for segment in report.segments:
+        block = report.rows.filter(pl.col("segment") == segment)
+        best = {metric: _best(block, metric) for metric in report.metrics}
+        # Highlighting a lone model would claim a win it did not have to earn.
+        contested = block.height > 1
+        for i, row in enumerate(block.iter_rows(named=True)):
+            wins = contested and row[report.headline] == best[report.headline]
+            model = Text(f"★ {row['model']}" if wins else row["model"], style=BEST_STYLE if wins else "")
+            cells = []
+            for metric in report.metrics:
+                cell = Text(
+                    f"{row[metric]:.4f}",
+                    style=BEST_STYLE if contested and row[metric] == best[metric] else "",
+                )
+                if row[f"{metric}_lo"] is not None:
+                    cell.append(f"\n[{row[f'{metric}_lo']:.4f}, {row[f'{metric}_hi']:.4f}]", style="dim")
+                cells.append(cell)
+            table.add_row(
+                segment if i == 0 else "",
+                model,
+                f"{row['users']:,}",
+                *cells,
+                end_section=i == block.height - 1,
+            )
+    return table
+
+
+def report_to_json(report: Report) -> dict:
+    """{"protocol", "domain", "stage", "n_items", "negatives", "ks", "metrics", "confidence", "bootstrap",
+    "results": [{"model", "domain", "segment", "users", "protocol", <metric>: mean, ..., "ci": {<metric>:
+    [lo, hi]}}]}; "ci" is empty when the report was made without bootstrap."""
+    results = []
+    for row in report.rows.iter_rows(named=True):
+        result = {key: row[key] for key in ("model", "domain", "segment", "users", "protocol")}
+        result |= {metric: row[metric] for metric in report.metrics}
+        result["ci"] = {
+            metric: [row[f"{metric}_lo"], row[f"{metric}_hi"]]
+            for metric in report.metrics
+            if row[f"{metric}_lo"] is not None
+        }
+        results.append(result)
+    return {
+        "protocol": report.protocol,
+        "domain": report.domain,
+        "stage": report.stage,
+        "n_items": report.n_items,
+        "negatives": report.negatives,
+        "ks": list(report.ks),
+        "metrics": report.metrics,
+        "confidence": report.confidence,
+        "bootstrap": report.bootstrap,
+        "results": results,
+    }
+
+
+def save_report(report: Report, directory: Path) -> dict[str, Path]:
+    """Write report.json and report.png (sampled: report-sampled-N.json/.png) atomically into `directory`.
+
+    returns {"json": path, "plot": path}.
+    """
+    stem = "report" if not report.sampled else f"report-{report.protocol}"
+    paths = {"json": directory / f"{stem}.json", "plot": directory / f"{stem}.png"}
+    write_json(paths["json"], report_to_json(report))
+    _plot(report, paths["plot"])
+    return paths
+
+
+def _plot(report: Report, path: Path) -> None:
+    """Grouped bars of the headline metric per segment and model, with the bootstrap CI as error bars."""
+    # The object-oriented API with an explicit Agg canvas: no pyplot global state, no GUI backend switched
+    # under a caller (a notebook, say), and matplotlib's import cost only when a plot is actually written.
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    metric, segments, models = report.headline, report.segments, report.models
+    width = 0.8 / max(len(models), 1)
+    figure = Figure(figsize=(max(6.0, 2.0 + 0.6 * len(segments) * len(models)), 4.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    x = np.arange(len(segments))
+    for i, model in enumerate(models):
+        rows = report.rows.filter(pl.col("model") == model)
+        by_segment = {row["segment"]: row for row in rows.iter_rows(named=True)}
+        means = np.array(
+            [by_segment[s][metric] if s in by_segment else np.nan for s in segments], dtype=float
+        )
+        lows = np.array([_or_nan(by_segment.get(s, {}).get(f"{metric}_lo")) for s in segments])
+        highs = np.array([_or_nan(by_segment.get(s, {}).get(f"{metric}_hi")) for s in segments])
+        errors = np.clip(np.nan_to_num(np.stack([means - lows, highs - means])), 0.0, None)
+        axes.bar(x + (i - (len(models) - 1) / 2) * width, means, width, yerr=errors, capsize=3, label=model)
+    users = dict(report.rows.select("segment", "users").unique("segment").iter_rows())
+    axes.set_xticks(x, [f"{segment}\n({users[segment]:,} users)" for segment in segments])
+    axes.set_ylabel(f"{metric} ({report.protocol})")
+    axes.set_title(
+        protocol_title(report), fontsize=9, color="darkred" if report.sampled else "black", wrap=True
+    )
+    axes.legend(fontsize=8)
+    axes.set_ylim(bottom=0.0)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=120)
+
+
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else float(value)

@@ -1,0 +1,176 @@
+"""Popularity, evaluate_scorers on a toy prepared dataset, and the table / JSON / PNG outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from rich.console import Console
+
+from xdrec.data.dataset import Dataset
+from xdrec.errors import XdrecError
+from xdrec.evaluation import Report, evaluate_scorers
+from xdrec.popularity import PopularityScorer
+from xdrec.report import render_table, report_to_json, save_report
+
+# (user_id, domain, item_id, split): Books is the source (3 items), Movies the target (5 items).
+INTERACTIONS = [
+    # user 0: warm in Movies
+    (0, "Books", 1, "train"), (0, "Books", 2, "train"),
+    (0, "Movies", 1, "train"), (0, "Movies", 2, "train"), (0, "Movies", 3, "valid"), (0, "Movies", 4, "test"),
+    # user 1: cold-start hold-out, whole Movies history in test
+    (1, "Books", 2, "train"), (1, "Books", 3, "train"), (1, "Movies", 2, "test"), (1, "Movies", 5, "test"),
+    # user 2: Movies only
+    (2, "Movies", 1, "train"), (2, "Movies", 2, "train"), (2, "Movies", 1, "valid"), (2, "Movies", 3, "test"),
+    # user 3: warm
+    (3, "Books", 1, "train"), (3, "Movies", 5, "train"), (3, "Movies", 1, "valid"), (3, "Movies", 2, "test"),
+]  # fmt: skip
+
+
+def make_dataset(root: Path) -> Dataset:
+    """A prepared dataset written the way `xdrec.data.dataset` documents it."""
+    root.mkdir(parents=True)
+    rows = pl.DataFrame(INTERACTIONS, schema=["user_id", "domain", "item_id", "split"], orient="row")
+    interactions = rows.with_columns(
+        pl.col("user_id").cast(pl.Int32),
+        pl.col("item_id").cast(pl.Int32),
+        timestamp=pl.int_range(pl.len(), dtype=pl.Int64) * 1000,
+        rating=pl.lit(5.0, dtype=pl.Float32),
+    ).select("user_id", "domain", "item_id", "timestamp", "rating", "split")
+    interactions.sort("domain", "user_id", "timestamp", "item_id").write_parquet(
+        root / "interactions.parquet"
+    )
+    pl.DataFrame(
+        {"user_id": [0, 1, 2, 3], "user": ["a", "b", "c", "d"], "cold": [False, True, False, False]},
+        schema={"user_id": pl.Int32, "user": pl.String, "cold": pl.Boolean},
+    ).write_parquet(root / "users.parquet")
+    pl.DataFrame(
+        {
+            "domain": ["Books"] * 3 + ["Movies"] * 5,
+            "item_id": [1, 2, 3, 1, 2, 3, 4, 5],
+            "item": ["b1", "b2", "b3", "m1", "m2", "m3", "m4", "m5"],
+        },
+        schema={"domain": pl.String, "item_id": pl.Int32, "item": pl.String},
+    ).write_parquet(root / "items.parquet")
+    manifest = {
+        "source": "Books",
+        "target": "Movies",
+        "domains": {"Books": {"items": 3}, "Movies": {"items": 5}},
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return Dataset.load(root)
+
+
+class OracleScorer:
+    """Knows every user's test targets: scores them 10, everything else 0."""
+
+    name = "oracle"
+
+    def __init__(self, dataset: Dataset, domain: str) -> None:
+        cases = dataset.eval_cases(domain, "test")
+        self.matrix = torch.zeros(len(dataset.users), dataset.n_items(domain) + 1)
+        for user, targets in zip(cases["user_id"], cases["targets"], strict=True):
+            self.matrix[user, targets.to_list()] = 10.0
+
+    def scores(self, user_ids: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        return self.matrix[user_ids]
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Dataset:
+    return make_dataset(tmp_path / "datasets" / "Books+Movies")
+
+
+def test_popularity_scores_are_training_counts(dataset: Dataset) -> None:
+    scorer = PopularityScorer.from_dataset(dataset, "Movies")
+    assert scorer.name == "popularity"
+    scores = scorer.scores(torch.tensor([0, 3]), torch.zeros(2, 1, dtype=torch.long))
+    assert scores.shape == (2, 6)
+    # Movies train: item 1 by users 0 and 2, item 2 by users 0 and 2, item 5 by user 3.
+    assert scores[0].tolist() == [0, 2, 2, 0, 0, 1] and torch.equal(scores[0], scores[1])
+    np.testing.assert_array_equal(scores[0].numpy(), dataset.item_counts("Movies"))
+
+
+def test_evaluate_scorers_full(dataset: Dataset) -> None:
+    report = evaluate_scorers(dataset, "Movies", [OracleScorer(dataset, "Movies")], ks=(1, 3), bootstrap=50)
+    assert report.protocol == "full" and not report.sampled and report.n_items == 5
+    assert report.models == ["popularity", "oracle"]
+    assert report.segments == ["all", "warm", "cold", "target-only"]
+    rows = {(r["model"], r["segment"]): r for r in report.rows.iter_rows(named=True)}
+    assert rows[("oracle", "all")]["users"] == 3  # users 0, 2, 3: the cold user 1 only counts under cold
+    assert rows[("oracle", "cold")]["users"] == 1
+    assert all(rows[("oracle", s)]["NDCG@3"] == pytest.approx(1.0) for s in report.segments)
+    # Popularity on the warm users (test history = train + valid, masked): user 0 sees {4: 0, 5: 1} and
+    # wants 4 -> rank 2; user 3 sees {2: 2, 3: 0, 4: 0} and wants 2 -> rank 1.
+    assert rows[("popularity", "warm")]["MRR"] == pytest.approx((1 / 2 + 1) / 2)
+    # Ties are pessimistic: user 2 sees {3: 0, 4: 0, 5: 1} and wants 3 -> rank 3 (4 ties it and goes first).
+    assert rows[("popularity", "target-only")]["MRR"] == pytest.approx(1 / 3)
+    # Cold user 1 wants {2, 5}: 2 ties 1 at count 2 -> rank 2; 5 -> rank 3. NDCG@3 = (1/log2 3 + 1/2) / IDCG.
+    assert rows[("popularity", "cold")]["NDCG@3"] == pytest.approx(
+        (1 / np.log2(3) + 0.5) / (1 + 1 / np.log2(3))
+    )
+    assert rows[("popularity", "warm")]["MRR_lo"] <= rows[("popularity", "warm")]["MRR"]
+    # Rows are grouped by segment, models in the given order inside each group.
+    assert report.rows["segment"].to_list()[:2] == ["all", "all"]
+
+
+def test_report_json_shape(dataset: Dataset) -> None:
+    report = evaluate_scorers(dataset, "Movies", [OracleScorer(dataset, "Movies")], bootstrap=20)
+    doc = report_to_json(report)
+    assert doc["protocol"] == "full" and doc["ks"] == [10]
+    json.dumps(doc)  # plain JSON types only
+    assert len(doc["results"]) == 2 * 4
+    first = doc["results"][0]
+    for key in ("model", "domain", "segment", "users", "HR@10", "NDCG@10", "MRR", "Recall@10", "ci"):
+        assert key in first
+    assert first["domain"] == "Movies"
+    lo, hi = first["ci"]["NDCG@10"]
+    assert lo <= first["NDCG@10"] <= hi
+
+
+def test_sampled_report_is_labelled_everywhere(dataset: Dataset, tmp_path: Path) -> None:
+    report = evaluate_scorers(dataset, "Movies", [OracleScorer(dataset, "Movies")], negatives=2, bootstrap=20)
+    assert report.protocol == "sampled-2"
+    assert report_to_json(report)["protocol"] == "sampled-2"
+    assert set(report.rows["protocol"]) == {"sampled-2"}
+    assert "SAMPLED" in str(render_table(report).title)
+    paths = save_report(report, tmp_path / "reports")
+    assert paths["json"].name == "report-sampled-2.json" and paths["plot"].name == "report-sampled-2.png"
+
+
+def test_save_report_writes_json_and_png(dataset: Dataset, tmp_path: Path) -> None:
+    report = evaluate_scorers(dataset, "Movies", [OracleScorer(dataset, "Movies")], ks=(5,), bootstrap=20)
+    out = tmp_path / "reports"
+    paths = save_report(report, out)
+    assert paths == {"json": out / "report.json", "plot": out / "report.png"}
+    assert json.loads(paths["json"].read_text()) == json.loads(json.dumps(report_to_json(report)))
+    assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in out.iterdir()) == ["report.json", "report.png"]  # no temp files left
+
+
+def test_render_table_marks_the_winner_per_segment(dataset: Dataset) -> None:
+    report = evaluate_scorers(dataset, "Movies", [OracleScorer(dataset, "Movies")], bootstrap=20)
+    table = render_table(report)
+    assert table.title == "Full ranking over 5 items — Movies, test split"
+    console = Console(record=True, width=220)
+    console.print(table)
+    text = console.export_text()
+    assert text.count("★ oracle") == len(report.segments)
+    assert "★ popularity" not in text
+    assert "target-only" in text and "[" in text  # CIs are shown
+
+
+def test_evaluate_scorers_user_errors(dataset: Dataset) -> None:
+    with pytest.raises(XdrecError, match="distinct name"):
+        evaluate_scorers(
+            dataset, "Movies", [OracleScorer(dataset, "Movies"), OracleScorer(dataset, "Movies")]
+        )
+    with pytest.raises(XdrecError, match="not in dataset"):
+        evaluate_scorers(dataset, "Music", [])
+    report = evaluate_scorers(dataset, "Movies", [], bootstrap=0)
+    assert isinstance(report, Report) and report.models == ["popularity"]
+    assert report_to_json(report)["results"][0]["ci"] == {}
