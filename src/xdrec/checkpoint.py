@@ -1,0 +1,134 @@
+"""Model checkpoints as safetensors + JSON: loading never unpickles.
+
+    models/<name>/model.safetensors   the weights
+    models/<name>/config.json         kind, hyper-parameters, domain, dataset name + manifest hash,
+                                      vocabulary size, loss, epochs run, best validation metric, version
+
+A checkpoint refuses a dataset whose manifest hash differs from the one it was trained on: item ids are
+only meaningful within one prepared dataset.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+import xdrec
+from xdrec.errors import XdrecError
+from xdrec.workspace import atomic_path, read_json, write_json
+
+if TYPE_CHECKING:
+    from xdrec.data.dataset import Dataset
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+def save_tensors(path: Path, tensors: Mapping[str, Tensor]) -> None:
+    """Write tensors as one safetensors file, atomically (contiguous CPU copies, so views are fine)."""
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+
+
+def load_tensors(path: Path, device: torch.device | str = "cpu") -> dict[str, Tensor]:
+    if not path.exists():
+        raise XdrecError(f"{path} does not exist")
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError) as e:
+        raise XdrecError(f"{path} is not a readable safetensors file ({e}); retrain to rewrite it") from None
+
+
+def dataset_identity(dataset: Dataset) -> dict[str, str]:
+    return {"name": dataset.name, "manifest_hash": dataset.manifest_hash}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    config: dict[str, Any]
+
+    @property
+    def kind(self) -> str:
+        return self.config["kind"]
+
+    def state_dict(self, device: torch.device | str = "cpu") -> dict[str, Tensor]:
+        return load_tensors(self.path / WEIGHTS, device)
+
+    def check_dataset(self, dataset: Dataset) -> None:
+        """Raise unless this checkpoint was trained on `dataset` (same manifest hash)."""
+        trained = self.config.get("dataset", {})
+        if trained.get("manifest_hash") != dataset.manifest_hash:
+            raise XdrecError(
+                f"model {self.path.name} was trained on dataset {trained.get('name', '?')} "
+                f"(manifest {trained.get('manifest_hash', '?')}), not on {dataset.name} "
+                f"(manifest {dataset.manifest_hash}): retrain it with `xdrec pretrain` on this dataset"
+            )
+
+
+def save_checkpoint(model_dir: Path, state: Mapping[str, Tensor], config: Mapping[str, Any]) -> Checkpoint:
+    """Write weights then config (each atomically); `config` must hold `kind` and `dataset`."""
+    for key in ("kind", "dataset"):
+        if key not in config:
+            raise ValueError(f"checkpoint config needs {key!r}")
+    full = {**config, "xdrec_version": xdrec.__version__}
+    save_tensors(model_dir / WEIGHTS, state)
+    write_json(model_dir / CONFIG, full)
+    return Checkpoint(model_dir, json.loads(json.dumps(full)))
+
+
+def read_checkpoint(model_dir: Path, dataset: Dataset | None = None, kind: str | None = None) -> Checkpoint:
+    """Open `model_dir`; with `dataset`, refuse a mismatched one; with `kind`, refuse another model kind."""
+    if not (model_dir / CONFIG).exists() or not (model_dir / WEIGHTS).exists():
+        raise XdrecError(
+            f"no trained model {model_dir.name!r} in {model_dir.parent}: "
+            "run `xdrec pretrain` (or `xdrec transfer`) first"
+        )
+    checkpoint = Checkpoint(model_dir, read_json(model_dir / CONFIG))
+    if kind is not None and checkpoint.config.get("kind") != kind:
+        raise XdrecError(f"model {model_dir.name} is a {checkpoint.config.get('kind')!r} model, not {kind!r}")
+    if dataset is not None:
+        checkpoint.check_dataset(dataset)
+    return checkpoint
+
+
+# --- optimizer state, for resuming training (torch.save would pickle it) ---
+
+
+def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Split an optimizer's state dict into tensors (`state.<param>.<name>`) and a JSON-able rest."""
+    sd = optimizer.state_dict()
+    tensors: dict[str, Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, param_state in sd["state"].items():
+        for key, value in param_state.items():
+            if isinstance(value, Tensor):
+                tensors[f"state.{index}.{key}"] = value
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_tensors(
+    optimizer: torch.optim.Optimizer, tensors: Mapping[str, Tensor], meta: Mapping[str, Any]
+) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        _, index, key = name.split(".", 2)
+        state.setdefault(int(index), {})[key] = value
+    for index, values in meta["scalars"].items():
+        state.setdefault(int(index), {}).update(values)
+    # JSON turned tuples (AdamW's betas) into lists: restore the live optimizer's types.
+    groups = [
+        {k: tuple(v) if isinstance(live.get(k), tuple) else v for k, v in saved.items()}
+        for saved, live in zip(meta["param_groups"], optimizer.param_groups, strict=True)
+    ]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})

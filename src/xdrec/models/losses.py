@@ -1,0 +1,137 @@
+"""Next-item losses over every labelled position (label 0 = padding = no loss).
+
+    ce        full softmax over the domain's items. The default when the logits fit in memory:
+              Klenitskiy & Vasilev (2023) find it beats one-negative BCE by 1.3-2.6x NDCG@10.
+    bce       the SASRec paper's loss: the positive against one uniformly drawn negative per position.
+    sampled   softmax over the positive and N negatives shared by the batch, drawn by popularity, with
+              the logQ correction (Bengio & Senécal 2008; Yi et al. 2019) so it estimates the full
+              softmax; for catalogues where `ce` does not fit (Amazon Books 5-core: ~495K items).
+
+Each loss is `loss(hidden (B, L, D), labels (B, L), table (V, D)) -> scalar`; the sampling losses draw
+from a seeded CPU `torch.Generator`, so a run is reproducible and its state can be checkpointed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+LOSSES: tuple[str, ...] = ("ce", "bce", "sampled")
+LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+# Full softmax materialises batch * len * (n_items + 1) float32 logits and as many gradients.
+CE_MEMORY_BUDGET = 4 * 2**30
+
+
+def _labelled(hidden: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Keep only the positions that have a label: (B, L, D), (B, L) -> (M, D), (M,)."""
+    keep = labels != 0
+    return hidden[keep], labels[keep]
+
+
+def _wide(logits: Tensor) -> Tensor:
+    """bf16 logits (CUDA autocast) -> float32 for the softmax; float32 and float64 stay as they are."""
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
+def ce_loss(hidden: Tensor, labels: Tensor, table: Tensor) -> Tensor:
+    h, y = _labelled(hidden, labels)
+    logits = _wide(h @ table.T)  # (M, V)
+    logits[:, 0] = float("-inf")  # padding is never the next item
+    return F.cross_entropy(logits, y)
+
+
+def uniform_negatives(y: Tensor, n_items: int, generator: torch.Generator) -> Tensor:
+    """One negative per label, uniform over the n_items - 1 items other than it: (M,) -> (M,)."""
+    if n_items < 2:
+        raise ValueError("bce needs at least two items to draw a negative from")
+    r = torch.randint(1, n_items, (y.shape[0],), generator=generator).to(y.device)  # draw from 1..n-1 ...
+    return r + (r >= y).long()  # ... and step over the positive
+
+
+def bce_loss(hidden: Tensor, labels: Tensor, table: Tensor, generator: torch.Generator) -> Tensor:
+    h, y = _labelled(hidden, labels)
+    neg = uniform_negatives(y, table.shape[0] - 1, generator)  # (M,)
+    pos_logit = _wide((h * table[y]).sum(-1))  # (M,)
+    neg_logit = _wide((h * table[neg]).sum(-1))  # (M,)
+    return (F.softplus(-pos_logit) + F.softplus(neg_logit)).mean()  # -log σ(pos) - log(1 - σ(neg))
+
+
+def sampling_log_q(item_counts: np.ndarray | None, n_items: int) -> Tensor:
+    """log of the negative-sampling distribution over ids 0..n_items: popularity + 1 (so every item can
+    be drawn), padding never. Without counts it is uniform."""
+    counts = np.ones(n_items + 1) if item_counts is None else np.asarray(item_counts, dtype=np.float64) + 1.0
+    if counts.shape != (n_items + 1,):
+        raise ValueError(f"item_counts has {counts.shape[0]} entries, expected n_items + 1 = {n_items + 1}")
+    counts[0] = 0.0
+    return torch.from_numpy(counts / counts.sum()).float().log()  # log 0 = -inf: padding
+
+
+def popularity_negatives(log_q: Tensor, negatives: int, generator: torch.Generator) -> Tensor:
+    """`negatives` item ids drawn with replacement from exp(log_q), shared by the whole batch: (N,)."""
+    return torch.multinomial(log_q.exp(), negatives, replacement=True, generator=generator)
+
+
+def sampled_softmax_loss(
+    hidden: Tensor, labels: Tensor, table: Tensor, log_q: Tensor, negatives: int, generator: torch.Generator
+) -> Tensor:
+    h, y = _labelled(hidden, labels)
+    neg = popularity_negatives(log_q, negatives, generator)  # (N,) on CPU
+    # logQ correction: every candidate's logit minus the log of its expected count among the N draws,
+    # so sum(exp) over the candidates estimates the full softmax's normaliser and, as N grows, the
+    # gradient tends to full softmax's (popular items are not over-penalised). Draws of the positive
+    # stay: they are its share of that estimate (masking them biases the gradient when it is popular).
+    log_expected = (log_q + np.log(negatives)).to(y.device)  # (V,)
+    neg = neg.to(y.device)
+    pos_logit = _wide((h * table[y]).sum(-1)) - log_expected[y]  # (M,)
+    neg_logit = _wide(h @ table[neg].T) - log_expected[neg]  # (M, N)
+    logits = torch.cat([pos_logit[:, None], neg_logit], dim=1)  # (M, 1 + N)
+    return F.cross_entropy(logits, torch.zeros_like(y))
+
+
+@dataclass(frozen=True)
+class LossChoice:
+    name: str  # ce | bce | sampled, or a caller's own loss function's name
+    reason: str  # one line for logs and config.json: why this loss
+
+
+def choose_loss(requested: str, n_items: int, batch_size: int, max_len: int) -> LossChoice:
+    """Resolve `auto` by catalogue size: `ce` while its logits fit CE_MEMORY_BUDGET, else `sampled`."""
+    need = batch_size * max_len * (n_items + 1) * 4 * 2  # float32 logits and their gradient
+    gib = f"{batch_size}x{max_len}x{n_items + 1:,} logits need {need / 2**30:.2f} GiB"
+    budget = f"{CE_MEMORY_BUDGET / 2**30:.0f} GiB budget"
+    if requested == "auto":
+        if need <= CE_MEMORY_BUDGET:
+            return LossChoice("ce", f"auto: full softmax, {gib} (within the {budget})")
+        return LossChoice("sampled", f"auto: sampled softmax, full softmax's {gib} (over the {budget})")
+    if requested not in LOSSES:
+        raise ValueError(f"unknown loss {requested!r}: choose one of auto, {', '.join(LOSSES)}")
+    return LossChoice(requested, f"{requested}: as requested")
+
+
+def make_loss(
+    name: str,
+    generator: torch.Generator,
+    *,
+    negatives: int = 256,
+    item_counts: np.ndarray | None = None,
+    n_items: int | None = None,
+) -> LossFn:
+    """A `loss(hidden, labels, table)` closure; `n_items` (and `item_counts`) are needed by `sampled`."""
+    if name == "ce":
+        return ce_loss
+    if name == "bce":
+        return lambda hidden, labels, table: bce_loss(hidden, labels, table, generator)
+    if name == "sampled":
+        if n_items is None:
+            raise ValueError("the sampled loss needs n_items")
+        log_q = sampling_log_q(item_counts, n_items)
+        return lambda hidden, labels, table: sampled_softmax_loss(
+            hidden, labels, table, log_q, negatives, generator
+        )
+    raise ValueError(f"unknown loss {name!r}: choose one of {', '.join(LOSSES)}")
