@@ -224,7 +224,7 @@ def _manifest(
         "source": source,
         "target": target,
         "parameters": asdict(config),
-        "inputs": {d: {"file": p.name, "sha256": _sha256(p)} for d, p in paths.items()},
+        "inputs": {d: {"file": p.name, "sha256": file_sha256(p)} for d, p in paths.items()},
         "users": tables["users"].height,
         "overlap_users": both,
         "cold_users": int(tables["users"]["cold"].sum()),
@@ -232,7 +232,7 @@ def _manifest(
     }
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

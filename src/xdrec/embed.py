@@ -1,0 +1,103 @@
+"""`xdrec embed`: user vectors from the pretrained source model, usable inside and outside xdrec.
+
+For every user with source-domain training history: the source SASRec's last hidden state over that
+history (the most recent max_len items, left-padded), computed in batches. Written as
+
+    embeddings/<model>.safetensors   "vectors" (N, D) float32 and "user_id" (N,) int64 (dataset user ids)
+    embeddings/<model>.users.parquet user (raw id), user_id, row (row of `vectors`)
+
+with the dataset's manifest hash in the safetensors metadata, so stale vectors are refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from xdrec.data.dataset import Dataset
+from xdrec.errors import XdrecError
+from xdrec.pretrain import load_sasrec
+from xdrec.scoring import pad_left
+from xdrec.workspace import Workspace, atomic_path
+
+SOURCE_MODEL = "source-only"
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    model: str
+    path: Path
+    index: Path
+    users: int
+    dim: int
+
+
+@dataclass(frozen=True)
+class UserVectors:
+    """Source vectors by dataset user id: `vectors[u]` is zero where `known[u]` is False."""
+
+    vectors: torch.Tensor  # (n_users, D) float32
+    known: torch.Tensor  # (n_users,) bool: the user has source history
+
+    @property
+    def dim(self) -> int:
+        return self.vectors.shape[1]
+
+
+def embed(
+    workspace: Workspace,
+    *,
+    dataset: str | None = None,
+    model: str = SOURCE_MODEL,
+    device: str = "auto",
+    batch_size: int = 1024,
+) -> EmbedResult:
+    data = Dataset.from_workspace(workspace, dataset)
+    scorer = load_sasrec(workspace, model, data, device)
+    sequences = data.train_sequences(scorer.domain or data.source)
+    max_len = scorer.model.cfg.max_len
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, sequences.height, batch_size):
+            batch = sequences["items"][start : start + batch_size].to_list()
+            history = pad_left(batch, max_len).to(scorer.device)
+            chunks.append(scorer.model.user_vector(history).float().cpu())  # (B, D)
+    vectors = torch.cat(chunks) if chunks else torch.zeros(0, scorer.model.cfg.hidden)
+    user_ids = torch.from_numpy(sequences["user_id"].to_numpy().astype("int64"))
+    path = workspace.embeddings(model)
+    metadata = {"model": model, "dataset": data.name, "manifest_hash": data.manifest_hash}
+    with atomic_path(path) as tmp:
+        save_file({"vectors": vectors.contiguous(), "user_id": user_ids}, str(tmp), metadata=metadata)
+    index = _index_path(path)
+    rows = sequences.select("user_id").with_row_index("row").join(data.users, on="user_id")
+    with atomic_path(index) as tmp:
+        rows.select("user", "user_id", pl.col("row").cast(pl.Int64)).sort("row").write_parquet(tmp)
+    return EmbedResult(model, path, index, vectors.shape[0], vectors.shape[1])
+
+
+def load_user_vectors(workspace: Workspace, dataset: Dataset, model: str = SOURCE_MODEL) -> UserVectors:
+    """The vectors `embed` wrote, scattered into a dense (n_users, D) table; refuses a stale file."""
+    path = workspace.embeddings(model)
+    if not path.exists():
+        raise XdrecError(f"no user vectors at {path}: run `xdrec embed` first")
+    with safe_open(str(path), framework="pt") as f:
+        if (f.metadata() or {}).get("manifest_hash") != dataset.manifest_hash:
+            raise XdrecError(
+                f"{path} was computed on another dataset than {dataset.name}: re-run `xdrec embed`"
+            )
+        vectors, user_ids = f.get_tensor("vectors"), f.get_tensor("user_id")
+    n_users = dataset.users.height
+    dense = torch.zeros(n_users, vectors.shape[1])
+    known = torch.zeros(n_users, dtype=torch.bool)
+    dense[user_ids] = vectors
+    known[user_ids] = True
+    return UserVectors(dense, known)
+
+
+def _index_path(path: Path) -> Path:
+    return path.with_name(path.name.removesuffix(".safetensors") + ".users.parquet")

@@ -1,0 +1,278 @@
+"""The stages that combine the others: evaluate every model, recommend for one user, run it all, demo.
+
+`run` reuses a stage whose inputs and parameters have not changed since the last run in the workspace:
+raw files that exist, a dataset whose manifest has the same parameters and input hashes, models trained on
+the same dataset with the same configuration, embeddings of the same dataset.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import polars as pl
+import torch
+
+from xdrec.checkpoint import CONFIG
+from xdrec.data.dataset import Dataset
+from xdrec.data.prepare import PrepareConfig, dataset_name, file_sha256, prepare
+from xdrec.errors import XdrecError
+from xdrec.evaluation import Report, evaluate_scorers
+from xdrec.report import save_report
+from xdrec.scoring import pad_left
+from xdrec.training import TrainConfig
+from xdrec.transfer import STRATEGIES, TransferConfig
+from xdrec.workspace import Workspace, read_json
+from xdrec.zoo import POPULARITY, load_scorer, trained_models
+
+Log = Callable[[str], None]
+
+
+def evaluate(
+    workspace: Workspace,
+    *,
+    dataset: str | None = None,
+    models: Sequence[str] = (),
+    domain: str | None = None,
+    ks: Sequence[int] = (10,),
+    negatives: int | None = None,
+    keep_seen: bool = False,
+    seed: int = 0,
+    bootstrap: int = 1000,
+    device: str = "auto",
+) -> tuple[Report, dict[str, Path]]:
+    """Evaluate `models` (default: every model trained for the domain) beside popularity on the test split.
+
+    Writes reports/<dataset>/report.json + .png (sampled: report-sampled-N.*) and returns them.
+    """
+    data = Dataset.from_workspace(workspace, dataset)
+    domain = domain or data.target
+    data.check_domain(domain)
+    names = [m for m in (models or trained_models(workspace, data, domain)) if m != POPULARITY]
+    scorers = [load_scorer(workspace, name, data, device) for name in names]
+    wrong = [s.name for s in scorers if getattr(s, "domain", domain) not in (None, domain)]
+    if wrong:
+        raise XdrecError(f"model {wrong[0]} scores another domain than {domain}: pass --domain to match it")
+    report = evaluate_scorers(
+        data,
+        domain,
+        scorers,
+        ks,
+        negatives=negatives,
+        keep_seen=keep_seen,
+        seed=seed,
+        bootstrap=bootstrap,
+        device=device if device != "auto" else None,
+    )
+    return report, save_report(report, workspace.reports_dir / data.name)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    user: str
+    segment: str
+    model: str
+    items: list[dict]  # {"rank", "item", "score"}
+
+
+def recommend(
+    workspace: Workspace,
+    user: str,
+    *,
+    k: int = 10,
+    strategy: str | None = None,
+    dataset: str | None = None,
+    device: str = "auto",
+) -> Recommendation:
+    """Top-k target items for a raw user id, never an item the user already has.
+
+    The model is `strategy` if given, else the one that scored best on the user's segment in the last
+    saved report, else the first available of fusion, joint, mapping (cold) / finetune, target-only (warm).
+    """
+    if k < 1:
+        raise XdrecError("--k must be at least 1")
+    data = Dataset.from_workspace(workspace, dataset)
+    user_id = data.user_id(user)
+    rows = data.interactions().filter(pl.col("user_id") == user_id).collect()
+    target = rows.filter(pl.col("domain") == data.target)
+    seen_now = target.filter(pl.col("split") != "test")  # what the models may use as history
+    has_source = rows.filter(pl.col("domain") == data.source).height > 0
+    segment = "target-only" if not has_source else ("warm" if seen_now.height else "cold")
+    name = strategy or _best_model(workspace, data, segment)
+    scorer = load_scorer(workspace, name, data, device)
+    history = pad_left([seen_now["item_id"].to_list()])
+    with torch.no_grad():
+        scores = scorer.scores(torch.tensor([user_id]), history)[0].float().cpu()
+    scores[0] = float("-inf")
+    scores[torch.tensor(target["item_id"].to_list(), dtype=torch.long)] = float(
+        "-inf"
+    )  # everything they have
+    top = torch.topk(scores, min(k, int(torch.isfinite(scores).sum())))
+    raw = data.item_raw_ids(data.target)
+    items = [
+        {"rank": i + 1, "item": raw[j], "score": float(s)}
+        for i, (s, j) in enumerate(zip(top.values.tolist(), top.indices.tolist(), strict=True))
+    ]
+    return Recommendation(user, segment, name, items)
+
+
+def _best_model(workspace: Workspace, data: Dataset, segment: str) -> str:
+    available = set(trained_models(workspace, data, data.target))
+    report_path = workspace.reports_dir / data.name / "report.json"
+    if report_path.exists():
+        rows = [
+            r
+            for r in read_json(report_path)["results"]
+            if r["segment"] == segment and r["model"] in available
+        ]
+        headline = next((m for m in read_json(report_path)["metrics"] if m.startswith("NDCG@")), None)
+        if rows and headline:
+            return max(rows, key=lambda r: r[headline] or 0.0)["model"]
+    preference = (
+        ("fusion", "joint", "mapping")
+        if segment == "cold"
+        else ("fusion", "joint", "finetune", "target-only")
+    )
+    return next((m for m in preference if m in available), POPULARITY)
+
+
+# ------------------------------------------------------------------------------------------------ run
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    strategies: tuple[str, ...] = tuple(STRATEGIES)
+    mapping_loss: str = "task"
+    ks: tuple[int, ...] = (10,)
+    negatives: int | None = None
+    bootstrap: int = 1000
+
+
+def run(
+    workspace: Workspace,
+    source: str,
+    target: str,
+    config: RunConfig = RunConfig(),
+    *,
+    fetch_source: str | None = None,
+    progress: bool = True,
+    log: Log = print,
+) -> Report:
+    """fetch -> prepare -> overlap -> pretrain (source, target-only) -> embed -> transfer -> evaluate."""
+    from xdrec.data.amazon import fetch
+    from xdrec.embed import embed
+    from xdrec.pretrain import pretrain
+    from xdrec.transfer import transfer
+
+    missing = [d for d in (source, target) if not workspace.raw(d).exists()]
+    if missing:
+        log(f"fetch: {', '.join(missing)}")
+        fetch(workspace, missing, fetch_source, progress=progress)
+    else:
+        log("fetch: raw files present, reused")
+
+    name = dataset_name(source, target)
+    if _dataset_is_current(workspace, name, source, target, config.prepare):
+        log(f"prepare: {name} unchanged, reused")
+        workspace.set_current_dataset(name)
+    else:
+        log(f"prepare: {name}")
+        prepare(workspace, source, target, config.prepare)
+    data = Dataset.load(workspace.dataset_dir(name))
+
+    for domain in (source, target):
+        model = f"{data.role(domain)}-only"
+        if _model_is_current(workspace, model, data, config.train):
+            log(f"pretrain: {model} unchanged, reused")
+        else:
+            log(f"pretrain: {model} on {domain}")
+            pretrain(workspace, dataset=name, domain=domain, train_config=config.train, progress=progress)
+
+    vectors = workspace.embeddings("source-only")
+    if _embeddings_are_current(vectors, workspace.model_dir("source-only"), data):
+        log("embed: unchanged, reused")
+    else:
+        log("embed: source-only user vectors")
+        embed(workspace, dataset=name, device=config.train.device)
+
+    transfer_config = TransferConfig(train=config.train, mapping_loss=config.mapping_loss)  # type: ignore[arg-type]
+    todo = [s for s in config.strategies if not _model_is_current(workspace, s, data, config.train)]
+    for strategy in config.strategies:
+        log(f"transfer: {strategy}" + ("" if strategy in todo else " unchanged, reused"))
+        if strategy in todo:
+            transfer(workspace, [strategy], dataset=name, config=transfer_config, progress=progress)
+
+    log("evaluate: full ranking on the target test split")
+    models = ["target-only", *config.strategies]
+    report, _ = evaluate(
+        workspace,
+        dataset=name,
+        models=models,
+        ks=config.ks,
+        negatives=config.negatives,
+        bootstrap=config.bootstrap,
+        seed=config.prepare.seed,
+        device=config.train.device,
+    )
+    return report
+
+
+def _dataset_is_current(
+    workspace: Workspace, name: str, source: str, target: str, config: PrepareConfig
+) -> bool:
+    path = workspace.dataset_dir(name) / "manifest.json"
+    if not path.exists():
+        return False
+    manifest = read_json(path)
+    if manifest.get("parameters") != asdict(config):
+        return False
+    inputs = manifest.get("inputs", {})
+    return all(inputs.get(d, {}).get("sha256") == file_sha256(workspace.raw(d)) for d in (source, target))
+
+
+def _model_is_current(workspace: Workspace, name: str, data: Dataset, train: TrainConfig) -> bool:
+    path = workspace.model_dir(name) / CONFIG
+    if not path.exists():
+        return False
+    config = read_json(path)
+    same_data = config.get("dataset", {}).get("manifest_hash") == data.manifest_hash
+    return same_data and config.get("train") == asdict(train)
+
+
+def _embeddings_are_current(vectors: Path, source_model: Path, data: Dataset) -> bool:
+    from safetensors import safe_open
+
+    if not vectors.exists() or not (source_model / CONFIG).exists():
+        return False
+    with safe_open(str(vectors), framework="pt") as f:
+        same = (f.metadata() or {}).get("manifest_hash") == data.manifest_hash
+    return same and vectors.stat().st_mtime >= (source_model / "model.safetensors").stat().st_mtime
+
+
+# ------------------------------------------------------------------------------------------------ demo
+
+DEMO_TRAIN = TrainConfig(epochs=30, patience=3, batch_size=128, lr=2e-3)
+
+
+def demo(
+    workspace: Workspace | None = None,
+    *,
+    train: TrainConfig = DEMO_TRAIN,
+    progress: bool = True,
+    log: Log = print,
+) -> tuple[Workspace, Report]:
+    """The whole pipeline on the embedded synthetic default, in `workspace` or a new temporary one."""
+    from xdrec.data.synthetic import DESCRIPTION, SyntheticConfig, write_raw
+
+    workspace = workspace or Workspace(Path(tempfile.mkdtemp(prefix="xdrec-demo-")))
+    synthetic = SyntheticConfig()
+    log(f"demo workspace: {workspace.root}")
+    log(DESCRIPTION)
+    paths = write_raw(workspace.raw_dir, synthetic)
+    source, target = list(paths)
+    config = RunConfig(train=replace(train, seed=synthetic.seed), bootstrap=200)
+    return workspace, run(workspace, source, target, config, progress=progress, log=log)

@@ -1,0 +1,124 @@
+"""`fusion`: a target SASRec conditioned on the user's frozen source vector, given as a first token.
+
+Every training sequence starts with a prefix slot whose input is a learned projection of the user's source
+vector (a learned "no source" embedding for users without one): [P, i1, ..., i(n-1)] -> [i1, ..., in].
+The prefix position predicts the first target item from the source alone, which is exactly the cold-start
+situation; so a user with no target history is just the prefix, and one model serves warm and cold users.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+
+import polars as pl
+import torch
+from torch import Tensor, nn
+
+from xdrec.checkpoint import Checkpoint, dataset_identity, save_checkpoint
+from xdrec.embed import UserVectors
+from xdrec.models.sasrec import SASRec, SASRecConfig
+from xdrec.scoring import pad_left
+from xdrec.training import Examples, train
+from xdrec.transfer.base import TransferConfig, TransferContext, TransferResult, keep_tail, validator
+
+NAME = "fusion"
+
+
+class FusionModel(nn.Module):
+    def __init__(self, cfg: SASRecConfig, source_dim: int) -> None:
+        super().__init__()
+        self.slot = cfg.n_items  # the prefix slot's id: one past the target items
+        self.sasrec = SASRec(cfg)
+        self.project = nn.Linear(source_dim, cfg.hidden)
+
+    def forward(self, inputs: Tensor, source_vector: Tensor, source_known: Tensor) -> Tensor:
+        """inputs (B, L) with the slot before the items; source_vector (B, Ds); source_known (B,) bool."""
+        prefix = self.project(source_vector) * source_known[:, None].to(source_vector.dtype)  # (B, D)
+        extra = (inputs == self.slot)[..., None].to(prefix.dtype) * prefix[:, None, :]  # (B, L, D)
+        return self.sasrec(inputs, extra=extra)
+
+    def item_embeddings(self) -> Tensor:
+        return self.sasrec.item_embeddings()[: self.slot]  # (n_target + 1, D): the slot is never a candidate
+
+
+def with_slot(history: Tensor, slot: int, width: int) -> Tensor:
+    """(B, L) left-padded items -> (B, width): the last width-1 items with the slot just before them."""
+    items = keep_tail(history, width - 1)  # (B, width - 1)
+    out = torch.nn.functional.pad(items, (1, 0))  # (B, width)
+    first = width - 1 - (items != 0).sum(1)  # (B,) column of the slot
+    out[torch.arange(len(out)), first] = slot
+    return out
+
+
+class FusionScorer:
+    def __init__(self, model: FusionModel, vectors: UserVectors, name: str = NAME) -> None:
+        self.model, self.vectors, self.name = model, vectors, name
+
+    @torch.no_grad()
+    def scores(self, user_ids: Tensor, history: Tensor) -> Tensor:
+        self.model.eval()
+        device = self.model.project.weight.device
+        inputs = with_slot(history, self.model.slot, self.model.sasrec.cfg.max_len).to(device)
+        users = user_ids.cpu()
+        hidden = self.model(
+            inputs, self.vectors.vectors[users].to(device), self.vectors.known[users].to(device)
+        )
+        return hidden[:, -1] @ self.model.item_embeddings().T  # (B, n_target + 1)
+
+
+def examples(sequences: pl.DataFrame, vectors: UserVectors, slot: int, max_len: int) -> Examples:
+    """Target sequences -> [slot, i1..i(n-1)] inputs, [i1..in] labels, source vectors as extras."""
+    tails = sequences["items"].list.tail(max_len).to_list()
+    labels = pad_left(tails, max_len)  # (N, max_len)
+    inputs = with_slot(pad_left([t[:-1] for t in tails], max_len), slot, max_len)
+    users = torch.from_numpy(sequences["user_id"].to_numpy().astype("int64"))
+    return Examples(
+        inputs, labels, {"source_vector": vectors.vectors[users], "source_known": vectors.known[users]}
+    )
+
+
+def fit(ctx: TransferContext, config: TransferConfig, progress: bool = True) -> TransferResult:
+    data, target = ctx.dataset, ctx.target
+    base = ctx.source.model.cfg
+    cfg = replace(base, n_items=data.n_items(target) + 1)  # + the slot
+    torch.manual_seed(config.train.seed)
+    model = FusionModel(cfg, ctx.vectors.dim)
+    train_examples = examples(data.train_sequences(target), ctx.vectors, model.slot, cfg.max_len)
+    validate = validator(
+        data.eval_cases(target, "valid"), data.n_items(target), lambda m: FusionScorer(m, ctx.vectors)
+    )
+    out = ctx.out_dir(NAME)
+    result = train(
+        model,
+        train_examples,
+        config.train,
+        validate=validate,
+        out_dir=out,
+        item_counts=None,
+        progress=progress,
+    )
+    save_checkpoint(
+        out,
+        model.state_dict(),
+        {
+            "kind": NAME,
+            "name": NAME,
+            "domain": target,
+            "role": "target",
+            "dataset": dataset_identity(data),
+            "model": asdict(cfg),
+            "source_dim": ctx.vectors.dim,
+            "embeddings": config.source_model,
+            "train": asdict(config.train),
+            "loss": result.loss,
+            "epochs_run": result.epochs_run,
+            "best_valid": {"NDCG@10": result.best_metric},
+        },
+    )
+    return TransferResult(NAME, out, result, serves="warm, cold, target-only")
+
+
+def load(checkpoint: Checkpoint, vectors: UserVectors, device: torch.device) -> FusionScorer:
+    model = FusionModel(SASRecConfig(**checkpoint.config["model"]), checkpoint.config["source_dim"])
+    model.load_state_dict(checkpoint.state_dict())
+    return FusionScorer(model.to(device).eval(), vectors)

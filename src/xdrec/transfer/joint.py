@@ -1,0 +1,142 @@
+"""`joint`: one SASRec over each user's merged source + target timeline, trained to predict target items.
+
+The standard strong baseline of cross-domain sequential recommendation. Tokens 1..n_target are target
+items and n_target+1..n_target+n_source source items; a domain embedding is added to each position. Every
+position is labelled with the next *target* item after it in time, so source activity teaches the model
+what target item comes next; only target items are candidates. A cold-start user's timeline is their
+source history alone. Source history is the source domain's training split (as for `embed`), merged by
+timestamp with the target items the user is allowed to see at prediction time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+
+import polars as pl
+import torch
+from torch import Tensor, nn
+
+from xdrec.checkpoint import Checkpoint, dataset_identity, save_checkpoint
+from xdrec.data.dataset import Dataset
+from xdrec.models.sasrec import SASRec, SASRecConfig
+from xdrec.scoring import pad_left
+from xdrec.training import Examples, train
+from xdrec.transfer.base import TransferConfig, TransferContext, TransferResult, keep_tail, validator
+
+NAME = "joint"
+
+
+class JointModel(nn.Module):
+    def __init__(self, cfg: SASRecConfig, n_target: int) -> None:
+        super().__init__()
+        self.n_target = n_target
+        self.sasrec = SASRec(cfg)
+        self.domain_emb = nn.Embedding(3, cfg.hidden, padding_idx=0)  # 0 padding, 1 target, 2 source
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        domain = (inputs > 0).long() + (inputs > self.n_target).long()  # (B, L)
+        return self.sasrec(inputs, extra=self.domain_emb(domain))
+
+    def item_embeddings(self) -> Tensor:
+        return self.sasrec.item_embeddings()[: self.n_target + 1]  # only target items are candidates
+
+
+def timelines(data: Dataset, target_splits: tuple[str, ...]) -> pl.LazyFrame:
+    """One row per interaction in the merged timeline: user_id, token, is_target, time-ordered per user."""
+    n_target = data.n_items(data.target)
+    is_target = pl.col("domain") == data.target
+    return (
+        data.interactions()
+        .filter(
+            (is_target & pl.col("split").is_in(list(target_splits)))
+            | (~is_target & (pl.col("split") == "train"))
+        )
+        .with_columns(
+            is_target=is_target,
+            token=pl.when(is_target).then(pl.col("item_id")).otherwise(pl.col("item_id") + n_target),
+        )
+        .sort("user_id", "timestamp", "token")
+        .select("user_id", "token", "is_target")
+    )
+
+
+def examples(data: Dataset, max_len: int) -> Examples:
+    """Most recent max_len positions of each training timeline; label = next target item (0 if none)."""
+    next_target = pl.when(pl.col("is_target")).then(pl.col("token")).shift(-1).backward_fill()
+    rows = (
+        timelines(data, ("train",))
+        .with_columns(label=next_target.over("user_id").fill_null(0))
+        .group_by("user_id", maintain_order=True)
+        .agg(pl.col("token").tail(max_len), pl.col("label").tail(max_len))
+        .filter(pl.col("label").list.max() > 0)
+        .collect()
+    )
+    return Examples(pad_left(rows["token"].to_list(), max_len), pad_left(rows["label"].to_list(), max_len))
+
+
+class JointScorer:
+    """Rebuilds each user's merged timeline from the target history it is given (valid or test time)."""
+
+    def __init__(self, model: JointModel, data: Dataset, name: str = NAME) -> None:
+        self.model, self.name = model, name
+        width = 2 * model.sasrec.cfg.max_len  # room for target items that the history will not include
+        rows = (
+            timelines(data, ("train", "valid")).group_by("user_id").agg(pl.col("token").tail(width)).collect()
+        )
+        self.tokens = torch.zeros(data.users.height, width, dtype=torch.long)  # (U, W) every user's timeline
+        self.tokens[torch.from_numpy(rows["user_id"].to_numpy().astype("int64"))] = pad_left(
+            rows["token"].to_list(), width
+        )
+
+    @torch.no_grad()
+    def scores(self, user_ids: Tensor, history: Tensor) -> Tensor:
+        self.model.eval()
+        n_target, device = self.model.n_target, self.model.domain_emb.weight.device
+        tokens = self.tokens[user_ids.cpu()]  # (B, W)
+        seen = torch.zeros(len(tokens), n_target + 1, dtype=torch.bool)  # (B, n_target + 1)
+        seen.scatter_(1, history.cpu(), True)
+        seen[:, 0] = False
+        is_target = (tokens > 0) & (tokens <= n_target)
+        keep = (tokens > n_target) | (is_target & seen.gather(1, tokens.clamp(max=n_target)))  # (B, W)
+        # Stable sort on the keep flag moves the kept tokens right, in time order: left padding again.
+        order = torch.sort(keep.int(), dim=1, stable=True).indices
+        merged = (tokens * keep).gather(1, order)
+        inputs = keep_tail(merged, self.model.sasrec.cfg.max_len).to(device)
+        return self.model(inputs)[:, -1] @ self.model.item_embeddings().T  # (B, n_target + 1)
+
+
+def fit(ctx: TransferContext, config: TransferConfig, progress: bool = True) -> TransferResult:
+    data, target = ctx.dataset, ctx.target
+    n_target = data.n_items(target)
+    cfg = replace(ctx.source.model.cfg, n_items=n_target + data.n_items(data.source))
+    torch.manual_seed(config.train.seed)
+    model = JointModel(cfg, n_target)
+    validate = validator(data.eval_cases(target, "valid"), n_target, lambda m: JointScorer(m, data))
+    out = ctx.out_dir(NAME)
+    result = train(
+        model, examples(data, cfg.max_len), config.train, validate=validate, out_dir=out, progress=progress
+    )
+    save_checkpoint(
+        out,
+        model.state_dict(),
+        {
+            "kind": NAME,
+            "name": NAME,
+            "domain": target,
+            "role": "target",
+            "dataset": dataset_identity(data),
+            "model": asdict(cfg),
+            "n_target": n_target,
+            "train": asdict(config.train),
+            "loss": result.loss,
+            "epochs_run": result.epochs_run,
+            "best_valid": {"NDCG@10": result.best_metric},
+        },
+    )
+    return TransferResult(NAME, out, result, serves="warm, cold, target-only")
+
+
+def load(checkpoint: Checkpoint, data: Dataset, device: torch.device) -> JointScorer:
+    model = JointModel(SASRecConfig(**checkpoint.config["model"]), checkpoint.config["n_target"])
+    model.load_state_dict(checkpoint.state_dict())
+    return JointScorer(model.to(device).eval(), data)

@@ -1,0 +1,134 @@
+"""Transfer strategies end to end on synthetic data: leakage, segments, recommend, beating baselines."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+
+from xdrec.data.dataset import Dataset
+from xdrec.data.prepare import PrepareConfig, prepare
+from xdrec.data.synthetic import SyntheticConfig, write_raw
+from xdrec.embed import embed, load_user_vectors
+from xdrec.errors import XdrecError
+from xdrec.pipeline import evaluate, recommend
+from xdrec.pretrain import load_sasrec, pretrain
+from xdrec.training import TrainConfig
+from xdrec.transfer import STRATEGIES, TransferConfig, parse_strategies, transfer
+from xdrec.transfer.base import TransferContext
+from xdrec.workspace import Workspace
+
+SYNTHETIC = SyntheticConfig(n_users=1200)
+FAST = TrainConfig(epochs=3, patience=2, batch_size=128, lr=2e-3, seed=0, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """Synthetic data, prepared, with source-only, target-only, embeddings and every strategy trained."""
+    ws = Workspace(tmp_path_factory.mktemp("transfer") / "ws")
+    source, target = write_raw(ws.raw_dir, SYNTHETIC)
+    prepare(ws, source, target, PrepareConfig(cold_start=0.2))
+    pretrain(ws, domain=source, train_config=FAST, progress=False)
+    pretrain(ws, domain=target, train_config=FAST, progress=False)
+    embed(ws, device="cpu")
+    transfer(ws, ["all"], config=TransferConfig(train=FAST), progress=False)
+    return ws
+
+
+class _Seen(Exception):
+    pass
+
+
+def _examples_seen(ws: Workspace, strategy: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, torch.Tensor]:
+    """The tensors `strategy` hands the trainer (training stops right there)."""
+    seen: dict[str, torch.Tensor] = {}
+
+    def spy(model, examples, config, **kwargs):
+        seen.update({"inputs": examples.inputs, "labels": examples.labels, **examples.extras})
+        raise _Seen
+
+    monkeypatch.setattr(STRATEGIES[strategy], "train", spy)
+    data = Dataset.from_workspace(ws)
+    ctx = TransferContext(ws, data, load_sasrec(ws, "source-only", data, "cpu"), load_user_vectors(ws, data))
+    with pytest.raises(_Seen):
+        STRATEGIES[strategy].fit(ctx, TransferConfig(train=FAST), progress=False)
+    return seen
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_cold_start_target_rows_never_reach_training(
+    trained: Workspace, strategy: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deleting the cold users' target rows from the dataset changes nothing any trainer sees."""
+    with_rows = _examples_seen(trained, strategy, monkeypatch)
+    data = Dataset.from_workspace(trained)
+    cold = data.users.filter("cold")["user_id"]
+    events = data.interactions().collect()
+    cold_target = (pl.col("domain") == data.target) & pl.col("user_id").is_in(cold.implode())
+    assert events.filter(cold_target).height > 0
+    # A copy of the workspace whose dataset lacks those rows (same manifest, so models still load).
+    copy = Workspace(tmp_path / "ws")
+    shutil.copytree(trained.root, copy.root)
+    events.filter(~cold_target).write_parquet(copy.dataset_dir(data.name) / "interactions.parquet")
+    without_rows = _examples_seen(copy, strategy, monkeypatch)
+    assert with_rows.keys() == without_rows.keys()
+    for key in with_rows:
+        assert torch.equal(with_rows[key], without_rows[key]), (
+            f"{strategy}: {key} depends on cold target rows"
+        )
+
+
+def test_every_strategy_is_evaluated_per_segment(trained: Workspace) -> None:
+    report, paths = evaluate(trained, bootstrap=50, device="cpu")
+    rows = report.rows
+    assert set(report.models) == {"popularity", "target-only", *STRATEGIES}
+    assert {"warm", "cold", "all"} <= set(rows["segment"])
+    assert rows.filter(pl.col("segment") == "cold")["users"].min() > 0
+    assert paths["plot"].exists() and paths["json"].exists()
+
+
+def test_transfer_beats_baselines_on_cold_users(trained: Workspace) -> None:
+    report, _ = evaluate(trained, bootstrap=0, device="cpu")
+    cold = {
+        r["model"]: r["NDCG@10"]
+        for r in report.rows.filter(pl.col("segment") == "cold").iter_rows(named=True)
+    }
+    best = max(cold[s] for s in ("mapping", "fusion", "joint"))
+    assert best > cold["popularity"] and best > cold["target-only"], cold
+
+
+def test_recommend_never_returns_an_item_the_user_has(trained: Workspace) -> None:
+    data = Dataset.from_workspace(trained)
+    items = pl.read_parquet(data.path / "items.parquet").filter(pl.col("domain") == data.target)
+    events = data.interactions().filter(pl.col("domain") == data.target).collect()
+    users = data.users.join(events.select("user_id").unique(), on="user_id")
+    for cold in (True, False):
+        for row in users.filter(pl.col("cold") == cold).head(5).iter_rows(named=True):
+            rec = recommend(trained, row["user"], k=20, device="cpu")
+            has = set(
+                events.filter(pl.col("user_id") == row["user_id"]).join(items, on="item_id")["item"].to_list()
+            )
+            got = [i["item"] for i in rec.items]
+            assert len(got) == 20 and not has & set(got)
+            assert rec.segment == ("cold" if cold else "warm") or rec.segment == "target-only"
+    with pytest.raises(XdrecError, match="unknown user"):
+        recommend(trained, "NOT-A-USER")
+
+
+def test_parse_strategies() -> None:
+    assert parse_strategies(["all"]) == list(STRATEGIES)
+    assert parse_strategies(["joint", "fusion", "joint"]) == ["joint", "fusion"]
+    with pytest.raises(XdrecError, match="unknown strategy"):
+        parse_strategies(["nope"])
+
+
+def test_transfer_needs_embeddings_first(trained: Workspace, tmp_path: Path) -> None:
+    copy = Workspace(tmp_path / "ws")
+    shutil.copytree(trained.root, copy.root)
+    shutil.rmtree(copy.root / "embeddings")
+    with pytest.raises(XdrecError, match="xdrec embed"):
+        transfer(copy, ["fusion"], config=TransferConfig(train=replace(FAST, epochs=1)), progress=False)
