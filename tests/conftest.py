@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,9 @@ import polars as pl
 import pytest
 
 from xdrec.workspace import Workspace
+
+# As the CLI does: idle OpenMP workers must not spin. Conftest loads before any test module imports torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 FOOD_KITCHEN = Path(__file__).resolve().parents[2] / "shared" / "data" / "food_kitchen"
 FOOD, KITCHEN = "Grocery_and_Gourmet_Food", "Home_and_Kitchen"

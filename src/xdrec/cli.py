@@ -63,7 +63,8 @@ def _root(
         Path | None,
         typer.Option(
             envvar=WORKSPACE_ENV,
-            help="Directory every stage reads from and writes to. [default: ./xdrec-workspace]",
+            help="Directory every stage reads from and writes to.",
+            show_default="./xdrec-workspace",
         ),
     ] = None,
 ) -> None:
@@ -439,7 +440,11 @@ def run(
     cold_start: Annotated[float, typer.Option(help="prepare: cold-start hold-out fraction.")] = 0.2,
     strategy: Annotated[list[str], typer.Option(help="Transfer strategies (repeatable) or all.")] = ["all"],  # noqa: B006
     k: Annotated[list[int], typer.Option(help="Cut-off(s) (repeatable).")] = [10],  # noqa: B006
-    negatives: Annotated[int | None, typer.Option(help="Also the sampled protocol with N negatives.")] = None,
+    negatives: Annotated[
+        int | None, typer.Option(help="Also the papers' sampled protocol with N negatives (a second table).")
+    ] = None,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% CIs (0: none).")] = 1000,
+    mapping_loss: Annotated[str, typer.Option(help="mapping: task or mse (EMCDR).")] = "task",
     device: DeviceOpt = "auto",
     epochs: EpochsOpt = 50,
     batch_size: BatchOpt = 128,
@@ -464,26 +469,41 @@ def run(
         strategies=tuple(parse_strategies(strategy)),
         ks=tuple(k),
         negatives=negatives,
+        bootstrap=bootstrap,
+        mapping_loss=mapping_loss,
     )
-    log = (lambda _: None) if as_json else (lambda line: stderr.print(f"[dim]›[/] {line}"))
-    report = run_pipeline(
+    reports = run_pipeline(
         _workspace(ctx),
         source,
         target,
         config,
         fetch_source=from_source,
         progress=not quiet and not as_json,
-        log=log,
+        log=_stage_log(as_json),
     )
-    if as_json:
-        _print_json(report_to_json(report))
+    if as_json:  # the full-ranking report; the sampled one, when asked for, under "sampled"
+        full, *sampled = (report_to_json(r) for r in reports)
+        _print_json(full | ({"sampled": sampled[0]} if sampled else {}))
     else:
-        console.print(render_table(report))
+        for report in reports:
+            console.print(render_table(report))
+
+
+def _stage_log(quiet: bool):
+    """Stage lines of run/demo go to stderr, so stdout stays the table or the JSON."""
+    return (
+        (lambda _: None)
+        if quiet
+        else (lambda line: stderr.print(f"[dim]›[/] {line}", highlight=False, soft_wrap=True))
+    )
 
 
 @app.command()
 def demo(
     ctx: typer.Context,
+    users: Annotated[int, typer.Option(help="Synthetic users to generate.")] = 3000,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs per model.")] = 12,
+    device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -491,20 +511,30 @@ def demo(
 
     Runs in --workspace if given, else in a new temporary directory.
     """
+    from dataclasses import replace
+
+    from xdrec.data.synthetic import SyntheticConfig
+    from xdrec.pipeline import DEMO_TRAIN
     from xdrec.pipeline import demo as run_demo
     from xdrec.report import render_table, report_to_json
 
     explicit = ctx.parent is not None and ctx.parent.params.get("workspace") is not None
-    log = (lambda _: None) if as_json else (lambda line: stderr.print(f"[dim]›[/] {line}"))
     workspace, report = run_demo(
-        _workspace(ctx) if explicit else None, progress=not quiet and not as_json, log=log
+        _workspace(ctx) if explicit else None,
+        synthetic=SyntheticConfig(n_users=users),
+        train=replace(DEMO_TRAIN, epochs=epochs, device=device),
+        progress=not quiet and not as_json,
+        log=_stage_log(as_json),
     )
     if as_json:
-        _print_json(report_to_json(report))
+        _print_json(report_to_json(report) | {"workspace": str(workspace.root)})
     else:
         console.print(render_table(report))
         console.print(f"workspace: {workspace.root}  (try: xdrec --workspace {workspace.root} overlap)")
 
 
 def main() -> None:
+    # Idle OpenMP workers spin by default; on a busy machine (or one with few cores) that makes torch
+    # several times slower than one thread. Set before torch is imported (the commands import it lazily).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     app()

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 import torch
 
 from xdrec.checkpoint import CONFIG
 from xdrec.data.dataset import Dataset
+from xdrec.data.overlap import overlap_report
 from xdrec.data.prepare import PrepareConfig, dataset_name, file_sha256, prepare
 from xdrec.errors import XdrecError
 from xdrec.evaluation import Report, evaluate_scorers
@@ -25,7 +27,10 @@ from xdrec.scoring import pad_left
 from xdrec.training import TrainConfig
 from xdrec.transfer import STRATEGIES, TransferConfig
 from xdrec.workspace import Workspace, read_json
-from xdrec.zoo import POPULARITY, load_scorer, trained_models
+
+if TYPE_CHECKING:
+    from xdrec.data.synthetic import SyntheticConfig
+from xdrec.zoo import POPULARITY, load_scorer, model_domain, trained_models
 
 Log = Callable[[str], None]
 
@@ -45,7 +50,7 @@ def evaluate(
 ) -> tuple[Report, dict[str, Path]]:
     """Evaluate `models` (default: every model trained for the domain) beside popularity on the test split.
 
-    Writes reports/<dataset>/report.json + .png (sampled: report-sampled-N.*) and returns them.
+    Writes reports/<dataset>/<domain>/report.json + .png (sampled: report-sampled-N.*) and returns them.
     """
     data = Dataset.from_workspace(workspace, dataset)
     domain = domain or data.target
@@ -66,7 +71,11 @@ def evaluate(
         bootstrap=bootstrap,
         device=device if device != "auto" else None,
     )
-    return report, save_report(report, workspace.reports_dir / data.name)
+    return report, save_report(report, report_dir(workspace, data, domain))
+
+
+def report_dir(workspace: Workspace, data: Dataset, domain: str) -> Path:
+    return workspace.reports_dir / data.name / domain
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,8 @@ def recommend(
     has_source = rows.filter(pl.col("domain") == data.source).height > 0
     segment = "target-only" if not has_source else ("warm" if seen_now.height else "cold")
     name = strategy or _best_model(workspace, data, segment)
+    if name != POPULARITY and model_domain(workspace, name) != data.target:
+        raise XdrecError(f"model {name} does not score {data.target} items: pick a target-domain model")
     scorer = load_scorer(workspace, name, data, device)
     history = pad_left([seen_now["item_id"].to_list()])
     with torch.no_grad():
@@ -120,7 +131,7 @@ def recommend(
 
 def _best_model(workspace: Workspace, data: Dataset, segment: str) -> str:
     available = set(trained_models(workspace, data, data.target))
-    report_path = workspace.reports_dir / data.name / "report.json"
+    report_path = report_dir(workspace, data, data.target) / "report.json"
     if report_path.exists():
         rows = [
             r
@@ -148,8 +159,18 @@ class RunConfig:
     strategies: tuple[str, ...] = tuple(STRATEGIES)
     mapping_loss: str = "task"
     ks: tuple[int, ...] = (10,)
-    negatives: int | None = None
+    negatives: int | None = None  # also the sampled protocol, beside the full-ranking headline
     bootstrap: int = 1000
+
+    def __post_init__(self) -> None:
+        # Checked before any stage runs, not after an hour of training.
+        self.prepare.check()
+        if not self.ks or min(self.ks) < 1:
+            raise XdrecError(f"--k must be at least 1, got {list(self.ks)}")
+        if self.negatives is not None and self.negatives < 1:
+            raise XdrecError(f"--negatives must be at least 1, got {self.negatives}")
+        if self.bootstrap < 0:
+            raise XdrecError(f"--bootstrap must be 0 or more, got {self.bootstrap}")
 
 
 def run(
@@ -161,8 +182,11 @@ def run(
     fetch_source: str | None = None,
     progress: bool = True,
     log: Log = print,
-) -> Report:
-    """fetch -> prepare -> overlap -> pretrain (source, target-only) -> embed -> transfer -> evaluate."""
+) -> list[Report]:
+    """fetch -> prepare -> overlap -> pretrain (source, target-only) -> embed -> transfer -> evaluate.
+
+    Returns the full-ranking report, then the sampled one when `config.negatives` is set.
+    """
     from xdrec.data.amazon import fetch
     from xdrec.embed import embed
     from xdrec.pretrain import pretrain
@@ -183,6 +207,12 @@ def run(
         log(f"prepare: {name}")
         prepare(workspace, source, target, config.prepare)
     data = Dataset.load(workspace.dataset_dir(name))
+    shared = overlap_report(data)
+    log(
+        f"overlap: {shared['overlap_users']:,} users in both domains "
+        f"({shared['overlap_share'][target]:.0%} of {target}'s), "
+        f"{shared['cold_users']:,} held out as cold-start"
+    )
 
     for domain in (source, target):
         model = f"{data.role(domain)}-only"
@@ -206,19 +236,17 @@ def run(
         if strategy in todo:
             transfer(workspace, [strategy], dataset=name, config=transfer_config, progress=progress)
 
-    log("evaluate: full ranking on the target test split")
     models = ["target-only", *config.strategies]
-    report, _ = evaluate(
-        workspace,
-        dataset=name,
-        models=models,
-        ks=config.ks,
-        negatives=config.negatives,
-        bootstrap=config.bootstrap,
-        seed=config.prepare.seed,
-        device=config.train.device,
-    )
-    return report
+    reports = []
+    for negatives in (None, config.negatives) if config.negatives else (None,):
+        protocol = "full ranking" if negatives is None else f"sampled, {negatives} negatives"
+        log(f"evaluate: {protocol} on {target}")
+        report, _ = evaluate(
+            workspace, dataset=name, models=models, ks=config.ks, negatives=negatives,
+            bootstrap=config.bootstrap, seed=config.prepare.seed, device=config.train.device,
+        )  # fmt: skip
+        reports.append(report)
+    return reports
 
 
 def _dataset_is_current(
@@ -255,12 +283,14 @@ def _embeddings_are_current(vectors: Path, source_model: Path, data: Dataset) ->
 
 # ------------------------------------------------------------------------------------------------ demo
 
-DEMO_TRAIN = TrainConfig(epochs=30, patience=3, batch_size=128, lr=2e-3)
+# Short training for the two-minute demo: a higher learning rate and an early stop after two flat epochs.
+DEMO_TRAIN = TrainConfig(epochs=12, patience=2, batch_size=128, lr=3e-3, seed=42)
 
 
 def demo(
     workspace: Workspace | None = None,
     *,
+    synthetic: SyntheticConfig | None = None,
     train: TrainConfig = DEMO_TRAIN,
     progress: bool = True,
     log: Log = print,
@@ -269,10 +299,10 @@ def demo(
     from xdrec.data.synthetic import DESCRIPTION, SyntheticConfig, write_raw
 
     workspace = workspace or Workspace(Path(tempfile.mkdtemp(prefix="xdrec-demo-")))
-    synthetic = SyntheticConfig()
+    synthetic = synthetic or SyntheticConfig()
     log(f"demo workspace: {workspace.root}")
     log(DESCRIPTION)
     paths = write_raw(workspace.raw_dir, synthetic)
     source, target = list(paths)
-    config = RunConfig(train=replace(train, seed=synthetic.seed), bootstrap=200)
-    return workspace, run(workspace, source, target, config, progress=progress, log=log)
+    config = RunConfig(train=train, bootstrap=200)
+    return workspace, run(workspace, source, target, config, progress=progress, log=log)[0]

@@ -46,8 +46,8 @@ def render_table(report: Report) -> Table:
         ),
         title_style="bold red" if report.sampled else "bold",
     )
-    table.add_column("segment", style="bold")
-    table.add_column("model")
+    table.add_column("segment", style="bold", no_wrap=True)
+    table.add_column("model", no_wrap=True)
     table.add_column("users", justify="right")
     for metric in report.metrics:
         table.add_column(metric, justify="right")

@@ -37,12 +37,14 @@ from torch import Tensor, nn
 from xdrec.checkpoint import load_tensors, optimizer_from_tensors, optimizer_to_tensors, save_tensors
 from xdrec.devices import autocast, cpu_threads, resolve_device
 from xdrec.errors import XdrecError
-from xdrec.models.losses import LossChoice, LossFn, choose_loss, make_loss
+from xdrec.models.losses import LOSSES, LossChoice, LossFn, choose_loss, make_loss
 from xdrec.workspace import atomic_path, read_json, write_json
 
 STATE_DIR = "train_state"
 METRICS = "metrics.jsonl"
 # A resumed run must repeat these, or it would not be the same run continued.
+# Batches per pool of similar-length examples (see _length_bucketed_batches).
+BUCKET_BATCHES = 50
 RESUME_KEYS = ("batch_size", "lr", "weight_decay", "loss", "negatives", "seed")
 
 
@@ -66,6 +68,8 @@ class TrainConfig:
             raise XdrecError("epochs, batch size, patience and negatives must be at least 1")
         if self.lr <= 0:
             raise XdrecError(f"learning rate must be positive, got {self.lr}")
+        if self.loss != "auto" and self.loss not in LOSSES:
+            raise XdrecError(f"unknown loss {self.loss!r}: choose auto, {', '.join(LOSSES)}")
 
 
 @dataclass(frozen=True)
@@ -159,7 +163,12 @@ def train(
         name = getattr(loss_fn, "__name__", "custom")
         choice = LossChoice(name, f"{name}: the caller's own loss function")
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay
+        model.parameters(),
+        lr=config.lr,
+        betas=(0.9, 0.98),
+        weight_decay=config.weight_decay,
+        # One fused kernel instead of a dozen per tensor: ~10x faster updates of a large item table.
+        fused=_fused_adamw_supported(device),
     )
 
     state, best = _State(), None
@@ -265,12 +274,17 @@ def _train_epoch(
 ) -> tuple[float, int]:
     """One pass over the shuffled examples; returns the mean batch loss and the sequences seen."""
     model.train()
-    order = torch.randperm(len(examples), generator=shuffle_gen)
     # Summed on the device: calling .item() every step would wait for the GPU each time.
     total, batches, seen = torch.zeros((), device=device), 0, 0
-    for start in range(0, len(examples), config.batch_size):
-        idx = order[start : start + config.batch_size]
-        inputs, labels = _to_device(examples.inputs[idx], device), _to_device(examples.labels[idx], device)
+    for idx in _length_bucketed_batches(examples.inputs, config.batch_size, shuffle_gen):
+        # Drop the columns that are padding in every row of the batch: left padding and positions counted
+        # from the most recent item make this exact (the model is padding-invariant), and most histories
+        # are much shorter than max_len. Widths are rounded up to a multiple of 8 to bound the number of
+        # shapes torch.compile and the GPU kernels see.
+        length = int((examples.inputs[idx] != 0).sum(1).max())
+        width = min(examples.inputs.shape[1], -(-max(length, 1) // 8) * 8)
+        inputs = _to_device(examples.inputs[idx, -width:], device)
+        labels = _to_device(examples.labels[idx, -width:], device)
         extras = {k: _to_device(v[idx], device) for k, v in examples.extras.items()}
         with autocast(device):
             hidden = forward(inputs, **extras)  # (B, L, D)
@@ -286,6 +300,28 @@ def _train_epoch(
             break
     bar.update(task, completed=batches)
     return (total.item() / max(batches, 1)), seen
+
+
+def _length_bucketed_batches(inputs: Tensor, batch_size: int, generator: torch.Generator) -> list[Tensor]:
+    """Shuffled batches of example indices, each drawn from examples of similar length.
+
+    The shuffled order is cut into pools of BUCKET_BATCHES batches; each pool is sorted by length and cut
+    into batches, and the batches are shuffled. Batches stay random (and seeded) but have little padding.
+    """
+    order = torch.randperm(len(inputs), generator=generator)
+    lengths = (inputs != 0).sum(1)
+    pool = batch_size * BUCKET_BATCHES
+    batches: list[Tensor] = []
+    for start in range(0, len(order), pool):
+        chunk = order[start : start + pool]
+        chunk = chunk[torch.sort(lengths[chunk], stable=True).indices]
+        batches.extend(chunk.split(batch_size))
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator)]
+
+
+def _fused_adamw_supported(device: torch.device) -> bool:
+    major, minor = (int(p) for p in torch.__version__.split(".")[:2])
+    return device.type == "cuda" or (major, minor) >= (2, 4)  # the CPU kernel arrived in torch 2.4
 
 
 def _to_device(t: Tensor, device: torch.device) -> Tensor:

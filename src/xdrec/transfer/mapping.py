@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from xdrec.checkpoint import Checkpoint, dataset_identity, save_checkpoint
 from xdrec.embed import UserVectors
+from xdrec.errors import XdrecError
 from xdrec.pretrain import SASRecScorer, load_sasrec
 from xdrec.scoring import pad_left
 from xdrec.training import Examples, train
@@ -75,6 +76,11 @@ def _split_users(sequences: pl.DataFrame, seed: int) -> tuple[pl.DataFrame, pl.D
 
 def fit(ctx: TransferContext, config: TransferConfig, progress: bool = True) -> TransferResult:
     data, target = ctx.dataset, ctx.target
+    if not ctx.workspace.model_dir(config.target_model).exists():
+        raise XdrecError(
+            f"mapping needs the target model {config.target_model!r}: "
+            f"run `xdrec pretrain --domain {target}` first"
+        )
     target_model = load_sasrec(ctx.workspace, config.target_model, data, config.train.device)
     # Users with both a source vector and target training history.
     known = pl.Series("user_id", torch.nonzero(ctx.vectors.known).flatten().numpy())

@@ -1,0 +1,571 @@
+"""The model-side commands through the CLI, chained as a user runs them: pretrain, embed, transfer, evaluate,
+recommend, run, demo (and fetch / the workspace option they all start from).
+
+One module-scoped workspace is built command by command (`chain`), so each stage's test checks what that
+command printed and wrote; tests that would change it work on a copy. Everything is tiny synthetic data,
+1 epoch, `--device cpu`: the file runs in well under a minute on one core.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+from click.testing import Result
+from rich.console import Console
+from safetensors import safe_open
+from typer.testing import CliRunner
+
+import xdrec.cli as cli
+import xdrec.data.amazon as amazon
+from xdrec.cli import app
+from xdrec.data.dataset import Dataset
+from xdrec.data.synthetic import SyntheticConfig, write_raw
+from xdrec.workspace import Workspace
+
+runner = CliRunner()
+
+SYNTHETIC = SyntheticConfig(n_users=600)
+SOURCE, TARGET = SYNTHETIC.source_domain, SYNTHETIC.target_domain
+DATASET = f"{SOURCE}+{TARGET}"
+TRAIN = ("--device", "cpu", "--epochs", "1")  # what every training command gets here
+STRATEGIES = ["mapping", "finetune", "fusion", "joint"]  # `transfer --strategy all`, in its order
+METRICS_AT_10 = {"HR@10", "NDCG@10", "MRR", "Recall@10"}
+CUDA = torch.cuda.is_available()
+
+
+def invoke(ws: Workspace | Path, *args: str, **kwargs) -> Result:
+    root = ws.root if isinstance(ws, Workspace) else ws
+    return runner.invoke(app, ["--workspace", str(root), *args], **kwargs)
+
+
+def ok(result: Result) -> Result:
+    assert result.exit_code == 0, f"exit {result.exit_code}\n{result.output}\n{result.exception!r}"
+    return result
+
+
+def one_error_line(result: Result, *fragments: str) -> str:
+    """A user error: exit 1, one `error: ...` line on stderr naming `fragments`, nothing on stdout."""
+    assert result.exit_code == 1, f"exit {result.exit_code}\n{result.output}\n{result.exception!r}"
+    assert isinstance(result.exception, SystemExit), f"escaped as a traceback: {result.exception!r}"
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output and result.stdout == ""
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def flat(text: str) -> str:
+    """Terminal output without whitespace: rich wraps long paths and titles at the console width."""
+    return "".join(text.split())
+
+
+def model_files(ws: Workspace, name: str) -> bool:
+    return all((ws.model_dir(name) / f).is_file() for f in ("model.safetensors", "config.json"))
+
+
+# --------------------------------------------------------------------------------------- the chain
+
+
+@dataclass
+class Chain:
+    ws: Workspace
+    results: dict[str, Result] = field(default_factory=dict)
+    models_after: dict[str, list[str]] = field(default_factory=dict)  # models/ listing after each step
+
+    def json(self, step: str):
+        return json.loads(self.results[step].stdout)
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> Chain:
+    """raw -> prepare -> pretrain -> pretrain --domain TARGET -> embed -> transfer x2, all through the CLI."""
+    ws = Workspace(tmp_path_factory.mktemp("chain") / "ws")
+    write_raw(ws.raw_dir, SYNTHETIC)
+    done = Chain(ws)
+    steps = {
+        "prepare": ("prepare", SOURCE, TARGET, "--json"),
+        # No --quiet: progress must go to stderr, leaving stdout JSON / one summary line.
+        "pretrain": ("pretrain", *TRAIN, "--json"),
+        "pretrain-target": ("pretrain", "--domain", TARGET, *TRAIN),
+        "embed": ("embed", "--device", "cpu", "--json"),
+        "transfer-two": ("transfer", "--strategy", "fusion", "--strategy", "mapping", *TRAIN, "--json"),
+        "transfer-all": ("transfer", "--strategy", "all", *TRAIN, "--json"),
+    }
+    for step, args in steps.items():
+        done.results[step] = ok(invoke(ws, *args))
+        models = ws.root / "models"
+        done.models_after[step] = sorted(p.name for p in models.iterdir()) if models.exists() else []
+    return done
+
+
+@pytest.fixture
+def chain_copy(chain: Chain, tmp_path: Path) -> Workspace:
+    """A private copy of the trained workspace, for tests that break or overwrite part of it."""
+    ws = Workspace(tmp_path / "ws")
+    shutil.copytree(chain.ws.root, ws.root)
+    return ws
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """A workspace with a prepared dataset and nothing trained yet."""
+    ws = Workspace(tmp_path_factory.mktemp("prepared") / "ws")
+    write_raw(ws.raw_dir, SyntheticConfig(n_users=200))
+    ok(invoke(ws, "prepare", SOURCE, TARGET))
+    return ws
+
+
+def target_users(ws: Workspace) -> dict[str, tuple[str, set[str]]]:
+    """One warm and one cold user: raw id -> (segment, raw ids of every target item they have)."""
+    data = Dataset.from_workspace(ws)
+    items = data.items(TARGET).select("item_id", "item")
+    events = data.interactions().filter(pl.col("domain") == TARGET).collect().join(items, on="item_id")
+    has = events.group_by("user_id").agg(pl.col("item").unique())
+    users = data.users.join(has, on="user_id")
+    picked = {}
+    for cold, segment in ((False, "warm"), (True, "cold")):
+        row = users.filter(pl.col("cold") == cold).sort("user_id").row(0, named=True)
+        picked[row["user"]] = (segment, set(row["item"]))
+    return picked
+
+
+# ----------------------------------------------------------------------------------------- pretrain
+
+
+def test_pretrain_trains_the_source_by_default_with_json_summary(chain: Chain) -> None:
+    summary = chain.json("pretrain")
+    assert set(summary) == {
+        "model", "domain", "dataset", "path", "loss", "loss_reason", "epochs_run", "best_epoch",
+        "valid_NDCG@10", "seconds", "device",
+    }  # fmt: skip
+    assert summary["model"] == "source-only" and summary["domain"] == SOURCE
+    assert summary["dataset"] == DATASET and summary["device"] == "cpu"
+    assert summary["epochs_run"] == 1 and summary["best_epoch"] == 1
+    assert 0.0 <= summary["valid_NDCG@10"] <= 1.0
+    assert Path(summary["path"]) == chain.ws.model_dir("source-only")
+    assert chain.models_after["pretrain"] == ["source-only"]
+    assert model_files(chain.ws, "source-only")
+    config = json.loads((chain.ws.model_dir("source-only") / "config.json").read_text())
+    assert config["domain"] == SOURCE and config["role"] == "source"
+    assert config["dataset"]["manifest_hash"] == Dataset.from_workspace(chain.ws).manifest_hash
+    metrics = (chain.ws.model_dir("source-only") / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics) == 1 and json.loads(metrics[0])  # one line per epoch
+
+
+def test_pretrain_domain_target_trains_the_target_only_baseline(chain: Chain) -> None:
+    result = chain.results["pretrain-target"]
+    line = flat(result.stdout)
+    assert line.startswith("target-only") and TARGET in line
+    assert flat(str(chain.ws.model_dir("target-only"))) in line
+    assert chain.models_after["pretrain-target"] == ["source-only", "target-only"]
+    assert model_files(chain.ws, "target-only")
+    config = json.loads((chain.ws.model_dir("target-only") / "config.json").read_text())
+    assert config["domain"] == TARGET and config["role"] == "target"
+
+
+def test_pretrain_before_prepare_says_what_to_run(tmp_path: Path) -> None:
+    one_error_line(invoke(tmp_path / "empty", "pretrain", *TRAIN), "xdrec prepare")
+    assert not (tmp_path / "empty" / "models").exists()
+
+
+@pytest.mark.skipif(CUDA, reason="this machine has a CUDA GPU")
+def test_pretrain_on_a_missing_gpu_is_one_line_and_trains_nothing(prepared: Workspace) -> None:
+    one_error_line(invoke(prepared, "pretrain", "--device", "cuda", "--epochs", "1"), "--device cuda")
+    assert not prepared.model_dir("source-only").exists()
+
+
+def test_pretrain_unknown_domain_is_one_line(prepared: Workspace) -> None:
+    one_error_line(invoke(prepared, "pretrain", "--domain", "Nope", *TRAIN), "'Nope'", SOURCE, TARGET)
+
+
+@pytest.mark.parametrize("command", ["pretrain", "transfer"])
+def test_unknown_loss_is_one_line(chain_copy: Workspace, command: str) -> None:
+    one_error_line(invoke(chain_copy, command, "--loss", "nope", *TRAIN, "--quiet"), "nope")
+
+
+# -------------------------------------------------------------------------------------------- embed
+
+
+def test_embed_writes_vectors_and_a_raw_user_index(chain: Chain) -> None:
+    result = chain.json("embed")
+    vectors, index = (
+        chain.ws.embeddings("source-only"),
+        chain.ws.root / "embeddings/source-only.users.parquet",
+    )
+    assert result == {
+        "model": "source-only",
+        "path": str(vectors),
+        "index": str(index),
+        "users": result["users"],
+        "dim": 64,
+    }
+    data = Dataset.from_workspace(chain.ws)
+    with safe_open(str(vectors), framework="pt") as f:
+        assert f.get_tensor("vectors").shape == (result["users"], result["dim"])
+        assert f.get_tensor("user_id").shape == (result["users"],)
+        assert f.metadata()["manifest_hash"] == data.manifest_hash
+        user_ids = f.get_tensor("user_id").tolist()
+    users = pl.read_parquet(index)
+    assert users.columns == ["user", "user_id", "row"]
+    assert users["row"].to_list() == list(range(result["users"]))
+    assert users["user_id"].to_list() == user_ids  # row r of `vectors` is that user
+    raw = dict(data.users.select("user_id", "user").iter_rows())
+    assert all(raw[u] == name for u, name in users.select("user_id", "user").iter_rows())
+
+
+def test_embed_before_pretrain_says_what_to_run(prepared: Workspace) -> None:
+    one_error_line(invoke(prepared, "embed", "--device", "cpu"), "source-only", "xdrec pretrain")
+    assert not (prepared.root / "embeddings").exists()
+
+
+# ----------------------------------------------------------------------------------------- transfer
+
+
+def test_transfer_trains_the_named_strategies_only(chain: Chain) -> None:
+    rows = chain.json("transfer-two")
+    assert [r["strategy"] for r in rows] == ["fusion", "mapping"]
+    assert all(set(r) == {"strategy", "path", "serves", "epochs_run", "valid", "seconds"} for r in rows)
+    assert chain.models_after["transfer-two"] == ["fusion", "mapping", "source-only", "target-only"]
+    for r in rows:
+        assert Path(r["path"]) == chain.ws.model_dir(r["strategy"]) and r["epochs_run"] == 1
+
+
+def test_transfer_all_trains_every_strategy_into_the_target(chain: Chain) -> None:
+    rows = chain.json("transfer-all")
+    assert [r["strategy"] for r in rows] == STRATEGIES
+    assert chain.models_after["transfer-all"] == sorted([*STRATEGIES, "source-only", "target-only"])
+    for strategy in STRATEGIES:
+        assert model_files(chain.ws, strategy)
+        config = json.loads((chain.ws.model_dir(strategy) / "config.json").read_text())
+        assert config["domain"] == TARGET and config["name"] == strategy
+
+
+def test_transfer_unknown_strategy_is_one_line(chain: Chain) -> None:
+    one_error_line(invoke(chain.ws, "transfer", "--strategy", "nope", *TRAIN), "'nope'", "fusion", "all")
+
+
+def test_transfer_before_embed_says_what_to_run(chain_copy: Workspace) -> None:
+    shutil.rmtree(chain_copy.root / "embeddings")
+    shutil.rmtree(chain_copy.model_dir("fusion"))
+    one_error_line(invoke(chain_copy, "transfer", "--strategy", "fusion", *TRAIN), "xdrec embed")
+    assert not chain_copy.model_dir("fusion").exists()
+
+
+def test_transfer_mapping_without_target_model_names_the_right_command(chain_copy: Workspace) -> None:
+    shutil.rmtree(chain_copy.model_dir("target-only"))
+    one_error_line(invoke(chain_copy, "transfer", "--strategy", "mapping", *TRAIN), "--domain")
+
+
+def test_transfer_fusion_on_short_target_histories(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    write_raw(ws.raw_dir, SyntheticConfig(n_users=200, max_length=30))  # every sequence < max_len 50
+    ok(invoke(ws, "prepare", SOURCE, TARGET))
+    ok(invoke(ws, "pretrain", *TRAIN, "--quiet"))
+    ok(invoke(ws, "embed", "--device", "cpu"))
+    ok(invoke(ws, "transfer", "--strategy", "fusion", *TRAIN, "--quiet"))
+    assert model_files(ws, "fusion")
+
+
+# ----------------------------------------------------------------------------------------- evaluate
+
+
+def evaluate_json(ws: Workspace, *args: str) -> dict:
+    return json.loads(
+        ok(invoke(ws, "evaluate", "--device", "cpu", "--bootstrap", "20", "--json", *args)).stdout
+    )
+
+
+def test_evaluate_json_is_full_ranking_per_model_and_segment(chain: Chain) -> None:
+    report = evaluate_json(chain.ws)
+    assert report["protocol"] == "full" and report["domain"] == TARGET
+    rows = report["results"]
+    assert {"model", "domain", "segment", "users", *METRICS_AT_10} <= set(rows[0])
+    assert all(set(r) == set(rows[0]) for r in rows)
+    assert {r["model"] for r in rows} == {"popularity", "target-only", *STRATEGIES}  # not source-only
+    assert {"warm", "cold", "all"} <= {r["segment"] for r in rows}
+    assert all(r["domain"] == TARGET and r["protocol"] == "full" for r in rows)
+    assert all(0.0 <= r[m] <= 1.0 for r in rows for m in METRICS_AT_10)
+    assert all(r["users"] > 0 for r in rows)
+    saved = json.loads((chain.ws.reports_dir / DATASET / TARGET / "report.json").read_text())
+    assert saved == report
+    assert (chain.ws.reports_dir / DATASET / TARGET / "report.png").stat().st_size > 0
+
+
+def test_evaluate_table_names_the_protocol_and_the_files(chain: Chain) -> None:
+    result = ok(invoke(chain.ws, "evaluate", "--device", "cpu", "--bootstrap", "20"))
+    out = flat(result.stdout)
+    assert "Fullranking" in out and "SAMPLED" not in out
+    assert flat(f"saved {chain.ws.reports_dir / DATASET / TARGET / 'report.json'}") in out
+    assert flat(str(chain.ws.reports_dir / DATASET / TARGET / "report.png")) in out
+    for segment in ("warm", "cold", "all"):
+        assert f" {segment} " in result.stdout
+
+
+def test_evaluate_several_cut_offs(chain: Chain) -> None:
+    report = evaluate_json(chain.ws, "--k", "5", "--k", "20")
+    assert report["ks"] == [5, 20]
+    expected = {"HR@5", "NDCG@5", "Recall@5", "HR@20", "NDCG@20", "Recall@20", "MRR"}
+    assert set(report["metrics"]) == expected
+    for row in report["results"]:
+        assert expected <= set(row) and not METRICS_AT_10 - {"MRR"} & set(row)
+        assert row["HR@5"] <= row["HR@20"] and row["Recall@5"] <= row["Recall@20"]
+
+
+def test_evaluate_sampled_is_labelled_and_never_replaces_full(chain: Chain) -> None:
+    headline = chain.ws.reports_dir / DATASET / TARGET / "report.json"
+    full = headline.read_bytes() if headline.exists() else None
+    report = evaluate_json(chain.ws, "--negatives", "50")
+    assert report["protocol"] == "sampled-50" and report["negatives"] == 50
+    assert {r["protocol"] for r in report["results"]} == {"sampled-50"}
+    assert "full" not in json.dumps(report)
+    assert (
+        json.loads((chain.ws.reports_dir / DATASET / TARGET / "report-sampled-50.json").read_text()) == report
+    )
+    assert (headline.read_bytes() if headline.exists() else None) == full
+    table = ok(invoke(chain.ws, "evaluate", "--device", "cpu", "--bootstrap", "0", "--negatives", "50"))
+    assert "SAMPLED" in table.stdout and "Full ranking" not in table.stdout
+
+
+def test_evaluate_unknown_model_is_one_line(chain: Chain) -> None:
+    one_error_line(invoke(chain.ws, "evaluate", "--model", "nope", "--device", "cpu"), "'nope'")
+
+
+def test_evaluating_the_source_keeps_the_target_report(chain_copy: Workspace) -> None:
+    evaluate_json(chain_copy)
+    source = evaluate_json(chain_copy, "--domain", SOURCE)
+    assert source["domain"] == SOURCE
+    saved = json.loads((chain_copy.reports_dir / DATASET / TARGET / "report.json").read_text())
+    assert saved["domain"] == TARGET
+
+
+def test_evaluate_table_shows_whole_model_names_at_80_columns(
+    chain: Chain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli, "console", Console(width=80))
+    result = ok(invoke(chain.ws, "evaluate", "--device", "cpu", "--bootstrap", "20"))
+    for model in ("popularity", "target-only", *STRATEGIES):
+        assert model in result.stdout, model
+
+
+# ---------------------------------------------------------------------------------------- recommend
+
+
+def test_recommend_json_gives_k_new_target_items(chain: Chain) -> None:
+    target_items = set(Dataset.from_workspace(chain.ws).items(TARGET)["item"].to_list())
+    for user, (segment, has) in target_users(chain.ws).items():
+        rec = json.loads(
+            ok(invoke(chain.ws, "recommend", user, "--k", "15", "--device", "cpu", "--json")).stdout
+        )
+        assert rec["user"] == user and rec["segment"] == segment
+        assert rec["model"] in {"target-only", *STRATEGIES}
+        items = [i["item"] for i in rec["items"]]
+        assert [i["rank"] for i in rec["items"]] == list(range(1, 16)) and len(set(items)) == 15
+        assert set(items) <= target_items and not set(items) & has, f"{user} already has some"
+        scores = [i["score"] for i in rec["items"]]
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_recommend_table_and_a_chosen_strategy(chain: Chain) -> None:
+    user = next(iter(target_users(chain.ws)))
+    result = ok(invoke(chain.ws, "recommend", user, "--strategy", "fusion", "--k", "3", "--device", "cpu"))
+    assert user in result.stdout and "fusion" in result.stdout
+    assert len([line for line in result.stdout.splitlines() if line.strip().startswith("│")]) == 3
+
+
+def test_recommend_unknown_user_is_one_line(chain: Chain) -> None:
+    one_error_line(invoke(chain.ws, "recommend", "NOT-A-USER", "--device", "cpu", "--json"), "NOT-A-USER")
+
+
+def test_recommend_with_a_source_model_is_refused(chain: Chain) -> None:
+    user = next(iter(target_users(chain.ws)))  # the warm one
+    result = invoke(chain.ws, "recommend", user, "--strategy", "source-only", "--k", "50", "--device", "cpu")
+    one_error_line(result, "source-only")
+
+
+# --------------------------------------------------------------------------------------- workspace
+
+
+def test_xdrec_workspace_env_var_is_honoured(chain: Chain, tmp_path: Path) -> None:
+    user = next(iter(target_users(chain.ws)))
+    args = ["recommend", user, "--k", "3", "--device", "cpu", "--json"]
+    by_env = ok(runner.invoke(app, args, env={"XDREC_WORKSPACE": str(chain.ws.root)}))
+    by_option = ok(invoke(chain.ws, *args))
+    assert json.loads(by_env.stdout) == json.loads(by_option.stdout)
+    # --workspace wins over the environment; an empty environment workspace is named in the error.
+    ok(invoke(chain.ws, *args, env={"XDREC_WORKSPACE": str(tmp_path / "other")}))
+    result = runner.invoke(app, args, env={"XDREC_WORKSPACE": str(tmp_path / "other")})
+    one_error_line(result, str(tmp_path / "other"), "xdrec prepare")
+
+
+def test_default_workspace_is_xdrec_workspace_in_the_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["embed", "--device", "cpu"], env={"XDREC_WORKSPACE": None})
+    one_error_line(result, "xdrec-workspace")
+
+
+def test_root_help_shows_the_default_workspace() -> None:
+    assert "xdrec-workspace" in ok(runner.invoke(app, ["--help"])).stdout
+
+
+# -------------------------------------------------------------------------------------------- fetch
+
+
+def test_fetch_imports_a_local_file(tmp_path: Path) -> None:
+    source = tmp_path / "reviews.jsonl"
+    lines = [
+        {"user_id": "u1", "parent_asin": "i1", "rating": 5.0, "timestamp": 1_600_000_000_000},
+        {"user_id": "u2", "parent_asin": "i1", "rating": 4.0, "timestamp": 1_600_000_001_000},
+        {"user_id": "u1", "parent_asin": "i2", "rating": None, "timestamp": 1_600_000_002_000},
+    ]
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    ws = Workspace(tmp_path / "ws")
+    (result,) = json.loads(ok(invoke(ws, "fetch", "Local", "--source", str(source), "--json")).stdout)
+    assert result == {
+        "domain": "Local",
+        "path": str(ws.raw("Local")),
+        "rows": 3,
+        "users": 2,
+        "items": 2,
+        "skipped": 0,
+        "origin": str(source),
+    }
+    raw = pl.read_parquet(ws.raw("Local"))
+    assert raw.columns[:4] == ["user", "item", "rating", "timestamp"] and raw.height == 3
+    one_error_line(
+        invoke(ws, "fetch", "Local", "--source", str(tmp_path / "missing.jsonl")), "does not exist"
+    )
+
+
+def test_fetch_unknown_category_fails_before_any_download(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    downloads: list[str] = []
+    monkeypatch.setattr(amazon, "_download_hub", lambda filename, *a, **k: downloads.append(filename))
+    ws = tmp_path / "ws"
+    one_error_line(invoke(ws, "fetch", "Bookz"), "'Bookz'", "did you mean 'Books'", "--source")
+    one_error_line(invoke(ws, "fetch", "Books", "Nope"), "'Nope'", "Amazon Reviews 2023")  # Books comes first
+    assert downloads == [] and not (ws / "raw").exists()
+
+
+# ---------------------------------------------------------------------------------------------- run
+
+
+@dataclass
+class Ran:
+    ws: Workspace
+    downloads: Path
+    first: Result
+    second: Result
+    report_after_first: bytes
+    models_after_first: dict[str, float]  # mtimes
+
+
+RUN = ("run", SOURCE, TARGET, *TRAIN, "--patience", "1")
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory: pytest.TempPathFactory) -> Ran:
+    """`xdrec run` twice with the same arguments on raw files in a folder (--source DIR)."""
+    root = tmp_path_factory.mktemp("run")
+    downloads = root / "downloads"
+    write_raw(downloads, SYNTHETIC)
+    ws = Workspace(root / "ws")
+    first = ok(invoke(ws, *RUN, "--source", str(downloads), "--json"))
+    report = (ws.reports_dir / DATASET / TARGET / "report.json").read_bytes()
+    mtimes = {p.parent.name: p.stat().st_mtime for p in (ws.root / "models").glob("*/model.safetensors")}
+    second = ok(invoke(ws, *RUN, "--source", str(downloads), "--quiet"))
+    return Ran(ws, downloads, first, second, report, mtimes)
+
+
+def test_run_does_every_stage_and_prints_the_report(ran: Ran) -> None:
+    report = json.loads(ran.first.stdout)
+    assert report["protocol"] == "full" and report["domain"] == TARGET
+    rows = report["results"]
+    assert {r["model"] for r in rows} == {"popularity", "target-only", *STRATEGIES}
+    assert {"warm", "cold", "all"} <= {r["segment"] for r in rows}
+    assert all(set(r) >= METRICS_AT_10 for r in rows)
+    assert ran.first.stderr == ""  # --json: no log, no progress
+    ws = ran.ws
+    assert ws.raw(SOURCE).exists() and ws.raw(TARGET).exists()
+    assert (ws.dataset_dir(DATASET) / "manifest.json").exists()
+    assert all(model_files(ws, m) for m in ("source-only", "target-only", *STRATEGIES))
+    assert ws.embeddings("source-only").exists()
+    assert json.loads(ran.report_after_first) == report
+    assert (ws.reports_dir / DATASET / TARGET / "report.png").exists()
+
+
+def test_a_second_identical_run_reuses_every_stage(ran: Ran) -> None:
+    log = [line.removeprefix("›").strip() for line in ran.second.stderr.strip().splitlines()]
+    stages = [line.split(":")[0] for line in log]
+    assert stages == [
+        "fetch", "prepare", "overlap", "pretrain", "pretrain", "embed", *["transfer"] * 4, "evaluate"
+    ]  # fmt: skip
+    # overlap is a report, evaluate is always recomputed (cheap); every other stage is reused.
+    assert all("reused" in line for line in log if not line.startswith(("overlap", "evaluate"))), log
+    mtimes = {p.parent.name: p.stat().st_mtime for p in (ran.ws.root / "models").glob("*/model.safetensors")}
+    assert mtimes == ran.models_after_first
+    assert (ran.ws.reports_dir / DATASET / TARGET / "report.json").read_bytes() == ran.report_after_first
+    assert "Full ranking" in ran.second.stdout and " cold " in ran.second.stdout
+
+
+def test_run_rejects_an_unknown_strategy_before_any_stage(tmp_path: Path) -> None:
+    result = invoke(tmp_path / "ws", *RUN, "--source", str(tmp_path), "--strategy", "nope")
+    one_error_line(result, "'nope'")
+    assert not (tmp_path / "ws").exists()
+
+
+def test_run_with_a_missing_source_folder_is_one_error(tmp_path: Path) -> None:
+    result = invoke(tmp_path / "ws", *RUN, "--source", str(tmp_path / "nowhere"), "--quiet")
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "nowhere" in result.stderr
+
+
+def test_run_rejects_a_bad_cut_off_before_any_stage(ran: Ran) -> None:
+    result = invoke(ran.ws, *RUN, "--source", str(ran.downloads), "--k", "0", "--quiet")
+    one_error_line(result, "0")  # one line: no stage log before it
+
+
+def test_run_with_negatives_keeps_the_full_ranking_headline(ran: Ran) -> None:
+    result = ok(invoke(ran.ws, *RUN, "--source", str(ran.downloads), "--negatives", "20", "--json"))
+    assert json.loads(result.stdout)["protocol"] == "full"
+    assert (ran.ws.reports_dir / DATASET / TARGET / "report-sampled-20.json").exists()
+
+
+def test_every_stage_run_help_names_is_in_its_log(ran: Ran) -> None:
+    help_text = ok(runner.invoke(app, ["run", "--help"])).stdout
+    stages = ("fetch", "prepare", "overlap", "pretrain", "embed", "transfer", "evaluate")
+    named = [s for s in stages if s in help_text.split("Arguments")[0]]
+    logged = {line.removeprefix("›").strip().split(":")[0] for line in ran.second.stderr.splitlines()}
+    assert set(named) <= logged, set(named) - logged
+
+
+# --------------------------------------------------------------------------------------------- demo
+
+
+DEMO_SMALL = ("--users", "600", "--epochs", "1", "--device", "cpu")
+
+
+def test_demo_runs_everything_in_the_given_workspace(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    result = ok(invoke(ws, "demo", *DEMO_SMALL, "--quiet"))
+    assert flat(f"demo workspace: {ws.root}") in flat(result.stderr)
+    assert flat("Synthetic data, not real reviews") in flat(result.stderr)
+    assert "Full ranking" in result.stdout and flat(f"workspace: {ws.root}") in flat(result.stdout)
+    assert ws.raw(SOURCE).exists() and ws.raw(TARGET).exists()
+    assert all(model_files(ws, m) for m in ("source-only", "target-only", *STRATEGIES))
+    saved = json.loads((ws.reports_dir / DATASET / TARGET / "report.json").read_text())
+    assert {r["model"] for r in saved["results"]} == {"popularity", "target-only", *STRATEGIES}
+    # Again with --json: every stage reused, stdout exactly the saved report.
+    again = ok(invoke(ws, "demo", *DEMO_SMALL, "--json"))
+    shown = json.loads(again.stdout)
+    assert shown.pop("workspace") == str(ws.root)
+    assert shown == saved and again.stderr == ""
