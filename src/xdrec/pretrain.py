@@ -21,7 +21,7 @@ from xdrec.checkpoint import dataset_identity, read_checkpoint, save_checkpoint
 from xdrec.data.dataset import Dataset
 from xdrec.devices import resolve_device
 from xdrec.errors import XdrecError
-from xdrec.evaluation import per_user_metrics
+from xdrec.evaluation import validation_metric
 from xdrec.models.sasrec import SASRec, SASRecConfig
 from xdrec.training import Examples, TrainConfig, TrainResult, train
 from xdrec.workspace import Workspace
@@ -88,20 +88,11 @@ def training_examples(sequences: pl.DataFrame, max_len: int) -> Examples:
     return Examples(torch.from_numpy(inputs), torch.from_numpy(labels))
 
 
-def ndcg_validator(
-    dataset: Dataset, domain: str, name: str = "sasrec", batch_size: int = 512
-) -> Callable[[SASRec], float] | None:
-    """Mean full-ranking NDCG@10 over the domain's validation users (None when it has none)."""
-    cases = dataset.eval_cases(domain, "valid")
-    if cases.height == 0:
-        return None
-    n_items = dataset.n_items(domain)
-
-    def validate(model: SASRec) -> float:
-        metrics = per_user_metrics(SASRecScorer(model, name), cases, n_items, ks=(10,), batch_size=batch_size)
-        return float(metrics[METRIC].mean())
-
-    return validate
+def ndcg_validator(dataset: Dataset, domain: str, name: str = "sasrec") -> Callable[[SASRec], float] | None:
+    """Full-ranking NDCG@10 over (a sample of) the domain's validation users; None when it has none."""
+    return validation_metric(
+        dataset.eval_cases(domain, "valid"), dataset.n_items(domain), lambda m: SASRecScorer(m, name)
+    )
 
 
 def pretrain(

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import polars as pl
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from xdrec.data.dataset import Dataset
 from xdrec.embed import UserVectors
-from xdrec.evaluation import per_user_metrics
 from xdrec.pretrain import SASRecScorer
-from xdrec.scoring import Scorer
 from xdrec.training import TrainConfig, TrainResult
 from xdrec.workspace import Workspace
 
@@ -53,19 +49,6 @@ class TransferResult:
     model_dir: Path
     training: TrainResult
     serves: str  # which segments the strategy can score from real evidence
-
-
-def validator(
-    cases: pl.DataFrame, n_items: int, scorer_for: Callable[[nn.Module], Scorer]
-) -> Callable | None:
-    """Mean full-ranking NDCG@10 of the model (wrapped as a Scorer) on `cases`: the early-stopping metric."""
-    if cases.height == 0:
-        return None
-
-    def validate(model: nn.Module) -> float:
-        return float(per_user_metrics(scorer_for(model), cases, n_items, ks=(10,))[METRIC].mean())
-
-    return validate
 
 
 def keep_tail(history: Tensor, width: int) -> Tensor:

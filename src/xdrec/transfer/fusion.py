@@ -16,10 +16,11 @@ from torch import Tensor, nn
 
 from xdrec.checkpoint import Checkpoint, dataset_identity, save_checkpoint
 from xdrec.embed import UserVectors
+from xdrec.evaluation import validation_metric
 from xdrec.models.sasrec import SASRec, SASRecConfig
 from xdrec.scoring import pad_left
 from xdrec.training import Examples, train
-from xdrec.transfer.base import TransferConfig, TransferContext, TransferResult, keep_tail, validator
+from xdrec.transfer.base import TransferConfig, TransferContext, TransferResult, keep_tail
 
 NAME = "fusion"
 
@@ -84,7 +85,7 @@ def fit(ctx: TransferContext, config: TransferConfig, progress: bool = True) -> 
     torch.manual_seed(config.train.seed)
     model = FusionModel(cfg, ctx.vectors.dim)
     train_examples = examples(data.train_sequences(target), ctx.vectors, model.slot, cfg.max_len)
-    validate = validator(
+    validate = validation_metric(
         data.eval_cases(target, "valid"), data.n_items(target), lambda m: FusionScorer(m, ctx.vectors)
     )
     out = ctx.out_dir(NAME)

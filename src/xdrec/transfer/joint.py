@@ -18,10 +18,11 @@ from torch import Tensor, nn
 
 from xdrec.checkpoint import Checkpoint, dataset_identity, save_checkpoint
 from xdrec.data.dataset import Dataset
+from xdrec.evaluation import validation_metric
 from xdrec.models.sasrec import SASRec, SASRecConfig
 from xdrec.scoring import pad_left
 from xdrec.training import Examples, train
-from xdrec.transfer.base import TransferConfig, TransferContext, TransferResult, keep_tail, validator
+from xdrec.transfer.base import TransferConfig, TransferContext, TransferResult, keep_tail
 
 NAME = "joint"
 
@@ -74,19 +75,26 @@ def examples(data: Dataset, max_len: int) -> Examples:
     return Examples(pad_left(rows["token"].to_list(), max_len), pad_left(rows["label"].to_list(), max_len))
 
 
+def scoring_timelines(data: Dataset, max_len: int) -> Tensor:
+    """(n_users, 2 * max_len) every user's most recent timeline tokens, target items up to validation.
+
+    The scorer keeps the target items in the history it is given and drops the others, so the same table
+    serves validation (train history) and test (train + valid); twice max_len leaves room for both.
+    """
+    width = 2 * max_len
+    rows = timelines(data, ("train", "valid")).group_by("user_id").agg(pl.col("token").tail(width)).collect()
+    tokens = torch.zeros(data.users.height, width, dtype=torch.long)
+    tokens[torch.from_numpy(rows["user_id"].to_numpy().astype("int64"))] = pad_left(
+        rows["token"].to_list(), width
+    )
+    return tokens
+
+
 class JointScorer:
     """Rebuilds each user's merged timeline from the target history it is given (valid or test time)."""
 
-    def __init__(self, model: JointModel, data: Dataset, name: str = NAME) -> None:
-        self.model, self.name = model, name
-        width = 2 * model.sasrec.cfg.max_len  # room for target items that the history will not include
-        rows = (
-            timelines(data, ("train", "valid")).group_by("user_id").agg(pl.col("token").tail(width)).collect()
-        )
-        self.tokens = torch.zeros(data.users.height, width, dtype=torch.long)  # (U, W) every user's timeline
-        self.tokens[torch.from_numpy(rows["user_id"].to_numpy().astype("int64"))] = pad_left(
-            rows["token"].to_list(), width
-        )
+    def __init__(self, model: JointModel, tokens: Tensor, name: str = NAME) -> None:
+        self.model, self.tokens, self.name = model, tokens, name
 
     @torch.no_grad()
     def scores(self, user_ids: Tensor, history: Tensor) -> Tensor:
@@ -111,7 +119,8 @@ def fit(ctx: TransferContext, config: TransferConfig, progress: bool = True) -> 
     cfg = replace(ctx.source.model.cfg, n_items=n_target + data.n_items(data.source))
     torch.manual_seed(config.train.seed)
     model = JointModel(cfg, n_target)
-    validate = validator(data.eval_cases(target, "valid"), n_target, lambda m: JointScorer(m, data))
+    tokens = scoring_timelines(data, cfg.max_len)
+    validate = validation_metric(data.eval_cases(target, "valid"), n_target, lambda m: JointScorer(m, tokens))
     out = ctx.out_dir(NAME)
     result = train(
         model, examples(data, cfg.max_len), config.train, validate=validate, out_dir=out, progress=progress
@@ -139,4 +148,4 @@ def fit(ctx: TransferContext, config: TransferConfig, progress: bool = True) -> 
 def load(checkpoint: Checkpoint, data: Dataset, device: torch.device) -> JointScorer:
     model = JointModel(SASRecConfig(**checkpoint.config["model"]), checkpoint.config["n_target"])
     model.load_state_dict(checkpoint.state_dict())
-    return JointScorer(model.to(device).eval(), data)
+    return JointScorer(model.to(device).eval(), scoring_timelines(data, model.sasrec.cfg.max_len))

@@ -21,10 +21,11 @@ from torch import Tensor, nn
 from xdrec.checkpoint import Checkpoint, dataset_identity, save_checkpoint
 from xdrec.embed import UserVectors
 from xdrec.errors import XdrecError
+from xdrec.evaluation import validation_metric
 from xdrec.pretrain import SASRecScorer, load_sasrec
 from xdrec.scoring import pad_left
 from xdrec.training import Examples, train
-from xdrec.transfer.base import TransferConfig, TransferContext, TransferResult, validator
+from xdrec.transfer.base import TransferConfig, TransferContext, TransferResult
 
 NAME = "mapping"
 HOLDOUT = 0.1
@@ -111,7 +112,7 @@ def fit(ctx: TransferContext, config: TransferConfig, progress: bool = True) -> 
         targets=pl.col("items").list.unique().list.sort(),
         segment=pl.lit("cold"),
     )
-    validate = validator(
+    validate = validation_metric(
         pseudo_cold, data.n_items(target), lambda m: MappingScorer(m.mlp, ctx.vectors, target_model)
     )
     out = ctx.out_dir(NAME)
