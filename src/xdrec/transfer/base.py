@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import Tensor
 
+from xdrec.checkpoint import dataset_identity, save_checkpoint
 from xdrec.data.dataset import Dataset
 from xdrec.embed import UserVectors
 from xdrec.pretrain import SASRecScorer
@@ -49,6 +51,38 @@ class TransferResult:
     model_dir: Path
     training: TrainResult
     serves: str  # which segments the strategy can score from real evidence
+
+
+def save_strategy(
+    ctx: TransferContext,
+    name: str,
+    state: Mapping[str, Tensor],
+    config: TransferConfig,
+    result: TrainResult,
+    *,
+    kind: str | None = None,
+    **details: object,
+) -> Path:
+    """Write models/<name>/ with what every strategy records, plus its own `details`."""
+    out = ctx.out_dir(name)
+    save_checkpoint(
+        out,
+        state,
+        {
+            "kind": kind or name,
+            "name": name,
+            "strategy": name,
+            "domain": ctx.target,
+            "role": "target",
+            "dataset": dataset_identity(ctx.dataset),
+            "train": asdict(config.train),
+            "loss": result.loss,
+            "epochs_run": result.epochs_run,
+            "best_valid": {result.metric_name: result.best_metric},
+            **details,
+        },
+    )
+    return out
 
 
 def keep_tail(history: Tensor, width: int) -> Tensor:

@@ -11,11 +11,10 @@ from dataclasses import asdict, replace
 
 import torch
 
-from xdrec.checkpoint import dataset_identity, save_checkpoint
 from xdrec.models.sasrec import SASRec
 from xdrec.pretrain import KIND, METRIC, ndcg_validator, training_examples
 from xdrec.training import train
-from xdrec.transfer.base import TransferConfig, TransferContext, TransferResult
+from xdrec.transfer.base import TransferConfig, TransferContext, TransferResult, save_strategy
 
 NAME = "finetune"
 
@@ -37,23 +36,15 @@ def fit(ctx: TransferContext, config: TransferConfig, progress: bool = True) -> 
         item_counts=data.item_counts(target),
         progress=progress,
     )
-    save_checkpoint(
-        out,
+    save_strategy(
+        ctx,
+        NAME,
         model.state_dict(),
-        {
-            "kind": KIND,
-            "strategy": NAME,
-            "name": NAME,
-            "domain": target,
-            "role": "target",
-            "dataset": dataset_identity(data),
-            "n_items": cfg.n_items,
-            "model": asdict(cfg),
-            "initialised_from": config.source_model,
-            "train": asdict(config.train),
-            "loss": result.loss,
-            "epochs_run": result.epochs_run,
-            "best_valid": {METRIC: result.best_metric},
-        },
+        config,
+        result,
+        kind=KIND,
+        n_items=cfg.n_items,
+        model=asdict(cfg),
+        initialised_from=config.source_model,
     )
     return TransferResult(NAME, out, result, serves="warm, target-only (cold users have no target history)")

@@ -14,13 +14,13 @@ import polars as pl
 import torch
 from torch import Tensor, nn
 
-from xdrec.checkpoint import Checkpoint, dataset_identity, save_checkpoint
+from xdrec.checkpoint import Checkpoint
 from xdrec.embed import UserVectors
 from xdrec.evaluation import validation_metric
 from xdrec.models.sasrec import SASRec, SASRecConfig
 from xdrec.scoring import pad_left
 from xdrec.training import Examples, train
-from xdrec.transfer.base import TransferConfig, TransferContext, TransferResult, keep_tail
+from xdrec.transfer.base import TransferConfig, TransferContext, TransferResult, keep_tail, save_strategy
 
 NAME = "fusion"
 
@@ -98,23 +98,15 @@ def fit(ctx: TransferContext, config: TransferConfig, progress: bool = True) -> 
         item_counts=None,
         progress=progress,
     )
-    save_checkpoint(
-        out,
+    save_strategy(
+        ctx,
+        NAME,
         model.state_dict(),
-        {
-            "kind": NAME,
-            "name": NAME,
-            "domain": target,
-            "role": "target",
-            "dataset": dataset_identity(data),
-            "model": asdict(cfg),
-            "source_dim": ctx.vectors.dim,
-            "embeddings": config.source_model,
-            "train": asdict(config.train),
-            "loss": result.loss,
-            "epochs_run": result.epochs_run,
-            "best_valid": {"NDCG@10": result.best_metric},
-        },
+        config,
+        result,
+        model=asdict(cfg),
+        source_dim=ctx.vectors.dim,
+        embeddings=config.source_model,
     )
     return TransferResult(NAME, out, result, serves="warm, cold, target-only")
 

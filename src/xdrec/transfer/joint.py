@@ -16,13 +16,13 @@ import polars as pl
 import torch
 from torch import Tensor, nn
 
-from xdrec.checkpoint import Checkpoint, dataset_identity, save_checkpoint
+from xdrec.checkpoint import Checkpoint
 from xdrec.data.dataset import Dataset
 from xdrec.evaluation import validation_metric
 from xdrec.models.sasrec import SASRec, SASRecConfig
 from xdrec.scoring import pad_left
 from xdrec.training import Examples, train
-from xdrec.transfer.base import TransferConfig, TransferContext, TransferResult, keep_tail
+from xdrec.transfer.base import TransferConfig, TransferContext, TransferResult, keep_tail, save_strategy
 
 NAME = "joint"
 
@@ -125,23 +125,7 @@ def fit(ctx: TransferContext, config: TransferConfig, progress: bool = True) -> 
     result = train(
         model, examples(data, cfg.max_len), config.train, validate=validate, out_dir=out, progress=progress
     )
-    save_checkpoint(
-        out,
-        model.state_dict(),
-        {
-            "kind": NAME,
-            "name": NAME,
-            "domain": target,
-            "role": "target",
-            "dataset": dataset_identity(data),
-            "model": asdict(cfg),
-            "n_target": n_target,
-            "train": asdict(config.train),
-            "loss": result.loss,
-            "epochs_run": result.epochs_run,
-            "best_valid": {"NDCG@10": result.best_metric},
-        },
-    )
+    save_strategy(ctx, NAME, model.state_dict(), config, result, model=asdict(cfg), n_target=n_target)
     return TransferResult(NAME, out, result, serves="warm, cold, target-only")
 
 

@@ -10,22 +10,20 @@ a seeded tenth of the training users as pseudo-cold users, ranked from their sou
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import numpy as np
 import polars as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xdrec.checkpoint import Checkpoint, dataset_identity, save_checkpoint
+from xdrec.checkpoint import Checkpoint
 from xdrec.embed import UserVectors
 from xdrec.errors import XdrecError
 from xdrec.evaluation import validation_metric
 from xdrec.pretrain import SASRecScorer, load_sasrec
 from xdrec.scoring import pad_left
 from xdrec.training import Examples, train
-from xdrec.transfer.base import TransferConfig, TransferContext, TransferResult
+from xdrec.transfer.base import TransferConfig, TransferContext, TransferResult, save_strategy
 
 NAME = "mapping"
 HOLDOUT = 0.1
@@ -119,25 +117,19 @@ def fit(ctx: TransferContext, config: TransferConfig, progress: bool = True) -> 
     result = train(
         model, examples, config.train, validate=validate, out_dir=out, loss_fn=loss_fn, progress=progress
     )
-    save_checkpoint(
-        out,
+    save_strategy(
+        ctx,
+        NAME,
         model.mlp.state_dict(),
-        {
-            "kind": NAME,
-            "name": NAME,
-            "domain": target,
-            "role": "target",
-            "dataset": dataset_identity(data),
-            "source_dim": ctx.vectors.dim,
-            "dim": table.shape[1],
-            "mapping_loss": config.mapping_loss,
-            "target_model": config.target_model,
-            "embeddings": config.source_model,
-            "train": asdict(config.train),
-            "epochs_run": result.epochs_run,
-            "best_valid": {"pseudo-cold NDCG@10": result.best_metric},
-            "users": len(users),
-        },
+        config,
+        result,
+        source_dim=ctx.vectors.dim,
+        dim=table.shape[1],
+        mapping_loss=config.mapping_loss,
+        target_model=config.target_model,
+        embeddings=config.source_model,
+        users=len(users),
+        validation="pseudo-cold: a held-out tenth of the training users, ranked from source only",
     )
     return TransferResult(NAME, out, result, serves="cold (warm users get the target-only model)")
 
