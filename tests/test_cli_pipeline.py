@@ -263,14 +263,17 @@ def test_transfer_mapping_without_target_model_names_the_right_command(chain_cop
     one_error_line(invoke(chain_copy, "transfer", "--strategy", "mapping", *TRAIN), "--domain")
 
 
-def test_transfer_fusion_on_short_target_histories(tmp_path: Path) -> None:
+def test_every_strategy_on_short_histories(tmp_path: Path) -> None:
+    """Every sequence shorter than max_len: no tensor may assume a full-width batch (fusion and joint did)."""
     ws = Workspace(tmp_path / "ws")
     write_raw(ws.raw_dir, SyntheticConfig(n_users=200, max_length=30))  # every sequence < max_len 50
     ok(invoke(ws, "prepare", SOURCE, TARGET))
     ok(invoke(ws, "pretrain", *TRAIN, "--quiet"))
+    ok(invoke(ws, "pretrain", "--domain", TARGET, *TRAIN, "--quiet"))
     ok(invoke(ws, "embed", "--device", "cpu"))
-    ok(invoke(ws, "transfer", "--strategy", "fusion", *TRAIN, "--quiet"))
-    assert model_files(ws, "fusion")
+    ok(invoke(ws, "transfer", "--strategy", "all", *TRAIN, "--quiet"))
+    assert all(model_files(ws, s) for s in STRATEGIES)
+    assert {r["model"] for r in evaluate_json(ws)["results"]} == {"popularity", "target-only", *STRATEGIES}
 
 
 # ----------------------------------------------------------------------------------------- evaluate

@@ -27,14 +27,18 @@ class Scorer(Protocol):
         ...
 
 
-def pad_left(sequences: Sequence[np.ndarray | Sequence[int]], max_len: int | None = None) -> torch.Tensor:
-    """Left-pad (and, with max_len, keep only the most recent `max_len` of) item-id sequences: (B, L) long."""
+def pad_left(sequences: Sequence[np.ndarray | Sequence[int]], width: int | None = None) -> torch.Tensor:
+    """Item-id sequences -> (B, W) long, right-aligned and left-padded with 0.
+
+    W is `width` when given (keeping each sequence's most recent `width` items), else the longest length.
+    """
     arrays = [np.asarray(s, dtype=np.int64) for s in sequences]
-    if max_len is not None:
-        arrays = [a[-max_len:] if max_len > 0 else a[:0] for a in arrays]
-    width = max((len(a) for a in arrays), default=0)
+    if width is not None:
+        arrays = [a[len(a) - width :] if len(a) > width else a for a in arrays]
+    else:
+        width = max((len(a) for a in arrays), default=0)
     out = np.zeros((len(arrays), max(width, 1)), dtype=np.int64)
     for row, a in enumerate(arrays):
         if len(a):
-            out[row, width - len(a) :] = a
+            out[row, out.shape[1] - len(a) :] = a
     return torch.from_numpy(out)

@@ -70,7 +70,7 @@ class FusionScorer:
 def examples(sequences: pl.DataFrame, vectors: UserVectors, slot: int, max_len: int) -> Examples:
     """Target sequences -> [slot, i1..i(n-1)] inputs, [i1..in] labels, source vectors as extras."""
     tails = sequences["items"].list.tail(max_len).to_list()
-    labels = keep_tail(pad_left(tails, max_len), max_len)  # (N, max_len)
+    labels = pad_left(tails, max_len)  # (N, max_len)
     inputs = with_slot(pad_left([t[:-1] for t in tails], max_len), slot, max_len)
     users = torch.from_numpy(sequences["user_id"].to_numpy().astype("int64"))
     return Examples(
