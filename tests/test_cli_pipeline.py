@@ -543,6 +543,16 @@ def test_run_with_negatives_keeps_the_full_ranking_headline(ran: Ran) -> None:
     assert (ran.ws.reports_dir / DATASET / TARGET / "report-sampled-20.json").exists()
 
 
+def test_a_changed_option_reruns_only_what_it_affects(ran: Ran, tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    shutil.copytree(ran.ws.root, ws.root)
+    result = ok(invoke(ws, *RUN, "--source", str(ran.downloads), "--mapping-loss", "mse", "--quiet"))
+    log = [line.removeprefix("›").strip() for line in result.stderr.strip().splitlines()]
+    rerun = [line for line in log if not line.startswith(("overlap", "evaluate")) and "reused" not in line]
+    assert rerun == ["transfer: mapping"], log
+    assert json.loads((ws.model_dir("mapping") / "config.json").read_text())["mapping_loss"] == "mse"
+
+
 def test_every_stage_run_help_names_is_in_its_log(ran: Ran) -> None:
     help_text = ok(runner.invoke(app, ["run", "--help"])).stdout
     stages = ("fetch", "prepare", "overlap", "pretrain", "embed", "transfer", "evaluate")

@@ -214,6 +214,8 @@ def run(
         f"{shared['cold_users']:,} held out as cold-start"
     )
 
+    # A stage re-runs when its own inputs changed or when a stage it reads from re-ran.
+    retrained = False
     for domain in (source, target):
         model = f"{data.role(domain)}-only"
         if _model_is_current(workspace, model, data, config.train):
@@ -221,19 +223,22 @@ def run(
         else:
             log(f"pretrain: {model} on {domain}")
             pretrain(workspace, dataset=name, domain=domain, train_config=config.train, progress=progress)
+            retrained = True
 
-    vectors = workspace.embeddings("source-only")
-    if _embeddings_are_current(vectors, workspace.model_dir("source-only"), data):
+    if not retrained and _embeddings_are_current(workspace.embeddings("source-only"), data):
         log("embed: unchanged, reused")
     else:
         log("embed: source-only user vectors")
         embed(workspace, dataset=name, device=config.train.device)
+        retrained = True
 
     transfer_config = TransferConfig(train=config.train, mapping_loss=config.mapping_loss)  # type: ignore[arg-type]
-    todo = [s for s in config.strategies if not _model_is_current(workspace, s, data, config.train)]
     for strategy in config.strategies:
-        log(f"transfer: {strategy}" + ("" if strategy in todo else " unchanged, reused"))
-        if strategy in todo:
+        own = {"mapping_loss": config.mapping_loss} if strategy == "mapping" else {}
+        if not retrained and _model_is_current(workspace, strategy, data, config.train, **own):
+            log(f"transfer: {strategy} unchanged, reused")
+        else:
+            log(f"transfer: {strategy}")
             transfer(workspace, [strategy], dataset=name, config=transfer_config, progress=progress)
 
     models = ["target-only", *config.strategies]
@@ -262,23 +267,29 @@ def _dataset_is_current(
     return all(inputs.get(d, {}).get("sha256") == file_sha256(workspace.raw(d)) for d in (source, target))
 
 
-def _model_is_current(workspace: Workspace, name: str, data: Dataset, train: TrainConfig) -> bool:
+def _model_is_current(
+    workspace: Workspace, name: str, data: Dataset, train: TrainConfig, **expected: object
+) -> bool:
+    """models/<name>/ was trained on `data` with `train` (and has the `expected` config values)."""
     path = workspace.model_dir(name) / CONFIG
     if not path.exists():
         return False
     config = read_json(path)
     same_data = config.get("dataset", {}).get("manifest_hash") == data.manifest_hash
-    return same_data and config.get("train") == asdict(train)
+    return (
+        same_data
+        and config.get("train") == asdict(train)
+        and all(config.get(k) == v for k, v in expected.items())
+    )
 
 
-def _embeddings_are_current(vectors: Path, source_model: Path, data: Dataset) -> bool:
+def _embeddings_are_current(vectors: Path, data: Dataset) -> bool:
     from safetensors import safe_open
 
-    if not vectors.exists() or not (source_model / CONFIG).exists():
+    if not vectors.exists():
         return False
     with safe_open(str(vectors), framework="pt") as f:
-        same = (f.metadata() or {}).get("manifest_hash") == data.manifest_hash
-    return same and vectors.stat().st_mtime >= (source_model / "model.safetensors").stat().st_mtime
+        return (f.metadata() or {}).get("manifest_hash") == data.manifest_hash
 
 
 # ------------------------------------------------------------------------------------------------ demo
