@@ -30,20 +30,32 @@ HOLDOUT = 0.1
 
 
 class MappingModel(nn.Module):
-    """source vector (B, Ds) -> target space (B, 1, D); the loss compares it with a frozen table."""
+    """source vector (B, Ds) -> target space (B, 1, D); the loss compares it with a frozen table.
 
-    def __init__(self, source_dim: int, table: Tensor) -> None:
+    With `item_bias` (the task loss) each target item also gets a learned bias, carried as one extra
+    dimension (a constant 1 in the user vector, the bias in the table) so the trainer's losses apply
+    unchanged: a cold user's score is taste plus how likely the item is for anyone, which the frozen
+    table of the target model (trained with histories) does not encode on its own.
+    """
+
+    def __init__(self, source_dim: int, table: Tensor, item_bias: bool = False) -> None:
         super().__init__()
         dim = table.shape[1]
         self.mlp = nn.Sequential(nn.Linear(source_dim, 2 * dim), nn.Tanh(), nn.Linear(2 * dim, dim))
         # `task`: the target items (n + 1, D); `mse`: target user vectors, one row per training user.
         self.register_buffer("table", table.detach().clone(), persistent=False)
+        self.bias = nn.Parameter(torch.zeros(table.shape[0])) if item_bias else None
 
     def forward(self, inputs: Tensor, source_vector: Tensor) -> Tensor:
-        return self.mlp(source_vector)[:, None, :]  # (B, 1, D); inputs only carry the batch shape
+        mapped = self.mlp(source_vector)  # (B, D); inputs only carry the batch shape
+        if self.bias is not None:
+            mapped = torch.cat([mapped, mapped.new_ones(len(mapped), 1)], dim=1)  # (B, D + 1)
+        return mapped[:, None, :]
 
     def item_embeddings(self) -> Tensor:
-        return self.table
+        if self.bias is None:
+            return self.table
+        return torch.cat([self.table, self.bias[:, None]], dim=1)  # (n + 1, D + 1)
 
 
 def mse_loss(hidden: Tensor, labels: Tensor, table: Tensor) -> Tensor:
@@ -53,18 +65,25 @@ def mse_loss(hidden: Tensor, labels: Tensor, table: Tensor) -> Tensor:
 
 
 class MappingScorer:
-    def __init__(self, mlp: nn.Module, vectors: UserVectors, target: SASRecScorer, name: str = NAME) -> None:
-        self.mlp, self.vectors, self.target, self.name = mlp, vectors, target, name
+    """Cold users (no target history): the mapped source vector; the others: the target model itself."""
+
+    def __init__(
+        self, model: MappingModel, vectors: UserVectors, target: SASRecScorer, name: str = NAME
+    ) -> None:
+        self.model, self.vectors, self.target, self.name = model, vectors, target, name
 
     @torch.no_grad()
     def scores(self, user_ids: Tensor, history: Tensor) -> Tensor:
         device = self.target.device
         users = user_ids.cpu()
-        mapped = self.mlp(self.vectors.vectors[users].to(device)) * self.vectors.known[users, None].to(device)
-        own = self.target.model.user_vector(history[:, -self.target.model.cfg.max_len :].to(device))
+        source = self.vectors.vectors[users].to(device) * self.vectors.known[users, None].to(device)
+        table = self.target.model.item_embeddings()  # (n + 1, D)
+        mapped = self.model.mlp(source) @ table.T  # (B, n + 1)
+        if self.model.bias is not None:
+            mapped = mapped + self.model.bias
+        own = self.target.scores(user_ids, history)  # (B, n + 1)
         cold = (history != 0).sum(1).to(device) == 0  # (B,)
-        user = torch.where(cold[:, None], mapped, own)  # (B, D)
-        return user @ self.target.model.item_embeddings().T
+        return torch.where(cold[:, None], mapped, own)
 
 
 def _split_users(sequences: pl.DataFrame, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -100,7 +119,7 @@ def fit(ctx: TransferContext, config: TransferConfig, progress: bool = True) -> 
         example_users, labels = users, torch.arange(1, len(users) + 1)[:, None]
         loss_fn = mse_loss
     torch.manual_seed(config.train.seed)
-    model = MappingModel(ctx.vectors.dim, table)
+    model = MappingModel(ctx.vectors.dim, table, item_bias=config.mapping_loss == "task")
     examples = Examples(
         torch.ones_like(labels), labels, {"source_vector": ctx.vectors.vectors[example_users]}
     )
@@ -111,7 +130,7 @@ def fit(ctx: TransferContext, config: TransferConfig, progress: bool = True) -> 
         segment=pl.lit("cold"),
     )
     validate = validation_metric(
-        pseudo_cold, data.n_items(target), lambda m: MappingScorer(m.mlp, ctx.vectors, target_model)
+        pseudo_cold, data.n_items(target), lambda m: MappingScorer(m, ctx.vectors, target_model)
     )
     out = ctx.out_dir(NAME)
     result = train(
@@ -120,7 +139,7 @@ def fit(ctx: TransferContext, config: TransferConfig, progress: bool = True) -> 
     save_strategy(
         ctx,
         NAME,
-        model.mlp.state_dict(),
+        model.state_dict(),
         config,
         result,
         source_dim=ctx.vectors.dim,
@@ -135,7 +154,8 @@ def fit(ctx: TransferContext, config: TransferConfig, progress: bool = True) -> 
 
 
 def load(checkpoint: Checkpoint, vectors: UserVectors, target: SASRecScorer) -> MappingScorer:
-    dim, source_dim = checkpoint.config["dim"], checkpoint.config["source_dim"]
-    model = MappingModel(source_dim, torch.zeros(1, dim))
-    model.mlp.load_state_dict(checkpoint.state_dict())
-    return MappingScorer(model.mlp.to(target.device).eval(), vectors, target)
+    config = checkpoint.config
+    table = target.model.item_embeddings().detach()
+    model = MappingModel(config["source_dim"], table, item_bias=config["mapping_loss"] == "task")
+    model.load_state_dict(checkpoint.state_dict())
+    return MappingScorer(model.to(target.device).eval(), vectors, target)
