@@ -502,7 +502,7 @@ def _stage_log(quiet: bool):
 def demo(
     ctx: typer.Context,
     users: Annotated[int, typer.Option(help="Synthetic users to generate.")] = 3000,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs per model.")] = 12,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs per model.")] = 10,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,

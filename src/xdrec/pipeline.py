@@ -295,7 +295,7 @@ def _embeddings_are_current(vectors: Path, data: Dataset) -> bool:
 # ------------------------------------------------------------------------------------------------ demo
 
 # Short training for the two-minute demo: a higher learning rate and an early stop after two flat epochs.
-DEMO_TRAIN = TrainConfig(epochs=12, patience=2, batch_size=128, lr=3e-3, seed=42)
+DEMO_TRAIN = TrainConfig(epochs=10, patience=2, batch_size=128, lr=3e-3, seed=42)
 
 
 def demo(
