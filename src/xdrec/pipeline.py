@@ -27,10 +27,10 @@ from xdrec.scoring import pad_left
 from xdrec.training import TrainConfig
 from xdrec.transfer import STRATEGIES, TransferConfig
 from xdrec.workspace import Workspace, read_json
+from xdrec.zoo import POPULARITY, load_scorer, model_domain, trained_models
 
 if TYPE_CHECKING:
     from xdrec.data.synthetic import SyntheticConfig
-from xdrec.zoo import POPULARITY, load_scorer, model_domain, trained_models
 
 Log = Callable[[str], None]
 
@@ -116,10 +116,8 @@ def recommend(
     history = pad_left([seen_now["item_id"].to_list()])
     with torch.no_grad():
         scores = scorer.scores(torch.tensor([user_id]), history)[0].float().cpu()
-    scores[0] = float("-inf")
-    scores[torch.tensor(target["item_id"].to_list(), dtype=torch.long)] = float(
-        "-inf"
-    )  # everything they have
+    owned = torch.tensor([0, *target["item_id"].to_list()], dtype=torch.long)  # padding + all they have
+    scores[owned] = float("-inf")
     top = torch.topk(scores, min(k, int(torch.isfinite(scores).sum())))
     raw = data.item_raw_ids(data.target)
     items = [
