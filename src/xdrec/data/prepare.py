@@ -1,13 +1,13 @@
 """`xdrec prepare`: raw per-domain logs -> a prepared two-domain dataset (see data/dataset.py for the files).
 
 Steps, Polars end to end:
-1. read raw/<Source>.parquet and raw/<Target>.parquet, keep each (user, item)'s earliest review;
-2. encode raw ids as integers (sorted order, so ids do not depend on file order);
-3. k-core: a user needs >= min_user interactions over both domains together (keeping users thin in the
+1. read raw/<Source>.parquet and raw/<Target>.parquet; encode raw ids as integers (sorted order, so ids
+   do not depend on file order) and keep each (user, item)'s earliest review;
+2. k-core: a user needs >= min_user interactions over both domains together (keeping users thin in the
    target but rich in the source), an item >= min_item in its domain; iterate to the fixed point
    (`one_pass` applies both filters once, with counts from the unfiltered table, like the seed notebook);
-4. dense ids: users 0..n-1 across domains, items 1..n per domain (0 is padding);
-5. splits and the cold-start hold-out (data/splits.py); write Parquet + manifest.json atomically.
+3. dense ids: users 0..n-1 across domains, items 1..n per domain (0 is padding);
+4. splits and the cold-start hold-out (data/splits.py); write Parquet + manifest.json atomically.
 """
 
 from __future__ import annotations
@@ -91,8 +91,7 @@ def build_tables(
     raw: dict[str, pl.LazyFrame], source: str, target: str, config: PrepareConfig
 ) -> dict[str, pl.DataFrame]:
     """The pure part of prepare: raw frames by domain -> {interactions, users, items} frames."""
-    events = _deduplicated(raw, source, target)
-    events, users, items = _encode(events)
+    events, users, items = _encode(raw, source, target)
     events = kcore(events, config.min_user, config.min_item, one_pass=config.one_pass)
     for code, domain in enumerate((source, target)):
         if events.filter(pl.col("domain_code") == code).height == 0:
@@ -145,36 +144,38 @@ def _scan_raw(path: Path, domain: str) -> pl.LazyFrame:
     return frame.select(list(RAW_SCHEMA))
 
 
-def _deduplicated(raw: dict[str, pl.LazyFrame], source: str, target: str) -> pl.LazyFrame:
-    """One row per (domain, user, item): the earliest review, as the Amazon 2023 benchmark keeps."""
+def _encode(
+    raw: dict[str, pl.LazyFrame], source: str, target: str
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Integer-coded events, one per (domain, user, item), and the code -> raw id tables.
+
+    Codes are ranks in sorted order of the distinct raw ids (so they never depend on file order). The
+    vocabularies are built from the distinct ids and joined back, and duplicates are dropped on integer
+    keys: the strings are sorted once per distinct id and hashed once per row, never grouped per row.
+    A repeated (user, item) review keeps its earliest timestamp and that review's rating, as the Amazon
+    2023 benchmark does.
+    """
     frames = [
         raw[domain].drop("domain").with_columns(domain_code=pl.lit(code, dtype=pl.UInt8))
         for code, domain in enumerate((source, target))
     ]
-    return (
-        pl.concat(frames)
-        .drop_nulls(["user", "item", "timestamp"])
-        .group_by("domain_code", "user", "item")
-        .agg(
-            pl.col("rating").sort_by("timestamp").first(),
-            pl.col("timestamp").min(),
-        )
+    rows = pl.concat(frames).drop_nulls(["user", "item", "timestamp"])
+    users_q = rows.select(pl.col("user").unique()).sort("user").with_row_index("user_code")
+    items_q = (
+        rows.select("domain_code", "item")
+        .unique()
+        .sort("domain_code", "item")
+        .with_columns(item_code=pl.int_range(pl.len(), dtype=pl.UInt32).over("domain_code"))
     )
-
-
-def _encode(events: pl.LazyFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """Replace raw string ids by integer codes (their sorted rank), returning the code -> raw tables.
-
-    Integers make the k-core iterations cheap: the strings are looked at once here and once at the end.
-    """
-    encoded = events.with_columns(
-        user_code=pl.col("user").rank("dense").cast(pl.UInt32),
-        item_code=pl.col("item").rank("dense").over("domain_code").cast(pl.UInt32),
-    ).collect(engine="streaming")
-    users = encoded.select("user_code", "user").unique("user_code")
-    items = encoded.select("domain_code", "item_code", "item").unique(["domain_code", "item_code"])
-    events_int = encoded.select("domain_code", "user_code", "item_code", "timestamp", "rating")
-    return events_int, users, items
+    users, items = pl.collect_all([users_q, items_q], engine="streaming")
+    events = (
+        rows.join(users.lazy(), on="user")
+        .join(items.lazy(), on=["domain_code", "item"])
+        .group_by("domain_code", "user_code", "item_code")
+        .agg(pl.col("rating").sort_by("timestamp").first(), pl.col("timestamp").min())
+        .collect(engine="streaming")
+    )
+    return events, users, items
 
 
 def _densify(
