@@ -23,13 +23,12 @@ from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 from huggingface_hub.utils import are_progress_bars_disabled
 from polars.testing import assert_frame_equal
 
+from conftest import FOOD_KITCHEN
 from xdrec.data import amazon
 from xdrec.data.amazon import CATEGORIES, FetchResult, check_category, fetch, import_file
 from xdrec.data.schema import RAW_SCHEMA, check_raw_schema
 from xdrec.errors import XdrecError
 from xdrec.workspace import Workspace
-
-FOOD_KITCHEN = Path(__file__).resolve().parents[2] / "shared" / "data" / "food_kitchen"
 
 TEXT = "A long review body, which the import must never keep. " * 40
 
