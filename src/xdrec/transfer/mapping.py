@@ -120,6 +120,10 @@ def fit(ctx: TransferContext, config: TransferConfig, progress: bool = True) -> 
         loss_fn = mse_loss
     torch.manual_seed(config.train.seed)
     model = MappingModel(ctx.vectors.dim, table, item_bias=config.mapping_loss == "task")
+    if model.bias is not None:
+        # Start from popularity (log training counts) so the mapped taste only has to learn the difference.
+        with torch.no_grad():
+            model.bias.copy_(torch.log1p(torch.as_tensor(data.item_counts(target), dtype=torch.float32)))
     examples = Examples(
         torch.ones_like(labels), labels, {"source_vector": ctx.vectors.vectors[example_users]}
     )
