@@ -85,11 +85,9 @@ def load_user_vectors(workspace: Workspace, dataset: Dataset, model: str = SOURC
     path = workspace.embeddings(model)
     if not path.exists():
         raise XdrecError(f"no user vectors at {path}: run `xdrec embed` first")
+    if not embeddings_match(path, dataset):
+        raise XdrecError(f"{path} was computed on another dataset than {dataset.name}: re-run `xdrec embed`")
     with safe_open(str(path), framework="pt") as f:
-        if (f.metadata() or {}).get("manifest_hash") != dataset.manifest_hash:
-            raise XdrecError(
-                f"{path} was computed on another dataset than {dataset.name}: re-run `xdrec embed`"
-            )
         vectors, user_ids = f.get_tensor("vectors"), f.get_tensor("user_id")
     n_users = dataset.users.height
     dense = torch.zeros(n_users, vectors.shape[1])
@@ -97,6 +95,14 @@ def load_user_vectors(workspace: Workspace, dataset: Dataset, model: str = SOURC
     dense[user_ids] = vectors
     known[user_ids] = True
     return UserVectors(dense, known)
+
+
+def embeddings_match(path: Path, dataset: Dataset) -> bool:
+    """Whether the vectors at `path` were computed on `dataset` (the manifest hash in their metadata)."""
+    if not path.exists():
+        return False
+    with safe_open(str(path), framework="pt") as f:
+        return (f.metadata() or {}).get("manifest_hash") == dataset.manifest_hash
 
 
 def _index_path(path: Path) -> Path:

@@ -20,6 +20,7 @@ from xdrec.checkpoint import CONFIG
 from xdrec.data.dataset import Dataset
 from xdrec.data.overlap import overlap_report
 from xdrec.data.prepare import PrepareConfig, dataset_name, file_sha256, prepare
+from xdrec.embed import embeddings_match
 from xdrec.errors import XdrecError
 from xdrec.evaluation import Report, evaluate_scorers
 from xdrec.report import save_report
@@ -56,10 +57,10 @@ def evaluate(
     domain = domain or data.target
     data.check_domain(domain)
     names = [m for m in (models or trained_models(workspace, data, domain)) if m != POPULARITY]
-    scorers = [load_scorer(workspace, name, data, device) for name in names]
-    wrong = [s.name for s in scorers if getattr(s, "domain", domain) not in (None, domain)]
-    if wrong:
+    wrong = [name for name in names if model_domain(workspace, name) not in (None, domain)]
+    if wrong:  # checked before loading anything; an unknown name fails in load_scorer with its own message
         raise XdrecError(f"model {wrong[0]} scores another domain than {domain}: pass --domain to match it")
+    scorers = [load_scorer(workspace, name, data, device) for name in names]
     report = evaluate_scorers(
         data,
         domain,
@@ -223,7 +224,7 @@ def run(
             pretrain(workspace, dataset=name, domain=domain, train_config=config.train, progress=progress)
             retrained = True
 
-    if not retrained and _embeddings_are_current(workspace.embeddings("source-only"), data):
+    if not retrained and embeddings_match(workspace.embeddings("source-only"), data):
         log("embed: unchanged, reused")
     else:
         log("embed: source-only user vectors")
@@ -279,15 +280,6 @@ def _model_is_current(
         and config.get("train") == asdict(train)
         and all(config.get(k) == v for k, v in expected.items())
     )
-
-
-def _embeddings_are_current(vectors: Path, data: Dataset) -> bool:
-    from safetensors import safe_open
-
-    if not vectors.exists():
-        return False
-    with safe_open(str(vectors), framework="pt") as f:
-        return (f.metadata() or {}).get("manifest_hash") == data.manifest_hash
 
 
 # ------------------------------------------------------------------------------------------------ demo
