@@ -553,6 +553,32 @@ def test_a_changed_option_reruns_only_what_it_affects(ran: Ran, tmp_path: Path) 
     assert json.loads((ws.model_dir("mapping") / "config.json").read_text())["mapping_loss"] == "mse"
 
 
+def _rerun_stages(ws: Workspace, downloads: Path) -> list[str]:
+    result = ok(invoke(ws, *RUN, "--source", str(downloads), "--quiet"))
+    log = [line.removeprefix("›").strip() for line in result.stderr.strip().splitlines()]
+    return [line for line in log if not line.startswith(("overlap", "evaluate")) and "reused" not in line]
+
+
+def test_a_retrained_source_model_reruns_embed_and_every_strategy(ran: Ran, tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    shutil.copytree(ran.ws.root, ws.root)
+    # As if source-only had been retrained by hand with the same settings into other weights.
+    config = ws.model_dir("source-only") / "config.json"
+    config.write_text(json.dumps(json.loads(config.read_text()) | {"fingerprint": "0123456789abcdef"}))
+    assert _rerun_stages(ws, ran.downloads) == [
+        "embed: source-only user vectors",
+        *(f"transfer: {s}" for s in STRATEGIES),
+    ]
+    assert _rerun_stages(ws, ran.downloads) == []  # and now everything is current again
+
+
+def test_re_embedding_with_the_same_source_model_retrains_no_strategy(ran: Ran, tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    shutil.copytree(ran.ws.root, ws.root)
+    ws.embeddings("source-only").unlink()
+    assert _rerun_stages(ws, ran.downloads) == ["embed: source-only user vectors"]
+
+
 def test_every_stage_run_help_names_is_in_its_log(ran: Ran) -> None:
     help_text = ok(runner.invoke(app, ["run", "--help"])).stdout
     stages = ("fetch", "prepare", "overlap", "pretrain", "embed", "transfer", "evaluate")

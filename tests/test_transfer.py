@@ -21,6 +21,7 @@ from xdrec.training import TrainConfig
 from xdrec.transfer import STRATEGIES, TransferConfig, parse_strategies, transfer
 from xdrec.transfer.base import TransferContext
 from xdrec.workspace import Workspace
+from xdrec.zoo import load_scorer
 
 SYNTHETIC = SyntheticConfig(n_users=1200)
 FAST = TrainConfig(epochs=3, patience=2, batch_size=128, lr=2e-3, seed=0, device="cpu")
@@ -134,3 +135,32 @@ def test_transfer_needs_embeddings_first(trained: Workspace, tmp_path: Path) -> 
     shutil.rmtree(copy.root / "embeddings")
     with pytest.raises(XdrecError, match="xdrec embed"):
         transfer(copy, ["fusion"], config=TransferConfig(train=replace(FAST, epochs=1)), progress=False)
+
+
+# ------------------------------------------------------------------------------------------- lineage
+
+
+def test_strategies_refuse_inputs_retrained_after_them(trained: Workspace, tmp_path: Path) -> None:
+    """A retrained source model (then re-embedded) or target model makes the strategies built on it stale."""
+    ws = Workspace(tmp_path / "ws")
+    shutil.copytree(trained.root, ws.root)
+    data = Dataset.from_workspace(ws)
+    pretrain(ws, domain=data.source, train_config=replace(FAST, seed=1), progress=False)
+    # The old vectors no longer match the source model: transfer says to re-embed first ...
+    with pytest.raises(XdrecError, match="re-run `xdrec embed`"):
+        transfer(ws, ["fusion"], config=TransferConfig(train=FAST), progress=False)
+    # ... and until then fusion still scores with the vectors it was trained on.
+    load_scorer(ws, "fusion", data, "cpu")
+    embed(ws, device="cpu")
+    for name in ("fusion", "mapping"):
+        with pytest.raises(XdrecError, match=f"earlier source-only .* `xdrec transfer --strategy {name}`"):
+            load_scorer(ws, name, data, "cpu")
+    load_scorer(ws, "joint", data, "cpu")  # reads no source model at scoring time
+    transfer(ws, ["fusion", "mapping"], config=TransferConfig(train=FAST), progress=False)
+    load_scorer(ws, "fusion", data, "cpu")
+    load_scorer(ws, "mapping", data, "cpu")
+    # mapping also scores against the target-only model's item table.
+    pretrain(ws, domain=data.target, train_config=replace(FAST, seed=1), progress=False)
+    with pytest.raises(XdrecError, match="earlier target-only"):
+        load_scorer(ws, "mapping", data, "cpu")
+    load_scorer(ws, "fusion", data, "cpu")

@@ -6,6 +6,10 @@
 
 A checkpoint refuses a dataset whose manifest hash differs from the one it was trained on: item ids are
 only meaningful within one prepared dataset.
+
+Lineage: config.json holds the weights' `fingerprint` (a prefix of their sha256), and a model built from
+other models (a transfer strategy, user vectors) records their fingerprints under `built_from`. A model
+whose inputs were retrained since is stale: loading refuses it, and `xdrec run` retrains it.
 """
 
 from __future__ import annotations
@@ -23,13 +27,14 @@ from torch import Tensor
 
 import xdrec
 from xdrec.errors import XdrecError
-from xdrec.workspace import atomic_path, read_json, write_json
+from xdrec.workspace import atomic_path, file_sha256, read_json, write_json
 
 if TYPE_CHECKING:
     from xdrec.data.dataset import Dataset
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+BUILT_FROM = "built_from"  # config key: {model name: fingerprint} of the models this one was built from
 
 
 def save_tensors(path: Path, tensors: Mapping[str, Tensor]) -> None:
@@ -63,6 +68,24 @@ class Checkpoint:
     def state_dict(self, device: torch.device | str = "cpu") -> dict[str, Tensor]:
         return load_tensors(self.path / WEIGHTS, device)
 
+    @property
+    def fingerprint(self) -> str | None:
+        """Identifies these weights (None for checkpoints written before fingerprints existed)."""
+        return self.config.get("fingerprint")
+
+    def check_built_from(self, current: Mapping[str, str | None]) -> None:
+        """Raise if a model this one was built from has other weights now than it had at training time.
+
+        `current`: {model name: fingerprint of what the workspace holds now}, for the inputs scoring reads.
+        """
+        recorded = self.config.get(BUILT_FROM, {})
+        for name, fingerprint in current.items():
+            if recorded.get(name) != fingerprint:
+                raise XdrecError(
+                    f"model {self.path.name} was trained on an earlier {name} than the workspace now holds: "
+                    f"re-run `xdrec transfer --strategy {self.path.name}` (or `xdrec run`)"
+                )
+
     def check_dataset(self, dataset: Dataset) -> None:
         """Raise unless this checkpoint was trained on `dataset` (same manifest hash)."""
         trained = self.config.get("dataset", {})
@@ -79,10 +102,15 @@ def save_checkpoint(model_dir: Path, state: Mapping[str, Tensor], config: Mappin
     for key in ("kind", "dataset"):
         if key not in config:
             raise ValueError(f"checkpoint config needs {key!r}")
-    full = {**config, "xdrec_version": xdrec.__version__}
     save_tensors(model_dir / WEIGHTS, state)
+    full = {**config, "xdrec_version": xdrec.__version__, "fingerprint": fingerprint(model_dir / WEIGHTS)}
     write_json(model_dir / CONFIG, full)
     return Checkpoint(model_dir, json.loads(json.dumps(full)))
+
+
+def fingerprint(path: Path) -> str:
+    """A prefix of the file's sha256: enough to tell two trainings' weights apart."""
+    return file_sha256(path)[:16]
 
 
 def read_checkpoint(model_dir: Path, dataset: Dataset | None = None, kind: str | None = None) -> Checkpoint:

@@ -6,7 +6,8 @@ history (the most recent max_len items, left-padded), computed in batches. Writt
     embeddings/<model>.safetensors   "vectors" (N, D) float32 and "user_id" (N,) int64 (dataset user ids)
     embeddings/<model>.users.parquet user (raw id), user_id, row (row of `vectors`)
 
-with the dataset's manifest hash in the safetensors metadata, so stale vectors are refused.
+with the dataset's manifest hash and the source model's fingerprint in the safetensors metadata, so vectors
+of another dataset are refused, and a strategy trained on other vectors can tell (see xdrec.checkpoint).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from xdrec.scoring import pad_left
 from xdrec.workspace import Workspace, atomic_path
 
 SOURCE_MODEL = "source-only"
+MODEL_FINGERPRINT = "model_fingerprint"  # metadata key
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class UserVectors:
 
     vectors: torch.Tensor  # (n_users, D) float32
     known: torch.Tensor  # (n_users,) bool: the user has source history
+    model_fingerprint: str | None = None  # of the source model that computed them
 
     @property
     def dim(self) -> int:
@@ -71,6 +74,8 @@ def embed(
     user_ids = torch.from_numpy(sequences["user_id"].to_numpy().astype("int64"))
     path = workspace.embeddings(model)
     metadata = {"model": model, "dataset": data.name, "manifest_hash": data.manifest_hash}
+    if scorer.fingerprint is not None:
+        metadata[MODEL_FINGERPRINT] = scorer.fingerprint
     with atomic_path(path) as tmp:
         save_file({"vectors": vectors.contiguous(), "user_id": user_ids}, str(tmp), metadata=metadata)
     index = _index_path(path)
@@ -85,24 +90,31 @@ def load_user_vectors(workspace: Workspace, dataset: Dataset, model: str = SOURC
     path = workspace.embeddings(model)
     if not path.exists():
         raise XdrecError(f"no user vectors at {path}: run `xdrec embed` first")
-    if not embeddings_match(path, dataset):
-        raise XdrecError(f"{path} was computed on another dataset than {dataset.name}: re-run `xdrec embed`")
     with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+        if metadata.get("manifest_hash") != dataset.manifest_hash:
+            raise XdrecError(
+                f"{path} was computed on another dataset than {dataset.name}: re-run `xdrec embed`"
+            )
         vectors, user_ids = f.get_tensor("vectors"), f.get_tensor("user_id")
     n_users = dataset.users.height
     dense = torch.zeros(n_users, vectors.shape[1])
     known = torch.zeros(n_users, dtype=torch.bool)
     dense[user_ids] = vectors
     known[user_ids] = True
-    return UserVectors(dense, known)
+    return UserVectors(dense, known, metadata.get(MODEL_FINGERPRINT))
 
 
-def embeddings_match(path: Path, dataset: Dataset) -> bool:
-    """Whether the vectors at `path` were computed on `dataset` (the manifest hash in their metadata)."""
+def embeddings_match(path: Path, dataset: Dataset, model_fingerprint: str | None) -> bool:
+    """Whether the vectors at `path` were computed on `dataset` by the model with that fingerprint."""
     if not path.exists():
         return False
     with safe_open(str(path), framework="pt") as f:
-        return (f.metadata() or {}).get("manifest_hash") == dataset.manifest_hash
+        metadata = f.metadata() or {}
+    return (
+        metadata.get("manifest_hash") == dataset.manifest_hash
+        and metadata.get(MODEL_FINGERPRINT) == model_fingerprint
+    )
 
 
 def _index_path(path: Path) -> Path:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 import torch
 
-from xdrec.checkpoint import CONFIG
+from xdrec.checkpoint import BUILT_FROM, CONFIG
 from xdrec.data.dataset import Dataset
 from xdrec.data.overlap import overlap_report
 from xdrec.data.prepare import PrepareConfig, dataset_name, file_sha256, prepare
@@ -213,8 +213,8 @@ def run(
         f"{shared['cold_users']:,} held out as cold-start"
     )
 
-    # A stage re-runs when its own inputs changed or when a stage it reads from re-ran.
-    retrained = False
+    # A stage re-runs when its own inputs or parameters changed, or when a model it was built from was
+    # retrained since (the fingerprints of xdrec.checkpoint's lineage).
     for domain in (source, target):
         model = f"{data.role(domain)}-only"
         if _model_is_current(workspace, model, data, config.train):
@@ -222,19 +222,17 @@ def run(
         else:
             log(f"pretrain: {model} on {domain}")
             pretrain(workspace, dataset=name, domain=domain, train_config=config.train, progress=progress)
-            retrained = True
 
-    if not retrained and embeddings_match(workspace.embeddings("source-only"), data):
+    if embeddings_match(workspace.embeddings("source-only"), data, _fingerprint(workspace, "source-only")):
         log("embed: unchanged, reused")
     else:
         log("embed: source-only user vectors")
         embed(workspace, dataset=name, device=config.train.device)
-        retrained = True
 
     transfer_config = TransferConfig(train=config.train, mapping_loss=config.mapping_loss)  # type: ignore[arg-type]
     for strategy in config.strategies:
         own = {"mapping_loss": config.mapping_loss} if strategy == "mapping" else {}
-        if not retrained and _model_is_current(workspace, strategy, data, config.train, **own):
+        if _model_is_current(workspace, strategy, data, config.train, **own):
             log(f"transfer: {strategy} unchanged, reused")
         else:
             log(f"transfer: {strategy}")
@@ -275,11 +273,19 @@ def _model_is_current(
         return False
     config = read_json(path)
     same_data = config.get("dataset", {}).get("manifest_hash") == data.manifest_hash
+    inputs = config.get(BUILT_FROM, {})
     return (
         same_data
         and config.get("train") == asdict(train)
         and all(config.get(k) == v for k, v in expected.items())
+        and all(_fingerprint(workspace, model) == fp for model, fp in inputs.items())
     )
+
+
+def _fingerprint(workspace: Workspace, name: str) -> str | None:
+    """The fingerprint of models/<name>/'s weights; "missing" when there is no such model."""
+    path = workspace.model_dir(name) / CONFIG
+    return read_json(path).get("fingerprint") if path.exists() else "missing"
 
 
 # ------------------------------------------------------------------------------------------------ demo

@@ -33,10 +33,13 @@ METRIC = "NDCG@10"
 class SASRecScorer:
     """A trained SASRec as an `xdrec.scoring.Scorer`: the last position's hidden state against every item."""
 
-    def __init__(self, model: SASRec, name: str = "sasrec", domain: str | None = None) -> None:
+    def __init__(
+        self, model: SASRec, name: str = "sasrec", domain: str | None = None, fingerprint: str | None = None
+    ) -> None:
         self.model = model
         self.name = name
         self.domain = domain
+        self.fingerprint = fingerprint  # of the checkpoint it was loaded from (see xdrec.checkpoint)
 
     @property
     def device(self) -> torch.device:
@@ -188,4 +191,4 @@ def load_sasrec(workspace: Workspace, name: str, dataset: Dataset, device: str =
             f"model {name}'s weights do not match its config.json ({first}): retrain it"
         ) from None
     model.to(resolve_device(device)).eval()
-    return SASRecScorer(model, name, checkpoint.config.get("domain"))
+    return SASRecScorer(model, name, checkpoint.config.get("domain"), checkpoint.fingerprint)

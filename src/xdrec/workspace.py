@@ -12,6 +12,7 @@ Every stage reads what the previous one wrote by convention, so commands chain w
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -68,6 +69,14 @@ def read_json(path: Path) -> dict:
         raise XdrecError(f"{path} does not exist") from None
     except json.JSONDecodeError as e:
         raise XdrecError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -48,16 +48,20 @@ def load_scorer(workspace: Workspace, name: str, dataset: Dataset, device: str =
     if kind == SASREC:
         return load_sasrec(workspace, name, dataset, device)
     torch_device = resolve_device(device)
-    if kind == fusion.NAME:
-        return fusion.load(
-            checkpoint, load_user_vectors(workspace, dataset, config["embeddings"]), torch_device
-        )
     if kind == joint.NAME:
         return joint.load(checkpoint, dataset, torch_device)
-    if kind == mapping.NAME:
-        target = load_sasrec(workspace, config["target_model"], dataset, device)
-        return mapping.load(checkpoint, load_user_vectors(workspace, dataset, config["embeddings"]), target)
-    raise XdrecError(f"model {name} has kind {kind!r}, which this xdrec version cannot load: upgrade xdrec")
+    if kind not in (fusion.NAME, mapping.NAME):
+        raise XdrecError(f"model {name} has kind {kind!r}, which this xdrec version cannot load: upgrade it")
+    # fusion and mapping score with the source vectors (mapping also with the target model's items) as
+    # they are now: refuse them if those were recomputed since the strategy was trained.
+    vectors = load_user_vectors(workspace, dataset, config["embeddings"])
+    inputs = {config["embeddings"]: vectors.model_fingerprint}
+    if kind == fusion.NAME:
+        checkpoint.check_built_from(inputs)
+        return fusion.load(checkpoint, vectors, torch_device)
+    target = load_sasrec(workspace, config["target_model"], dataset, device)
+    checkpoint.check_built_from(inputs | {config["target_model"]: target.fingerprint})
+    return mapping.load(checkpoint, vectors, target)
 
 
 def model_domain(workspace: Workspace, name: str) -> str | None:

@@ -47,12 +47,14 @@ def transfer(
     """
     names = parse_strategies(strategies)
     data = Dataset.from_workspace(workspace, dataset)
-    ctx = TransferContext(
-        workspace=workspace,
-        dataset=data,
-        source=load_sasrec(workspace, config.source_model, data, config.train.device),
-        vectors=load_user_vectors(workspace, data, config.source_model),
-    )
+    source = load_sasrec(workspace, config.source_model, data, config.train.device)
+    vectors = load_user_vectors(workspace, data, config.source_model)
+    if vectors.model_fingerprint != source.fingerprint:
+        raise XdrecError(
+            f"the user vectors in {workspace.embeddings(config.source_model)} come from an earlier "
+            f"{config.source_model} model: re-run `xdrec embed` first"
+        )
+    ctx = TransferContext(workspace=workspace, dataset=data, source=source, vectors=vectors)
     return [STRATEGIES[name].fit(ctx, config, progress) for name in names]
 
 

@@ -10,7 +10,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from xdrec.checkpoint import dataset_identity, save_checkpoint
+from xdrec.checkpoint import BUILT_FROM, dataset_identity, save_checkpoint
 from xdrec.data.dataset import Dataset
 from xdrec.embed import UserVectors
 from xdrec.pretrain import SASRecScorer
@@ -61,9 +61,14 @@ def save_strategy(
     result: TrainResult,
     *,
     kind: str | None = None,
+    also_built_from: Mapping[str, str | None] | None = None,
     **details: object,
 ) -> Path:
-    """Write models/<name>/ with what every strategy records, plus its own `details`."""
+    """Write models/<name>/ with what every strategy records, plus its own `details`.
+
+    `built_from` records the source model's fingerprint (its vectors or weights fed every strategy), plus
+    `also_built_from`'s models, so a later retraining of any of them marks this strategy stale.
+    """
     out = ctx.out_dir(name)
     save_checkpoint(
         out,
@@ -79,6 +84,7 @@ def save_strategy(
             "loss": result.loss,
             "epochs_run": result.epochs_run,
             "best_valid": {result.metric_name: result.best_metric},
+            BUILT_FROM: {config.source_model: ctx.source.fingerprint, **(also_built_from or {})},
             **details,
         },
     )

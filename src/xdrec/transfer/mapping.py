@@ -148,6 +148,7 @@ def fit(ctx: TransferContext, config: TransferConfig, progress: bool = True) -> 
         result,
         source_dim=ctx.vectors.dim,
         dim=table.shape[1],
+        also_built_from={config.target_model: target_model.fingerprint},
         mapping_loss=config.mapping_loss,
         target_model=config.target_model,
         embeddings=config.source_model,
