@@ -156,12 +156,36 @@ def test_render_table_marks_the_winner_per_segment(dataset: Dataset) -> None:
     report = evaluate_scorers(dataset, "Movies", [OracleScorer(dataset, "Movies")], bootstrap=20)
     table = render_table(report)
     assert table.title == "Full ranking over 5 items — Movies, test split"
-    console = Console(record=True, width=220)
+    console = Console(record=True, width=80)
     console.print(table)
     text = console.export_text()
     assert text.count("★ oracle") == len(report.segments)
     assert "★ popularity" not in text
-    assert "target-only" in text and "[" in text  # CIs are shown
+    # One line per model, the headline's CI beside it, nothing cut at 80 columns.
+    assert all(len(line) <= 80 for line in text.splitlines())
+    assert text.count("oracle") == len(report.segments) and "…" not in text
+    assert "CI" in text and text.count("1.000-1.000") == len(report.segments)
+
+
+class ReverseOracle(OracleScorer):
+    """Ranks every relevant item last: NDCG 0 for everyone."""
+
+    def scores(self, user_ids: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        return -self.matrix[user_ids]
+
+
+def test_render_table_crowns_no_one_when_every_model_scores_zero(dataset: Dataset) -> None:
+    worst, also_worst = ReverseOracle(dataset, "Movies"), ReverseOracle(dataset, "Movies")
+    also_worst.name = "also-worst"
+    report = evaluate_scorers(
+        dataset, "Movies", [worst, also_worst], ks=(1,), bootstrap=0, with_popularity=False
+    )
+    assert report.rows["NDCG@1"].max() == 0 and report.rows["HR@1"].max() == 0
+    console = Console(record=True, width=80)
+    console.print(render_table(report))
+    text = console.export_text()
+    assert "★" not in text.split("mean over users")[0]
+    assert " CI " not in text  # no bootstrap, no CI column
 
 
 def test_evaluate_scorers_user_errors(dataset: Dataset) -> None:

@@ -390,7 +390,7 @@ def evaluate(
         _print_json(report_to_json(report))
     else:
         console.print(render_table(report))
-        console.print(f"saved {paths['json']} and {paths['plot']}")
+        console.print(f"saved {paths['json']} and {paths['plot']}", soft_wrap=True)
 
 
 @app.command()

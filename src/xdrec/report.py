@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import polars as pl
+from rich import box
 from rich.table import Table
 from rich.text import Text
 
@@ -31,51 +32,62 @@ def protocol_title(report: Report) -> str:
 
 
 def _best(block: pl.DataFrame, metric: str) -> float | None:
-    return block[metric].max()  # type: ignore[return-value]
+    """The segment's best value of `metric`; None when nothing beats zero (no model earned a highlight)."""
+    best = block[metric].max()
+    return best if best else None  # type: ignore[return-value]
+
+
+def _number(value: float) -> str:
+    """A metric in [0, 1] in 5 characters (0.0183 -> .0183, 1 -> 1.000), so the table fits 80 columns."""
+    return f"{value:.3f}" if value >= 1 else f"{value:.4f}".removeprefix("0")
 
 
 def render_table(report: Report) -> Table:
-    """Segments grouped (one section each), models in rows, the best value per segment and metric in bold
-    green, the segment's winner on the headline metric (NDCG at the first K) marked with ★."""
+    """One line per model, segments grouped (one section each): the means of every metric, the headline
+    metric's (NDCG at the first K) bootstrap CI, the best value per segment and metric in bold green, and
+    the segment's winner on the headline marked with ★. `--json` carries every metric's CI."""
     percent = round(report.confidence * 100)
+    with_ci = report.rows[f"{report.headline}_lo"].is_not_null().any()
     table = Table(
         title=protocol_title(report),
         caption=(
-            f"mean over users, [{percent}% bootstrap CI]; best per segment in bold; "
-            f"★ = best {report.headline}; '{ALL_SEGMENT}' = every user except '{COLD_SEGMENT}'"
+            f"mean over users; best per segment in bold, ★ = best {report.headline}"
+            + (f"; CI = {percent}% bootstrap interval of {report.headline}" if with_ci else "")
+            + f"; '{ALL_SEGMENT}' = every user except '{COLD_SEGMENT}'"
         ),
         title_style="bold red" if report.sampled else "bold",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
     )
     table.add_column("segment", style="bold", no_wrap=True)
     table.add_column("model", no_wrap=True)
-    table.add_column("users", justify="right")
+    table.add_column("users", justify="right", no_wrap=True)
     for metric in report.metrics:
-        table.add_column(metric, justify="right")
+        table.add_column(metric, justify="right", no_wrap=True)
+        if metric == report.headline and with_ci:
+            table.add_column("CI", justify="right", style="dim", no_wrap=True)
 
     for segment in report.segments:
         block = report.rows.filter(pl.col("segment") == segment)
-        best = {metric: _best(block, metric) for metric in report.metrics}
         # Highlighting a lone model would claim a win it did not have to earn.
         contested = block.height > 1
+        best = {metric: _best(block, metric) if contested else None for metric in report.metrics}
         for i, row in enumerate(block.iter_rows(named=True)):
-            wins = contested and row[report.headline] == best[report.headline]
-            model = Text(f"★ {row['model']}" if wins else row["model"], style=BEST_STYLE if wins else "")
-            cells = []
-            for metric in report.metrics:
-                cell = Text(
-                    f"{row[metric]:.4f}",
-                    style=BEST_STYLE if contested and row[metric] == best[metric] else "",
-                )
-                if row[f"{metric}_lo"] is not None:
-                    cell.append(f"\n[{row[f'{metric}_lo']:.4f}, {row[f'{metric}_hi']:.4f}]", style="dim")
-                cells.append(cell)
-            table.add_row(
+            wins = row[report.headline] == best[report.headline]
+            cells: list[Text | str] = [
                 segment if i == 0 else "",
-                model,
+                Text(f"★ {row['model']}" if wins else row["model"], style=BEST_STYLE if wins else ""),
                 f"{row['users']:,}",
-                *cells,
-                end_section=i == block.height - 1,
-            )
+            ]
+            for metric in report.metrics:
+                style = BEST_STYLE if row[metric] == best[metric] else ""
+                cells.append(Text(_number(row[metric]), style=style))
+                if metric == report.headline and with_ci:
+                    lo, hi = row[f"{metric}_lo"], row[f"{metric}_hi"]
+                    cells.append(f"{_number(lo)}-{_number(hi)}" if lo is not None else "")
+            table.add_row(*cells, end_section=i == block.height - 1)
     return table
 
 
