@@ -177,3 +177,48 @@ def test_food_kitchen_end_to_end(food_kitchen_workspace: Workspace) -> None:
         PrepareConfig(),
     )
     assert_frame_equal(again["interactions"], ds.interactions().collect())
+
+
+def test_output_does_not_depend_on_file_order_and_keeps_the_earliest_review() -> None:
+    raw = {d: random_raw(d, 200, 60, 4000, seed=i) for i, d in enumerate(("S", "T"))}
+    # a repeated (user, item): the earliest review wins, and a tie on it keeps the lowest rating
+    extra = pl.DataFrame(
+        {
+            "user": ["U00001"] * 4,
+            "item": ["TX99999"] * 4,
+            "rating": [5.0, 2.0, 4.0, 1.0],
+            "timestamp": [3_000, 1_000, 1_000, 2_000],
+            "domain": ["T"] * 4,
+        },
+        schema=raw["T"].schema,
+    )
+    raw["T"] = pl.concat([raw["T"], extra])
+    config = PrepareConfig(min_user=1, min_item=1)
+    tables = build_tables({d: f.lazy() for d, f in raw.items()}, "S", "T", config)
+    shuffled = {d: f.sample(fraction=1.0, shuffle=True, seed=3).lazy() for d, f in raw.items()}
+    again = build_tables(shuffled, "S", "T", config)
+    for name, frame in tables.items():
+        assert_frame_equal(frame, again[name])
+    user_id = tables["users"].filter(pl.col("user") == "U00001")["user_id"].item()
+    item_id = tables["items"].filter(pl.col("item") == "TX99999")["item_id"].item()
+    row = tables["interactions"].filter((pl.col("user_id") == user_id) & (pl.col("item_id") == item_id))
+    assert row.select("domain", "timestamp", "rating").rows() == [("T", 1_000, 2.0)]
+    # ids: users and items are numbered in sorted raw-id order
+    assert tables["users"]["user"].is_sorted()
+    for domain in ("S", "T"):
+        assert tables["items"].filter(pl.col("domain") == domain)["item"].is_sorted()
+
+
+def test_a_hash_collision_between_kept_ids_is_reported(
+    small_workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import xdrec.data.prepare as prepare_module
+
+    real_hash = prepare_module._id_hash
+
+    def bad_hash(column: str, seed: int) -> pl.Expr:  # all user ids have one length: one hash for all
+        return pl.col(column).str.len_bytes().cast(pl.UInt64) if column == "user" else real_hash(column, seed)
+
+    monkeypatch.setattr(prepare_module, "_id_hash", bad_hash)
+    with pytest.raises(XdrecError, match="user ids share a 64-bit hash"):
+        prepare(small_workspace, "Src", "Tgt", PrepareConfig(min_item=1))

@@ -19,7 +19,7 @@ import torch
 from xdrec.checkpoint import BUILT_FROM, CONFIG
 from xdrec.data.dataset import Dataset
 from xdrec.data.overlap import overlap_report
-from xdrec.data.prepare import PrepareConfig, dataset_name, file_sha256, prepare
+from xdrec.data.prepare import PrepareConfig, dataset_name, prepare
 from xdrec.embed import embeddings_match
 from xdrec.errors import XdrecError
 from xdrec.evaluation import Report, evaluate_scorers
@@ -27,7 +27,7 @@ from xdrec.report import save_report
 from xdrec.scoring import pad_left
 from xdrec.training import TrainConfig
 from xdrec.transfer import STRATEGIES, TransferConfig
-from xdrec.workspace import Workspace, read_json
+from xdrec.workspace import Workspace, file_sha256, read_json
 from xdrec.zoo import POPULARITY, load_scorer, model_domain, trained_models
 
 if TYPE_CHECKING:

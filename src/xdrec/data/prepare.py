@@ -1,18 +1,20 @@
 """`xdrec prepare`: raw per-domain logs -> a prepared two-domain dataset (see data/dataset.py for the files).
 
 Steps, Polars end to end:
-1. read raw/<Source>.parquet and raw/<Target>.parquet; encode raw ids as integers (sorted order, so ids
-   do not depend on file order) and keep each (user, item)'s earliest review;
+1. read raw/<Source>.parquet and raw/<Target>.parquet with user and item ids as 64-bit hashes (no string
+   is kept, grouped or sorted per row) and keep each (user, item)'s earliest review;
 2. k-core: a user needs >= min_user interactions over both domains together (keeping users thin in the
    target but rich in the source), an item >= min_item in its domain; iterate to the fixed point
    (`one_pass` applies both filters once, with counts from the unfiltered table, like the seed notebook);
-3. dense ids: users 0..n-1 across domains, items 1..n per domain (0 is padding);
+3. dense ids: read back the raw strings of the surviving ids only (one row each) and rank them: users
+   0..n-1 across domains, items 1..n per domain (0 is padding), both in sorted raw-id order, so ids do
+   not depend on file order; a hash collision among them is detected and reported;
 4. splits and the cold-start hold-out (data/splits.py); write Parquet + manifest.json atomically.
 """
 
 from __future__ import annotations
 
-import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,9 +22,17 @@ import polars as pl
 
 from xdrec import __version__
 from xdrec.data.schema import RAW_SCHEMA, check_raw_schema
-from xdrec.data.splits import BENCHMARK_T1, BENCHMARK_T2, SplitKind, assign_splits, choose_cold_users
+from xdrec.data.splits import (
+    BENCHMARK_T1,
+    BENCHMARK_T2,
+    SPLIT_NAMES,
+    SplitKind,
+    assign_splits,
+    choose_cold_users,
+    split_label,
+)
 from xdrec.errors import XdrecError
-from xdrec.workspace import Workspace, atomic_path, write_json
+from xdrec.workspace import Workspace, atomic_path, file_sha256, write_json
 
 SOURCE, TARGET = 0, 1  # domain_code values
 
@@ -72,16 +82,21 @@ def prepare(
         if not path.exists():
             raise XdrecError(f"no raw data for {domain} ({path}): run `xdrec fetch {domain}` first")
 
-    tables = build_tables(
-        {domain: _scan_raw(path, domain) for domain, path in paths.items()}, source, target, config
-    )
-    manifest = _manifest(source, target, config, paths, tables)
+    with ThreadPoolExecutor(1) as pool:  # hash the inputs while Polars works (hashlib drops the GIL)
+        digests = {domain: pool.submit(file_sha256, path) for domain, path in paths.items()}
+        interactions, users, items, counts = _build(
+            {domain: _scan_raw(path, domain) for domain, path in paths.items()}, source, target, config
+        )
+        inputs = {d: {"file": p.name, "sha256": digests[d].result()} for d, p in paths.items()}
+    manifest = _manifest(source, target, config, inputs, counts)
     name = dataset_name(source, target)
     out = workspace.dataset_dir(name)
     with atomic_path(out) as tmp:
         tmp.mkdir(parents=True)
-        for table, frame in tables.items():
-            frame.write_parquet(tmp / f"{table}.parquet", statistics=False)
+        # The interactions are labelled as they are written, so their string columns are never all in memory.
+        interactions.sink_parquet(tmp / "interactions.parquet", **_PARQUET)
+        users.write_parquet(tmp / "users.parquet", **_PARQUET)
+        items.write_parquet(tmp / "items.parquet", **_PARQUET)
         write_json(tmp / "manifest.json", manifest)
     workspace.set_current_dataset(name)
     return PrepareResult(name, out, manifest)
@@ -91,47 +106,97 @@ def build_tables(
     raw: dict[str, pl.LazyFrame], source: str, target: str, config: PrepareConfig
 ) -> dict[str, pl.DataFrame]:
     """The pure part of prepare: raw frames by domain -> {interactions, users, items} frames."""
-    events, users, items = _encode(raw, source, target)
-    events = kcore(events, config.min_user, config.min_item, one_pass=config.one_pass)
-    for code, domain in enumerate((source, target)):
-        if events.filter(pl.col("domain_code") == code).height == 0:
+    interactions, users, items, _ = _build(raw, source, target, config)
+    return {"interactions": interactions.collect(), "users": users, "items": items}
+
+
+_PARQUET = {"statistics": False, "compression_level": 1}  # zstd, as by default, but at its fastest level
+
+
+def _build(
+    raw: dict[str, pl.LazyFrame], source: str, target: str, config: PrepareConfig
+) -> tuple[pl.LazyFrame, pl.DataFrame, pl.DataFrame, dict]:
+    """build_tables, with the interactions still lazy (their labels are added as they are written), and
+    the manifest's counts (taken on integer columns, before ids become strings)."""
+    domains = (source, target)
+    events = _dedup(_scan_keys(raw, domains))
+    events = kcore(
+        events, config.min_user, config.min_item, one_pass=config.one_pass, item_keys=("item_code",)
+    )
+    present = events["domain_code"].unique().to_list()
+    for code, domain in enumerate(domains):
+        if code not in present:
             raise XdrecError(
                 f"{domain} is empty after the {config.min_user}/{config.min_item}-core filter: "
                 "lower --min-user / --min-item or use more data"
             )
-    events, users, items = _densify(events, users, items, (source, target))
-    cold = choose_cold_users(events, TARGET, config.cold_start, config.seed)
+    users, items = _vocabularies(raw, domains, events)
+    kept = events.height
     events = (
-        assign_splits(
-            events.lazy().sort("domain_code", "user_id", "timestamp", "item_id"),
-            config.split,
-            target_code=TARGET,
-            cold_users=cold,
-            t1=config.t1,
-            t2=config.t2,
-        )
-        .with_columns(domain=pl.col("domain_code").replace_strict([SOURCE, TARGET], [source, target]))
-        .select("user_id", "domain", "item_id", "timestamp", "rating", "split")
+        events.lazy()
+        .join(users.lazy().select("user_code", "user_id"), on="user_code")
+        .join(items.lazy().select("item_code", "item_id"), on="item_code")
+        .select("domain_code", "user_id", "item_id", "timestamp", "rating")
         .collect()
+    )  # a statement of its own, so that the hashed rows are freed before the sort
+    events = events.sort(_run_key, "timestamp", "item_id")  # a run of rows per (domain, user), by time
+    if events.height != kept:  # an id without a vocabulary entry: two (hash, check) pairs coincided
+        raise XdrecError(_COLLISION.format(kind="user or item"))
+    # One row per (domain, user) run: the users of each domain, in user_id order.
+    runs = events.filter(_run_key.ne_missing(_run_key.shift(-1))).select("domain_code", "user_id")
+    domain_users = [runs.filter(pl.col("domain_code") == code)["user_id"] for code in (SOURCE, TARGET)]
+    both = domain_users[SOURCE].filter(domain_users[SOURCE].is_in(domain_users[TARGET].implode()))
+    cold = choose_cold_users(both, config.cold_start, config.seed)
+    events = assign_splits(
+        events.lazy(),
+        config.split,
+        target_code=TARGET,
+        cold_users=cold,
+        t1=config.t1,
+        t2=config.t2,
+    ).collect()
+    counts = _counts(events, items, domains, [u.len() for u in domain_users])
+    counts |= {"users": users.height, "overlap_users": both.len(), "cold_users": cold.len()}
+    # when/then, unlike replace_strict, labels row by row as they are written (not a whole column at once)
+    domain_name = pl.when(pl.col("domain_code") == SOURCE).then(pl.lit(source)).otherwise(pl.lit(target))
+    interactions = events.lazy().select(
+        "user_id", domain_name.alias("domain"), "item_id", "timestamp", "rating", split_label()
     )
-    users = users.with_columns(cold=pl.col("user_id").is_in(cold.implode()))
-    return {"interactions": events, "users": users, "items": items}
+    users = users.select("user_id", "user", cold=pl.col("user_id").is_in(cold.implode()))
+    items = items.select(domain_name.alias("domain"), "item_id", "item")
+    return interactions, users, items, counts
 
 
-def kcore(events: pl.DataFrame, min_user: int, min_item: int, *, one_pass: bool = False) -> pl.DataFrame:
+# (domain, user) as one sort key: sorting on it equals sorting on both, and is several times faster.
+_run_key = pl.col("domain_code").cast(pl.UInt32) * (1 << 31) + pl.col("user_id").cast(pl.UInt32)
+
+
+def kcore(
+    events: pl.DataFrame,
+    min_user: int,
+    min_item: int,
+    *,
+    one_pass: bool = False,
+    item_keys: tuple[str, ...] = ("domain_code", "item_code"),
+) -> pl.DataFrame:
     """Keep users with >= min_user rows (all domains) and items with >= min_item rows (their domain).
 
     Iterates to the fixed point where both hold; `one_pass` filters once with the original counts.
+    `item_keys` identify an item; prepare's item codes are already unique across domains.
     """
     user_ok = pl.len().over("user_code") >= min_user
-    item_ok = pl.len().over("domain_code", "item_code") >= min_item
+    item_ok = pl.len().over(*item_keys) >= min_item
     if one_pass:
-        return events.filter(user_ok & item_ok)
+        return events.lazy().filter(user_ok & item_ok).collect(engine="streaming")
+    # Alternate the two filters; once one removes nothing after the other has run, both hold.
+    events = events.lazy().filter(user_ok).collect(engine="streaming")
+    filters, step = (item_ok, user_ok), 0
     while True:
         before = events.height
-        events = events.filter(user_ok).filter(item_ok)
+        events = events.lazy().filter(filters[step % 2]).collect(engine="streaming")
         if events.height == before:
             return events
+        step += 1
 
 
 def _scan_raw(path: Path, domain: str) -> pl.LazyFrame:
@@ -144,98 +209,176 @@ def _scan_raw(path: Path, domain: str) -> pl.LazyFrame:
     return frame.select(list(RAW_SCHEMA))
 
 
-def _encode(
-    raw: dict[str, pl.LazyFrame], source: str, target: str
-) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """Integer-coded events, one per (domain, user, item), and the code -> raw id tables.
+# Raw ids are handled as 64-bit hashes until the survivors are known; only then are their strings read
+# back (one row per surviving id) and sorted into the dense ids. Item hashes are seeded per domain, so
+# one item code names one (domain, item). `*_check` is a second, independent 16-bit hash of the same id:
+# two ids that share a 64-bit hash almost surely differ in it, which _vocabularies detects.
+_USER_SEED, _USER_CHECK_SEED = 0x9E3779B1, 0x85EBCA77
+_ITEM_SEEDS, _ITEM_CHECK_SEED = (0xC2B2AE3D, 0x27D4EB2F), 0x165667B1
+_PAIR_SEED = 0xD3A2646C
+_COLLISION = (
+    "two different raw {kind} ids share a 64-bit hash (very unlikely; an xdrec bug?): "
+    "please report this with your input files"
+)
 
-    Codes are ranks in sorted order of the distinct raw ids (so they never depend on file order). The
-    vocabularies are built from the distinct ids and joined back, and duplicates are dropped on integer
-    keys: the strings are sorted once per distinct id and hashed once per row, never grouped per row.
-    A repeated (user, item) review keeps its earliest timestamp and that review's rating, as the Amazon
-    2023 benchmark does.
-    """
+
+def _id_hash(column: str, seed: int) -> pl.Expr:
+    return pl.col(column).hash(seed)
+
+
+def _check_hash(column: str, seed: int) -> pl.Expr:
+    return (pl.col(column).hash(seed) % (1 << 16)).cast(pl.UInt16)
+
+
+def _scan_keys(raw: dict[str, pl.LazyFrame], domains: tuple[str, str]) -> pl.DataFrame:
+    """One row per raw review with ids as hashes; `pos` is the row's position in its domain's file."""
     frames = [
-        raw[domain].drop("domain").with_columns(domain_code=pl.lit(code, dtype=pl.UInt8))
-        for code, domain in enumerate((source, target))
+        raw[domain]
+        .with_row_index("pos")
+        .drop_nulls(["user", "item", "timestamp"])
+        .select(
+            pl.lit(code, dtype=pl.UInt8).alias("domain_code"),
+            _id_hash("user", _USER_SEED).alias("user_code"),
+            _id_hash("item", _ITEM_SEEDS[code]).alias("item_code"),
+            "timestamp",
+            "rating",
+            "pos",
+            _check_hash("user", _USER_CHECK_SEED).alias("user_check"),
+            _check_hash("item", _ITEM_CHECK_SEED).alias("item_check"),
+        )
+        for code, domain in enumerate(domains)
     ]
-    rows = pl.concat(frames).drop_nulls(["user", "item", "timestamp"])
-    users_q = rows.select(pl.col("user").unique()).sort("user").with_row_index("user_code")
-    items_q = (
-        rows.select("domain_code", "item")
-        .unique()
-        .sort("domain_code", "item")
-        .with_columns(item_code=pl.int_range(pl.len(), dtype=pl.UInt32).over("domain_code"))
-    )
-    users, items = pl.collect_all([users_q, items_q], engine="streaming")
-    events = (
-        rows.join(users.lazy(), on="user")
-        .join(items.lazy(), on=["domain_code", "item"])
+    return pl.concat(frames).collect(engine="streaming")
+
+
+def _dedup(events: pl.DataFrame) -> pl.DataFrame:
+    """Keep each (domain, user, item)'s earliest review, with that review's rating.
+
+    Reviews tied on the earliest timestamp keep the lowest rating (a missing rating last), so the
+    result never depends on file order. Only rows whose (user, item) key repeats are grouped.
+    """
+    pair = pl.col("user_code").hash(_PAIR_SEED).xor(pl.col("item_code"))
+    if events.select(pair.n_unique()).item() == events.height:  # no repeated pair: nothing to drop
+        return events
+    repeated = pair.is_duplicated()
+    earliest = (
+        events.lazy()
+        .filter(repeated)
         .group_by("domain_code", "user_code", "item_code")
-        .agg(pl.col("rating").sort_by("timestamp").first(), pl.col("timestamp").min())
+        .agg(pl.all().sort_by("timestamp", "rating", nulls_last=True).first())
+        .select(events.columns)
+    )
+    return pl.concat([events.lazy().filter(~repeated), earliest]).collect(engine="streaming")
+
+
+def _vocabularies(
+    raw: dict[str, pl.LazyFrame], domains: tuple[str, str], events: pl.DataFrame
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The surviving users (user_code, user_id, user) and items (domain_code, item_code, item_id, item).
+
+    Ids are ranks in sorted raw-id order (users over both domains, items per domain, from 1), so they
+    do not depend on file order. The strings come from a second read that keeps one row per surviving
+    id. Raises if two different surviving ids share a 64-bit hash: that is caught unless their
+    independent 16-bit check hashes agree too (one chance in 65,536, for a collision whose own chance
+    is about n^2 / 2^65 for n distinct ids: 6e-8 for 1.5M ids, 4e-6 for 12M, so about 1e-10 is left).
+    A collision between ids that were all filtered out is not looked for: it is as unlikely, and at most
+    could have changed the filtering around those ids.
+    """
+    vocab = {}
+    for kind in ("user", "item"):
+        code, check = events[f"{kind}_code"], events[f"{kind}_check"]
+        first = (code ^ check.cast(pl.UInt64)).arg_unique()  # a row per (hash, check hash) pair
+        vocab[kind] = events[first].select(f"{kind}_code", "domain_code", "pos")
+        if vocab[kind][f"{kind}_code"].n_unique() != first.len():
+            raise XdrecError(_COLLISION.format(kind=kind))
+    wanted = pl.concat(
+        [vocab["user"].select("domain_code", "pos"), vocab["item"].select("domain_code", "pos")]
+    )
+    where = (pl.col("domain_code").cast(pl.UInt64) * (1 << 32) + pl.col("pos").cast(pl.UInt64)).alias("where")
+    strings = (
+        pl.concat(
+            [
+                raw[domain]
+                .with_row_index("pos")
+                .filter(
+                    pl.col("pos").is_in(
+                        wanted.filter(pl.col("domain_code") == code)["pos"].unique().implode()
+                    )
+                )
+                .select(pl.lit(code, dtype=pl.UInt8).alias("domain_code"), "pos", "user", "item")
+                for code, domain in enumerate(domains)
+            ]
+        )
         .collect(engine="streaming")
+        .select(where, "user", "item")
     )
-    return events, users, items
+    if not strings["where"].is_sorted():  # file order, as read
+        strings = strings.sort("where")
+
+    def strings_of(kind: str) -> pl.DataFrame:  # a search in the sorted rows: far cheaper than a join
+        rows = vocab[kind].select(f"{kind}_code", "domain_code", where).sort("where")
+        found = strings["where"].search_sorted(rows["where"])
+        if not (strings["where"].gather(found) == rows["where"]).all():
+            raise XdrecError("a raw file changed while it was being read: run prepare again")
+        return rows.with_columns(strings[kind].gather(found))
+
+    users = (
+        strings_of("user")
+        .sort(_byte_prefix("user"), "user")
+        .select(pl.int_range(pl.len(), dtype=pl.Int32).alias("user_id"), "user_code", "user")
+    )
+    items = (
+        strings_of("item")
+        .sort(_byte_prefix("item", high_byte=pl.col("domain_code")), "item")
+        .select(
+            "domain_code",
+            "item_code",
+            (pl.int_range(pl.len(), dtype=pl.Int32).over("domain_code") + 1).alias("item_id"),
+            "item",
+        )
+    )
+    return users, items
 
 
-def _densify(
-    events: pl.DataFrame, users: pl.DataFrame, items: pl.DataFrame, domains: tuple[str, str]
-) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """Renumber the survivors: users 0..n-1, items 1..n per domain, both in raw-id sorted order."""
-    events = events.with_columns(
-        user_id=(pl.col("user_code").rank("dense") - 1).cast(pl.Int32),
-        item_id=pl.col("item_code").rank("dense").over("domain_code").cast(pl.Int32),
-    )
-    user_table = (
-        events.select("user_code", "user_id")
-        .unique("user_code")
-        .join(users, on="user_code")
-        .select("user_id", "user")
-        .sort("user_id")
-    )
-    item_table = (
-        events.select("domain_code", "item_code", "item_id")
-        .unique(["domain_code", "item_code"])
-        .join(items, on=["domain_code", "item_code"])
-        .with_columns(domain=pl.col("domain_code").replace_strict([SOURCE, TARGET], list(domains)))
-        .sort("domain_code", "item_id")
-        .select("domain", "item_id", "item")
-    )
-    return events.drop("user_code", "item_code"), user_table, item_table
+def _byte_prefix(column: str, high_byte: pl.Expr | None = None) -> pl.Expr:
+    """A string's first 8 bytes (NUL-padded) as a big-endian u64; with `high_byte`, that byte then 7.
+
+    Sorting by it and then by the string is sorting by (high_byte and) the string, several times faster:
+    most ties are settled by the number, so few strings are compared.
+    """
+    padded = pl.concat_str([pl.col(column), pl.lit("\0" * 8)]).cast(pl.Binary)
+    prefix = padded.bin.head(8).bin.reinterpret(dtype=pl.UInt64, endianness="big")
+    if high_byte is None:
+        return prefix
+    return high_byte.cast(pl.UInt64) * (1 << 56) + prefix // (1 << 8)
 
 
-def _manifest(
-    source: str, target: str, config: PrepareConfig, paths: dict[str, Path], tables: dict[str, pl.DataFrame]
-) -> dict:
-    events = tables["interactions"]
+def _counts(events: pl.DataFrame, items: pl.DataFrame, domains: tuple[str, str], n_users: list[int]) -> dict:
+    """The manifest's per-domain counts, from the integer-coded interactions (`split_code`) and items."""
+    rows = events.group_by("domain_code", "split_code").len()
+    n_items = items.group_by("domain_code").len()
     per_domain = {}
-    for domain in (source, target):
-        rows = events.filter(pl.col("domain") == domain)
-        splits = rows.group_by("split").len()
+    for code, domain in enumerate(domains):
+        splits = rows.filter(pl.col("domain_code") == code)
         per_domain[domain] = {
-            "users": rows["user_id"].n_unique(),
-            "items": tables["items"].filter(pl.col("domain") == domain).height,
-            "interactions": rows.height,
-            "splits": {s: int(n) for s, n in splits.iter_rows()},
+            "users": n_users[code],
+            "items": int(n_items.filter(pl.col("domain_code") == code)["len"].sum()),
+            "interactions": int(splits["len"].sum()),
+            "splits": {SPLIT_NAMES[s]: int(n) for s, n in splits.select("split_code", "len").iter_rows()},
         }
-    both = events.group_by("user_id").agg(pl.col("domain").n_unique()).filter(pl.col("domain") == 2).height
+    return {"domains": per_domain}
+
+
+def _manifest(source: str, target: str, config: PrepareConfig, inputs: dict, counts: dict) -> dict:
     return {
         "xdrec_version": __version__,
         "format": 1,
         "source": source,
         "target": target,
         "parameters": asdict(config),
-        "inputs": {d: {"file": p.name, "sha256": file_sha256(p)} for d, p in paths.items()},
-        "users": tables["users"].height,
-        "overlap_users": both,
-        "cold_users": int(tables["users"]["cold"].sum()),
-        "domains": per_domain,
+        "inputs": inputs,
+        "users": counts["users"],
+        "overlap_users": counts["overlap_users"],
+        "cold_users": counts["cold_users"],
+        "domains": counts["domains"],
     }
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

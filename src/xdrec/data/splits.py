@@ -17,26 +17,22 @@ import numpy as np
 import polars as pl
 
 SplitKind = Literal["loo", "timestamp"]
+SPLIT_NAMES = ("train", "valid", "test")  # by split_code
+TRAIN, VALID, TEST = range(3)
 
 # The Amazon Reviews 2023 benchmark's absolute cut points (Unix ms).
 BENCHMARK_T1 = 1628643414042
 BENCHMARK_T2 = 1658002729837
 
 
-def choose_cold_users(interactions: pl.DataFrame, target_code: int, fraction: float, seed: int) -> pl.Series:
-    """A seeded sample (sorted user ids) of `fraction` of the users with rows in both domains.
+def choose_cold_users(overlap: pl.Series, fraction: float, seed: int) -> pl.Series:
+    """A seeded sample (sorted user ids) of `fraction` of `overlap`, the users active in both domains.
 
-    `interactions` has user_id and domain_code (0 source, 1 target).
+    `overlap` must be sorted (the sample is drawn by position).
     """
-    both = (
-        interactions.group_by("user_id")
-        .agg(pl.col("domain_code").n_unique().alias("n"))
-        .filter(pl.col("n") == 2)["user_id"]
-        .sort()
-    )
-    n_cold = round(fraction * both.len())
-    picked = np.random.default_rng(seed).permutation(both.len())[:n_cold]
-    return both.gather(np.sort(picked)).alias("user_id") if n_cold else both.clear()
+    n_cold = round(fraction * overlap.len())
+    picked = np.random.default_rng(seed).permutation(overlap.len())[:n_cold]
+    return overlap.gather(np.sort(picked)).alias("user_id") if n_cold else overlap.clear().alias("user_id")
 
 
 def assign_splits(
@@ -48,27 +44,45 @@ def assign_splits(
     t1: int = BENCHMARK_T1,
     t2: int = BENCHMARK_T2,
 ) -> pl.LazyFrame:
-    """Add `split` (train | valid | test). Rows must be sorted by domain, user, time within each group."""
+    """Add `split_code` (0 train, 1 valid, 2 test: SPLIT_NAMES; `split_label()` names it).
+
+    Rows must be sorted by domain, user, then time, so a user-domain sequence is one run of rows.
+    """
     if kind == "loo":
-        group = ["domain_code", "user_id"]
-        length = pl.len().over(group)
-        from_end = length - 1 - pl.int_range(pl.len()).over(group)
+        # One key per (domain, user); a row is its run's last if the next row's key differs, and the
+        # run has >= 3 rows if the row two above (for the last) or one above (second last) shares it.
+        key = pl.col("domain_code").cast(pl.Int64) * (1 << 32) + pl.col("user_id").cast(pl.Int64)
+        same = [key.eq_missing(key.shift(n)) for n in (-2, -1, 1, 2)]
+        down2, down1, up1, up2 = same
         split = (
-            pl.when(length < 3)
-            .then(pl.lit("train"))
-            .when(from_end == 0)
-            .then(pl.lit("test"))
-            .when(from_end == 1)
-            .then(pl.lit("valid"))
-            .otherwise(pl.lit("train"))
+            pl.when(~down1 & up2)
+            .then(pl.lit(TEST, pl.UInt8))
+            .when(down1 & ~down2 & up1)
+            .then(pl.lit(VALID, pl.UInt8))
+            .otherwise(pl.lit(TRAIN, pl.UInt8))
         )
     else:
         split = (
             pl.when(pl.col("timestamp") < t1)
-            .then(pl.lit("train"))
+            .then(pl.lit(TRAIN, pl.UInt8))
             .when(pl.col("timestamp") < t2)
-            .then(pl.lit("valid"))
-            .otherwise(pl.lit("test"))
+            .then(pl.lit(VALID, pl.UInt8))
+            .otherwise(pl.lit(TEST, pl.UInt8))
         )
     is_cold_target = (pl.col("domain_code") == target_code) & pl.col("user_id").is_in(cold_users.implode())
-    return interactions.with_columns(split=pl.when(is_cold_target).then(pl.lit("test")).otherwise(split))
+    return interactions.with_columns(
+        split_code=pl.when(is_cold_target).then(pl.lit(TEST, pl.UInt8)).otherwise(split)
+    )
+
+
+def split_label() -> pl.Expr:
+    """`split` (train | valid | test) from `split_code`."""
+    code = pl.col("split_code")
+    return (
+        pl.when(code == TRAIN)
+        .then(pl.lit(SPLIT_NAMES[TRAIN]))
+        .when(code == VALID)
+        .then(pl.lit(SPLIT_NAMES[VALID]))
+        .otherwise(pl.lit(SPLIT_NAMES[TEST]))
+        .alias("split")
+    )
