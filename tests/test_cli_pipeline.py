@@ -379,7 +379,8 @@ def test_recommend_table_and_a_chosen_strategy(chain: Chain) -> None:
     user = next(iter(target_users(chain.ws)))
     result = ok(invoke(chain.ws, "recommend", user, "--strategy", "fusion", "--k", "3", "--device", "cpu"))
     assert user in result.stdout and "fusion" in result.stdout
-    assert len([line for line in result.stdout.splitlines() if line.strip().startswith("│")]) == 3
+    ranks = [line.split()[0] for line in result.stdout.splitlines()[3:] if line.strip()]
+    assert ranks == ["1", "2", "3"], result.stdout  # title, header, rule, then one row per item
 
 
 def test_recommend_unknown_user_is_one_line(chain: Chain) -> None:

@@ -413,14 +413,9 @@ def recommend(
     if as_json:
         _print_json({"user": rec.user, "segment": rec.segment, "model": rec.model, "items": rec.items})
     else:
-        from rich.table import Table
+        from xdrec.views import recommend_table
 
-        table = Table(title=f"{rec.user} ({rec.segment}) — top {k} by {rec.model}")
-        for column in ("rank", "item", "score"):
-            table.add_column(column, justify="right" if column != "item" else "left")
-        for item in rec.items:
-            table.add_row(str(item["rank"]), item["item"], f"{item['score']:.4f}")
-        console.print(table)
+        console.print(recommend_table(rec))
 
 
 @app.command()

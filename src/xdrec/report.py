@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import polars as pl
-from rich import box
 from rich.table import Table
 from rich.text import Text
 
 from xdrec.evaluation import ALL_SEGMENT, COLD_SEGMENT, Report
+from xdrec.views import plain_table
 from xdrec.workspace import atomic_path, write_json
 
 BEST_STYLE = "bold green"
@@ -48,18 +48,14 @@ def render_table(report: Report) -> Table:
     the segment's winner on the headline marked with ★. `--json` carries every metric's CI."""
     percent = round(report.confidence * 100)
     with_ci = report.rows[f"{report.headline}_lo"].is_not_null().any()
-    table = Table(
-        title=protocol_title(report),
+    table = plain_table(
+        protocol_title(report),
         caption=(
             f"mean over users; best per segment in bold, ★ = best {report.headline}"
             + (f"; CI = {percent}% bootstrap interval of {report.headline}" if with_ci else "")
             + f"; '{ALL_SEGMENT}' = every user except '{COLD_SEGMENT}'"
         ),
         title_style="bold red" if report.sampled else "bold",
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-        pad_edge=False,
-        collapse_padding=True,
     )
     table.add_column("segment", style="bold", no_wrap=True)
     table.add_column("model", no_wrap=True)

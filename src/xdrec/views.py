@@ -1,28 +1,38 @@
-"""Rich renderings of the data stages' results (the evaluation table lives in report.py)."""
+"""Rich renderings of the data stages' results (the evaluation table lives in report.py), and the one
+table style every command uses."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rich import box
 from rich.table import Table
 
 
+def plain_table(title: str, caption: str | None = None, **options: object) -> Table:
+    """xdrec's table style: a rule under the header and no other borders, so the data fit 80 columns."""
+    return Table(
+        title=title,
+        caption=caption,
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+        **options,  # type: ignore[arg-type]
+    )
+
+
 def fetch_table(results: Sequence) -> Table:
-    table = Table(title="raw data")
-    for column in ("domain", "rows", "users", "items", "skipped", "from", "written to"):
-        table.add_column(
-            column, justify="right" if column in ("rows", "users", "items", "skipped") else "left"
-        )
+    """Counts per domain; where the files came from and went to in the caption (full paths: `--json`)."""
+    origins = sorted({r.origin.rstrip("/").rsplit("/", 1)[0] + "/" for r in results})
+    folders = sorted({f"{r.path.parent}/" for r in results})
+    caption = f"from {', '.join(origins)}\nwritten to {', '.join(folders)}"
+    table = plain_table("raw data", caption=caption)
+    table.add_column("domain", no_wrap=True)
+    for column in ("rows", "users", "items", "skipped"):
+        table.add_column(column, justify="right")
     for r in results:
-        table.add_row(
-            r.domain,
-            f"{r.rows:,}",
-            f"{r.users:,}",
-            f"{r.items:,}",
-            f"{r.skipped:,}",
-            str(r.origin),
-            str(r.path),
-        )
+        table.add_row(r.domain, f"{r.rows:,}", f"{r.users:,}", f"{r.items:,}", f"{r.skipped:,}")
     return table
 
 
@@ -32,9 +42,10 @@ def prepare_table(manifest: dict) -> Table:
         f"{manifest['source']} -> {manifest['target']}: {params['min_user']}/{params['min_item']}-core, "
         f"split {params['split']}, cold-start {params['cold_start']:.0%} (seed {params['seed']})"
     )
-    table = Table(title=title)
-    for column in ("domain", "users", "items", "interactions", "train", "valid", "test"):
-        table.add_column(column, justify="left" if column == "domain" else "right")
+    table = plain_table(title)
+    table.add_column("domain", no_wrap=True)
+    for column in ("users", "items", "interactions", "train", "valid", "test"):
+        table.add_column(column, justify="right")
     for domain, counts in manifest["domains"].items():
         splits = counts["splits"]
         table.add_row(
@@ -50,13 +61,13 @@ def prepare_table(manifest: dict) -> Table:
 
 
 def overlap_table(report: dict) -> Table:
-    table = Table(title=f"user overlap: {report['dataset']}")
-    table.add_column("domain")
-    for column in ("users", "items", "interactions", "share in both", "overlap history p10/p50/p90 (mean)"):
+    table = plain_table(f"user overlap: {report['dataset']}")
+    table.add_column("domain", no_wrap=True)
+    for column in ("users", "items", "interactions", "share in both", "history p10/p50/p90"):
         table.add_column(column, justify="right")
     for domain, counts in report["domains"].items():
         h = report["overlap_history"].get(domain) or {}
-        history = f"{h['p10']:.0f}/{h['p50']:.0f}/{h['p90']:.0f} ({h['mean']:.1f})" if h else "-"
+        history = f"{h['p10']:.0f}/{h['p50']:.0f}/{h['p90']:.0f}" if h else "-"
         table.add_row(
             domain,
             *(f"{counts[k]:,}" for k in ("users", "items", "interactions")),
@@ -65,6 +76,19 @@ def overlap_table(report: dict) -> Table:
         )
     table.caption = (
         f"{report['overlap_users']:,} users active in both domains (Jaccard {report['jaccard']:.3f}); "
-        f"{report['cold_users']:,} of them held out as cold-start"
+        f"{report['cold_users']:,} of them held out as cold-start; history: their number of interactions "
+        "in the domain"
     )
+    return table
+
+
+def recommend_table(rec) -> Table:
+    """`xdrec recommend`'s items, best first (`rec` is a pipeline.Recommendation)."""
+    title = f"{rec.user} ({rec.segment}) — top {len(rec.items)} by {rec.model}"
+    table = plain_table(title, min_width=len(title))
+    table.add_column("rank", justify="right")
+    table.add_column("item", no_wrap=True)
+    table.add_column("score", justify="right")
+    for item in rec.items:
+        table.add_row(str(item["rank"]), item["item"], f"{item['score']:.4f}")
     return table
