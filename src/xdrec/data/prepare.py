@@ -2,7 +2,9 @@
 
 Steps, Polars end to end:
 1. read raw/<Source>.parquet and raw/<Target>.parquet with user and item ids as 64-bit hashes (no string
-   is kept, grouped or sorted per row) and keep each (user, item)'s earliest review;
+   is kept, grouped or sorted per row) and each row's position, and keep each (user, item)'s earliest
+   review; timestamps and ratings are read back by position later, for the surviving rows only (and
+   for the repeated pairs here), so the rows of the whole input stay narrow;
 2. k-core: a user needs >= min_user interactions over both domains together (keeping users thin in the
    target but rich in the source), an item >= min_item in its domain; iterate to the fixed point
    (`one_pass` applies both filters once, with counts from the unfiltered table, like the seed notebook);
@@ -119,7 +121,7 @@ def _build(
     """build_tables, with the interactions still lazy (their labels are added as they are written), and
     the manifest's counts (taken on integer columns, before ids become strings)."""
     domains = (source, target)
-    events = _dedup(_scan_keys(raw, domains))
+    events = _dedup(raw, domains, _scan_keys(raw, domains))
     events = kcore(
         events, config.min_user, config.min_item, one_pass=config.one_pass, item_keys=("item_code",)
     )
@@ -131,17 +133,23 @@ def _build(
                 "lower --min-user / --min-item or use more data"
             )
     users, items = _vocabularies(raw, domains, events)
+    # Codes -> dense ids, then the surviving rows' timestamps and ratings (read only now: until the strings
+    # have been read, the rows are kept narrow).
     kept = events.height
     events = (
         events.lazy()
+        .select("domain_code", "pos", "user_code", "item_code")
         .join(users.lazy().select("user_code", "user_id"), on="user_code")
         .join(items.lazy().select("item_code", "item_id"), on="item_code")
-        .select("domain_code", "user_id", "item_id", "timestamp", "rating")
+        .select("domain_code", "pos", "user_id", "item_id")
         .collect()
-    )  # a statement of its own, so that the hashed rows are freed before the sort
-    events = events.sort(_run_key, "timestamp", "item_id")  # a run of rows per (domain, user), by time
+    )
     if events.height != kept:  # an id without a vocabulary entry: two (hash, check) pairs coincided
         raise XdrecError(_COLLISION.format(kind="user or item"))
+    events = _fetch(raw, domains, events, ["timestamp", "rating"]).select(
+        "domain_code", "user_id", "item_id", "timestamp", "rating"
+    )
+    events = events.sort(_run_key, "timestamp", "item_id")  # a run of rows per (domain, user), by time
     # One row per (domain, user) run: the users of each domain, in user_id order.
     runs = events.filter(_run_key.ne_missing(_run_key.shift(-1))).select("domain_code", "user_id")
     domain_users = [runs.filter(pl.col("domain_code") == code)["user_id"] for code in (SOURCE, TARGET)]
@@ -186,17 +194,30 @@ def kcore(
     """
     user_ok = pl.len().over("user_code") >= min_user
     item_ok = pl.len().over(*item_keys) >= min_item
+    # Both filters with the full table's counts (one mask at a time, so that only one grouping is in
+    # memory at once): the one-pass result. A row it drops fails on any subset too, so is not in the
+    # fixed point either, and the iteration can start from its (much smaller) result.
+    keep = _mask(events, user_ok)
+    keep &= _mask(events, item_ok)
+    events = events.filter(keep)
     if one_pass:
-        return events.lazy().filter(user_ok & item_ok).collect(engine="streaming")
+        return events
     # Alternate the two filters; once one removes nothing after the other has run, both hold.
-    events = events.lazy().filter(user_ok).collect(engine="streaming")
+    keep = _mask(events, user_ok)
+    if not keep.all():
+        events = events.filter(keep)
     filters, step = (item_ok, user_ok), 0
     while True:
-        before = events.height
-        events = events.lazy().filter(filters[step % 2]).collect(engine="streaming")
-        if events.height == before:
+        keep = _mask(events, filters[step % 2])
+        if keep.all():
             return events
+        events = events.filter(keep)
         step += 1
+
+
+def _mask(events: pl.DataFrame, predicate: pl.Expr) -> pl.Series:
+    """`predicate` on `events`, by the streaming engine (faster than eager for window counts)."""
+    return events.lazy().select(predicate).collect(engine="streaming").to_series()
 
 
 def _scan_raw(path: Path, domain: str) -> pl.LazyFrame:
@@ -240,35 +261,49 @@ def _scan_keys(raw: dict[str, pl.LazyFrame], domains: tuple[str, str]) -> pl.Dat
             pl.lit(code, dtype=pl.UInt8).alias("domain_code"),
             _id_hash("user", _USER_SEED).alias("user_code"),
             _id_hash("item", _ITEM_SEEDS[code]).alias("item_code"),
-            "timestamp",
-            "rating",
             "pos",
             _check_hash("user", _USER_CHECK_SEED).alias("user_check"),
             _check_hash("item", _ITEM_CHECK_SEED).alias("item_check"),
         )
         for code, domain in enumerate(domains)
     ]
-    return pl.concat(frames).collect(engine="streaming")
+    return pl.concat(frames).collect()
 
 
-def _dedup(events: pl.DataFrame) -> pl.DataFrame:
+def _fetch(
+    raw: dict[str, pl.LazyFrame], domains: tuple[str, str], rows: pl.DataFrame, columns: list[str]
+) -> pl.DataFrame:
+    """`rows` with `columns` of the raw rows at their (domain_code, pos) added; in domain order."""
+    parts = []
+    for code, domain in enumerate(domains):
+        part = rows.filter(pl.col("domain_code") == code)
+        values = raw[domain].select(columns).collect()  # numbers only: cheaper than a filtered scan
+        if part.height and part["pos"].max() >= values.height:
+            raise XdrecError("a raw file changed while it was being read: run prepare again")
+        parts.append(part.hstack(values[part["pos"]]))
+        del values
+    return pl.concat(parts)
+
+
+def _dedup(raw: dict[str, pl.LazyFrame], domains: tuple[str, str], events: pl.DataFrame) -> pl.DataFrame:
     """Keep each (domain, user, item)'s earliest review, with that review's rating.
 
     Reviews tied on the earliest timestamp keep the lowest rating (a missing rating last), so the
-    result never depends on file order. Only rows whose (user, item) key repeats are grouped.
+    result never depends on file order. Only rows whose (user, item) key repeats are grouped; their
+    timestamps and ratings are read back for them alone.
     """
     pair = pl.col("user_code").hash(_PAIR_SEED).xor(pl.col("item_code"))
     if events.select(pair.n_unique()).item() == events.height:  # no repeated pair: nothing to drop
         return events
-    repeated = pair.is_duplicated()
-    earliest = (
-        events.lazy()
-        .filter(repeated)
-        .group_by("domain_code", "user_code", "item_code")
-        .agg(pl.all().sort_by("timestamp", "rating", nulls_last=True).first())
-        .select(events.columns)
+    repeated = events.select(pair.is_duplicated()).to_series()
+    rows = events.filter(repeated)
+    losers = (
+        _fetch(raw, domains, rows, ["timestamp", "rating"])
+        .sort("timestamp", "rating", "pos", nulls_last=True)
+        .filter(pl.int_range(pl.len()).over("domain_code", "user_code", "item_code") > 0)
+        .select("domain_code", "pos")
     )
-    return pl.concat([events.lazy().filter(~repeated), earliest]).collect(engine="streaming")
+    return events.join(losers, on=["domain_code", "pos"], how="anti", maintain_order="left")
 
 
 def _vocabularies(
@@ -277,7 +312,7 @@ def _vocabularies(
     """The surviving users (user_code, user_id, user) and items (domain_code, item_code, item_id, item).
 
     Ids are ranks in sorted raw-id order (users over both domains, items per domain, from 1), so they
-    do not depend on file order. The strings come from a second read that keeps one row per surviving
+    do not depend on file order. The strings come from another read that keeps one row per surviving
     id. Raises if two different surviving ids share a 64-bit hash: that is caught unless their
     independent 16-bit check hashes agree too (one chance in 65,536, for a collision whose own chance
     is about n^2 / 2^65 for n distinct ids: 6e-8 for 1.5M ids, 4e-6 for 12M, so about 1e-10 is left).
@@ -305,7 +340,7 @@ def _vocabularies(
                         wanted.filter(pl.col("domain_code") == code)["pos"].unique().implode()
                     )
                 )
-                .select(pl.lit(code, dtype=pl.UInt8).alias("domain_code"), "pos", "user", "item")
+                .select(pl.lit(code, dtype=pl.UInt8).alias("domain_code"), "pos", _own("user"), _own("item"))
                 for code, domain in enumerate(domains)
             ]
         )
@@ -338,6 +373,12 @@ def _vocabularies(
         )
     )
     return users, items
+
+
+def _own(column: str) -> pl.Expr:
+    """`column`'s strings in buffers of their own: the rows a filter keeps would otherwise hold on to
+    the whole decoded column they came from (a string is a view into a shared buffer)."""
+    return (pl.col(column) + pl.lit("")).alias(column)
 
 
 def _byte_prefix(column: str, high_byte: pl.Expr | None = None) -> pl.Expr:
