@@ -78,13 +78,12 @@ class Checkpoint:
 
         `current`: {model name: fingerprint of what the workspace holds now}, for the inputs scoring reads.
         """
-        recorded = self.config.get(BUILT_FROM, {})
-        for name, fingerprint in current.items():
-            if recorded.get(name) != fingerprint:
-                raise XdrecError(
-                    f"model {self.path.name} was trained on an earlier {name} than the workspace now holds: "
-                    f"re-run `xdrec transfer --strategy {self.path.name}` (or `xdrec run`)"
-                )
+        stale = stale_inputs(self.config, current)
+        if stale:
+            raise XdrecError(
+                f"model {self.path.name} was trained on an earlier {stale[0]} than the workspace now holds: "
+                f"re-run `xdrec transfer --strategy {self.path.name}` (or `xdrec run`)"
+            )
 
     def check_dataset(self, dataset: Dataset) -> None:
         """Raise unless this checkpoint was trained on `dataset` (same manifest hash)."""
@@ -106,6 +105,12 @@ def save_checkpoint(model_dir: Path, state: Mapping[str, Tensor], config: Mappin
     full = {**config, "xdrec_version": xdrec.__version__, "fingerprint": fingerprint(model_dir / WEIGHTS)}
     write_json(model_dir / CONFIG, full)
     return Checkpoint(model_dir, json.loads(json.dumps(full)))
+
+
+def stale_inputs(config: Mapping[str, Any], current: Mapping[str, str | None]) -> list[str]:
+    """The models in `current` whose fingerprint differs from the one `config` recorded in `built_from`."""
+    recorded = config.get(BUILT_FROM, {})
+    return [name for name, fingerprint in current.items() if recorded.get(name) != fingerprint]
 
 
 def fingerprint(path: Path) -> str:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 import torch
 
-from xdrec.checkpoint import BUILT_FROM, CONFIG
+from xdrec.checkpoint import BUILT_FROM, CONFIG, stale_inputs
 from xdrec.data.dataset import Dataset
 from xdrec.data.overlap import overlap_report
 from xdrec.data.prepare import PrepareConfig, dataset_name, prepare
@@ -273,12 +273,12 @@ def _model_is_current(
         return False
     config = read_json(path)
     same_data = config.get("dataset", {}).get("manifest_hash") == data.manifest_hash
-    inputs = config.get(BUILT_FROM, {})
+    inputs = {model: _fingerprint(workspace, model) for model in config.get(BUILT_FROM, {})}
     return (
         same_data
         and config.get("train") == asdict(train)
         and all(config.get(k) == v for k, v in expected.items())
-        and all(_fingerprint(workspace, model) == fp for model, fp in inputs.items())
+        and not stale_inputs(config, inputs)
     )
 
 
