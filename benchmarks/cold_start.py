@@ -11,9 +11,9 @@ unrelated families all stop at the same height, that height is the data's, not o
 
 What every model sees, exactly as xdrec's strategies do:
 - inputs: the source-domain training sequences (what `xdrec embed` reads);
-- training pairs: users with both source and target training rows. A seeded tenth of them is held out
-  as pseudo-cold users (their target training items are the relevant set, ranked from source only);
-  each model's hyper-parameter is chosen there, never on the test users;
+- training pairs: users with both source and target training rows. A seeded tenth of them (the split
+  `mapping` makes) is held out as pseudo-cold users (their target training items are the relevant set,
+  ranked from source only); each model's hyper-parameter is chosen there, never on the test users;
 - test: the cold-start users of `prepare --cold-start`, relevant = their whole held-out target history.
   No model ever sees a cold user's target rows, nor any valid/test row.
 Scores get a tie-breaker of 1e-6 x normalised popularity, so a user whose source items share nothing
@@ -56,9 +56,9 @@ from xdrec.data.dataset import Dataset
 from xdrec.errors import XdrecError
 from xdrec.evaluation import COLD_SEGMENT, per_user_metrics, summarize
 from xdrec.pipeline import report_dir
+from xdrec.transfer.mapping import pseudo_cold_cases, split_pseudo_cold
 from xdrec.workspace import Workspace
 
-HOLDOUT = 0.1
 METRICS = ("NDCG@10", "HR@10", "MRR")
 HEADLINE = "NDCG@10"
 Model = Callable[[Tensor], Tensor]  # source rows (B, n_source + 1) -> target scores (B, n_target + 1)
@@ -169,27 +169,18 @@ def run(workspace: Workspace, seed: int, max_cells: int, log: Callable[[str], No
         raise XdrecError(f"{n_users} users x {max(n_source, n_target)} items is past --max-cells {max_cells}")
     xs = binary_matrix(data.train_sequences(source), n_users, n_source)
     xt = binary_matrix(data.train_sequences(target), n_users, n_target)
-    both = torch.nonzero((xs.sum(1) > 0) & (xt.sum(1) > 0)).flatten().numpy()
-    order = np.random.default_rng(seed).permutation(len(both))
-    n_hold = round(HOLDOUT * len(both))
-    fit_users = torch.from_numpy(np.sort(both[order[n_hold:]]))
-    held_out = np.sort(both[order[:n_hold]])
+    # The same split of the users with source and target training rows as `mapping` makes.
+    has_source = pl.Series("user_id", torch.nonzero(xs.sum(1) > 0).flatten().numpy())
+    sequences = data.train_sequences(target).filter(pl.col("user_id").is_in(has_source.implode()))
+    fit, held_out = split_pseudo_cold(sequences, seed)
+    fit_users = torch.from_numpy(fit["user_id"].to_numpy().astype("int64"))
     a, b = xs[fit_users], xt[fit_users]
     popularity = b.sum(0)
     # The report's baseline: counts over every training row, so the ratios below are the ratios.
     counts = torch.as_tensor(data.item_counts(target), dtype=torch.float32)
     tie_break = 1e-6 * counts / counts.max()
 
-    pseudo_cold = (
-        data.train_sequences(target)
-        .filter(pl.col("user_id").is_in(held_out.tolist()))
-        .select(
-            "user_id",
-            history=pl.lit([], dtype=pl.List(pl.Int32)),
-            targets=pl.col("items").list.unique().list.sort(),
-            segment=pl.lit(COLD_SEGMENT),
-        )
-    )
+    pseudo_cold = pseudo_cold_cases(held_out)
     cold = data.eval_cases(target, "test").filter(pl.col("segment") == COLD_SEGMENT)
     if cold.height == 0:
         raise XdrecError("the dataset has no cold-start users: prepare it with --cold-start > 0")
@@ -239,7 +230,7 @@ def run(workspace: Workspace, seed: int, max_cells: int, log: Callable[[str], No
         "target": target,
         "cold_users": cold.height,
         "training_users": len(fit_users),
-        "pseudo_cold_users": len(held_out),
+        "pseudo_cold_users": held_out.height,
         "items": {source: n_source, target: n_target},
         "rows": rows,
     }

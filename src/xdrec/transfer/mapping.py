@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from xdrec.checkpoint import Checkpoint
 from xdrec.embed import UserVectors
 from xdrec.errors import XdrecError
-from xdrec.evaluation import validation_metric
+from xdrec.evaluation import COLD_SEGMENT, validation_metric
 from xdrec.pretrain import SASRecScorer, load_sasrec
 from xdrec.scoring import pad_left
 from xdrec.training import Examples, train
@@ -86,10 +86,21 @@ class MappingScorer:
         return torch.where(cold[:, None], mapped, own)
 
 
-def _split_users(sequences: pl.DataFrame, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+def split_pseudo_cold(sequences: pl.DataFrame, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Target training sequences -> (the users to fit on, a seeded HOLDOUT of pseudo-cold users)."""
     order = np.random.default_rng(seed).permutation(sequences.height)
     n_hold = max(1, round(HOLDOUT * sequences.height)) if sequences.height > 10 else 0
     return sequences[np.sort(order[n_hold:])], sequences[np.sort(order[:n_hold])]
+
+
+def pseudo_cold_cases(sequences: pl.DataFrame) -> pl.DataFrame:
+    """Evaluation cases that rank each user's target training items from their source history alone."""
+    return sequences.select(
+        "user_id",
+        history=pl.lit([], dtype=pl.List(pl.Int32)),
+        targets=pl.col("items").list.unique().list.sort(),
+        segment=pl.lit(COLD_SEGMENT),
+    )
 
 
 def fit(ctx: TransferContext, config: TransferConfig, progress: bool = True) -> TransferResult:
@@ -103,7 +114,7 @@ def fit(ctx: TransferContext, config: TransferConfig, progress: bool = True) -> 
     # Users with both a source vector and target training history.
     known = pl.Series("user_id", torch.nonzero(ctx.vectors.known).flatten().numpy())
     sequences = data.train_sequences(target).filter(pl.col("user_id").is_in(known.implode()))
-    fit_users, held_out = _split_users(sequences, config.train.seed)
+    fit_users, held_out = split_pseudo_cold(sequences, config.train.seed)
     users = torch.from_numpy(fit_users["user_id"].to_numpy().astype("int64"))
     if config.mapping_loss == "task":
         table = target_model.model.item_embeddings()
@@ -127,14 +138,10 @@ def fit(ctx: TransferContext, config: TransferConfig, progress: bool = True) -> 
     examples = Examples(
         torch.ones_like(labels), labels, {"source_vector": ctx.vectors.vectors[example_users]}
     )
-    pseudo_cold = held_out.select(
-        "user_id",
-        history=pl.lit([], dtype=pl.List(pl.Int32)),
-        targets=pl.col("items").list.unique().list.sort(),
-        segment=pl.lit("cold"),
-    )
     validate = validation_metric(
-        pseudo_cold, data.n_items(target), lambda m: MappingScorer(m, ctx.vectors, target_model)
+        pseudo_cold_cases(held_out),
+        data.n_items(target),
+        lambda m: MappingScorer(m, ctx.vectors, target_model),
     )
     out = ctx.out_dir(NAME)
     result = train(
