@@ -443,7 +443,11 @@ def test_wrong_types_in_csv_and_parquet_are_located(tmp_path: Path) -> None:
     [
         ("Books.jsonl", b"", "is empty: there is nothing to import"),
         ("Books.jsonl", b"\n\n", "holds no interactions"),
-        ("Books.jsonl.gz", gzip.compress(b'{"user_id": "u"}\n' * 50)[:30], "if it was downloaded, delete it"),
+        (
+            "Books.jsonl.gz",
+            gzip.compress(b'{"user_id": "u"}\n' * 50, mtime=0)[:30],
+            "if it was downloaded, delete it",
+        ),
         ("Books.txt", b"x", "unsupported file type; use one of .parquet"),
         ("Books.parquet", b"not parquet", "cannot read Books.parquet"),
     ],
@@ -501,7 +505,14 @@ def write_big_jsonl(path: Path, lines: int) -> None:
 
 def peak_anon_rss_kb(command: list[str]) -> tuple[int, int]:
     """Run `command`, polling its anonymous resident memory (file-backed mmap pages excluded)."""
-    proc = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": "src"}, cwd=Path(__file__).parents[1])
+    proc = subprocess.Popen(
+        command,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, ["src", os.environ.get("PYTHONPATH")])),
+        },
+        cwd=Path(__file__).parents[1],
+    )
     peak = 0
     while proc.poll() is None:
         try:
