@@ -37,11 +37,13 @@ def brute_force_kcore(
 def test_kcore_matches_brute_force_fixed_point(seed: int) -> None:
     rng = np.random.default_rng(seed)
     n = 3000
+    domain = rng.integers(0, 2, n).astype(np.uint8)
     events = pl.DataFrame(
         {
-            "domain_code": rng.integers(0, 2, n).astype(np.uint8),
+            "domain_code": domain,
             "user_code": (rng.zipf(1.5, n) % 200).astype(np.uint32),
-            "item_code": (rng.zipf(1.3, n) % 150).astype(np.uint32),
+            # an item code names one item of one domain, as prepare's seeded item hashes do
+            "item_code": (domain.astype(np.uint32) * 1000 + rng.zipf(1.3, n) % 150).astype(np.uint32),
         }
     ).unique()
     rows = [tuple(r) for r in events.iter_rows()]
@@ -142,6 +144,18 @@ def test_timestamp_split_uses_global_cut_points() -> None:
     valid = events.filter(pl.col("split") == "valid")["timestamp"]
     assert ((valid >= t1) & (valid < t2)).all() and valid.len() > 0
     assert (events.filter(pl.col("split") == "test")["timestamp"] >= t2).all()
+
+
+@pytest.mark.parametrize("time_scale", [1, 2**20])
+def test_interactions_are_in_user_time_order_whatever_the_time_range(time_scale: int) -> None:
+    # 2**20 stretches the timestamps to ~58 bits, past what prepare packs with the user into one sort key
+    raw = {
+        d: random_raw(d, 200, 60, 4000, seed=i).with_columns(pl.col("timestamp") * time_scale).lazy()
+        for i, d in enumerate(("S", "T"))
+    }
+    events = build_tables(raw, "S", "T", PrepareConfig(min_user=2, min_item=2))["interactions"]
+    assert events.height > 1000
+    assert events.equals(events.sort("domain", "user_id", "timestamp", "item_id"))
 
 
 def test_bad_input_fails_cleanly_and_keeps_the_previous_dataset(small_workspace: Workspace) -> None:

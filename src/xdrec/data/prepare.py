@@ -122,9 +122,7 @@ def _build(
     the manifest's counts (taken on integer columns, before ids become strings)."""
     domains = (source, target)
     events = _dedup(raw, domains, _scan_keys(raw, domains))
-    events = kcore(
-        events, config.min_user, config.min_item, one_pass=config.one_pass, item_keys=("item_code",)
-    )
+    events = kcore(events, config.min_user, config.min_item, one_pass=config.one_pass)
     present = events["domain_code"].unique().to_list()
     for code, domain in enumerate(domains):
         if code not in present:
@@ -149,7 +147,7 @@ def _build(
     events = _fetch(raw, domains, events, ["timestamp", "rating"]).select(
         "domain_code", "user_id", "item_id", "timestamp", "rating"
     )
-    events = events.sort(_run_key, "timestamp", "item_id")  # a run of rows per (domain, user), by time
+    events = _in_runs(events, users.height)
     # One row per (domain, user) run: the users of each domain, in user_id order.
     runs = events.filter(_run_key.ne_missing(_run_key.shift(-1))).select("domain_code", "user_id")
     domain_users = [runs.filter(pl.col("domain_code") == code)["user_id"] for code in (SOURCE, TARGET)]
@@ -179,21 +177,29 @@ def _build(
 _run_key = pl.col("domain_code").cast(pl.UInt32) * (1 << 31) + pl.col("user_id").cast(pl.UInt32)
 
 
-def kcore(
-    events: pl.DataFrame,
-    min_user: int,
-    min_item: int,
-    *,
-    one_pass: bool = False,
-    item_keys: tuple[str, ...] = ("domain_code", "item_code"),
-) -> pl.DataFrame:
-    """Keep users with >= min_user rows (all domains) and items with >= min_item rows (their domain).
+def _in_runs(events: pl.DataFrame, n_users: int) -> pl.DataFrame:
+    """`events` sorted by (domain, user, timestamp, item_id): a run of rows per (domain, user), by time.
+
+    Where the dense (domain, user) number and the timestamp's offset from the earliest fit in 64 bits
+    together (they do for real logs: 40 bits of milliseconds are 35 years, which leaves room for 8M
+    users), they are packed into one integer key, which sorts about twice as fast as the three keys.
+    """
+    first, last = events.select(first=pl.col("timestamp").min(), last=pl.col("timestamp").max()).row(0)
+    time_bits = (last - first).bit_length()
+    if (2 * n_users).bit_length() + time_bits > 64:
+        return events.sort(_run_key, "timestamp", "item_id")
+    run = pl.col("domain_code").cast(pl.UInt64) * n_users + pl.col("user_id").cast(pl.UInt64)
+    return events.sort(run * (1 << time_bits) + (pl.col("timestamp") - first).cast(pl.UInt64), "item_id")
+
+
+def kcore(events: pl.DataFrame, min_user: int, min_item: int, *, one_pass: bool = False) -> pl.DataFrame:
+    """Keep users with >= min_user rows (`user_code`, all domains) and items with >= min_item rows
+    (`item_code`, which names one item of one domain).
 
     Iterates to the fixed point where both hold; `one_pass` filters once with the original counts.
-    `item_keys` identify an item; prepare's item codes are already unique across domains.
     """
     user_ok = pl.len().over("user_code") >= min_user
-    item_ok = pl.len().over(*item_keys) >= min_item
+    item_ok = pl.len().over("item_code") >= min_item
     # Both filters with the full table's counts (one mask at a time, so that only one grouping is in
     # memory at once): the one-pass result. A row it drops fails on any subset too, so is not in the
     # fixed point either, and the iteration can start from its (much smaller) result.
@@ -267,7 +273,7 @@ def _scan_keys(raw: dict[str, pl.LazyFrame], domains: tuple[str, str]) -> pl.Dat
         )
         for code, domain in enumerate(domains)
     ]
-    return pl.concat(frames).collect()
+    return pl.concat(frames).collect(engine="streaming")
 
 
 def _fetch(
@@ -289,21 +295,41 @@ def _dedup(raw: dict[str, pl.LazyFrame], domains: tuple[str, str], events: pl.Da
     """Keep each (domain, user, item)'s earliest review, with that review's rating.
 
     Reviews tied on the earliest timestamp keep the lowest rating (a missing rating last), so the
-    result never depends on file order. Only rows whose (user, item) key repeats are grouped; their
+    result never depends on file order. Only the rows whose (user, item) key repeats are sorted; their
     timestamps and ratings are read back for them alone.
     """
     pair = pl.col("user_code").hash(_PAIR_SEED).xor(pl.col("item_code"))
-    if events.select(pair.n_unique()).item() == events.height:  # no repeated pair: nothing to drop
+    # Repeated pairs are found per domain (a repeat never spans domains), on sorted pair hashes: less
+    # memory than a hash set over every row, and the repeated values come out of the same pass.
+    repeated = pl.concat(
+        [
+            part.lazy()
+            .select(pair.sort().alias("pair"))
+            .filter(pl.col("pair") == pl.col("pair").shift(1))
+            .unique()
+            .collect(engine="streaming")
+            for part in _domain_parts(events)
+        ]
+    )["pair"]
+    if repeated.is_empty():
         return events
-    repeated = events.select(pair.is_duplicated()).to_series()
-    rows = events.filter(repeated)
+    rows = (
+        events.lazy().with_row_index("row").filter(pair.is_in(repeated.implode())).collect(engine="streaming")
+    )
+    key = ("domain_code", "user_code", "item_code")
+    same_key_as_previous = pl.all_horizontal(pl.col(k) == pl.col(k).shift(1) for k in key)
     losers = (
         _fetch(raw, domains, rows, ["timestamp", "rating"])
-        .sort("timestamp", "rating", "pos", nulls_last=True)
-        .filter(pl.int_range(pl.len()).over("domain_code", "user_code", "item_code") > 0)
-        .select("domain_code", "pos")
+        .sort(*key, "timestamp", "rating", "pos", nulls_last=True)
+        .filter(same_key_as_previous)["row"]
     )
-    return events.join(losers, on=["domain_code", "pos"], how="anti", maintain_order="left")
+    return events.filter(pl.repeat(True, events.height, eager=True).scatter(losers, False))
+
+
+def _domain_parts(events: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The source rows and the target rows of `events`, as zero-copy slices (its rows are in domain order)."""
+    n_source = events["domain_code"].search_sorted(TARGET)
+    return events.slice(0, n_source), events.slice(n_source)
 
 
 def _vocabularies(
