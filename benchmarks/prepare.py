@@ -2,6 +2,7 @@
 
     python benchmarks/prepare.py --rows 6000000 --object-strings --kcore   # every tool, twice each
     python benchmarks/prepare.py --rows 50000000 --no-reference --json
+    python benchmarks/prepare.py --rows 6000000 --repeated 0.02 --no-reference --workdir /tmp/xb-6m-rep
 
 The script needs no install: it puts this checkout's src/ (or --src) on the xdrec child's PYTHONPATH.
 
@@ -10,7 +11,10 @@ heavy-tailed user activity and item popularity, ms timestamps, 1-5 ratings), hal
 as the raw Parquet files xdrec reads (<workdir>/ws/raw/<Domain>.parquet) and, for the reference, as one
 combined CSV with a domain column. The generated (user, item) pairs are unique within a domain, so
 xdrec's de-duplication removes nothing and both sides must keep exactly the same users and rows: the
-script checks that. Generation is not timed and is reused when <workdir> already holds the same input.
+script checks that. `--repeated F` adds F x rows re-reviews of drawn (user, item) pairs, at other times
+and with other ratings, shuffled in, as real 2023 raw files have them; the notebook's steps do not
+de-duplicate, so that input is for timing xdrec alone. Generation is not timed and is reused when
+<workdir> already holds the same input.
 
 Each measured side runs in its own subprocess, as a user would run it:
 - xdrec: `python -m xdrec --workspace <ws> prepare Books Movies_and_TV --one-pass` (the notebook's
@@ -81,8 +85,9 @@ def _random_ids(rng, n: int, prefix: str, length: int):
     return pl.Series(pl.from_arrow(array)).cast(pl.String)
 
 
-def generate(rows: int, workdir: Path, seed: int, csv: bool) -> dict:
-    """Write <workdir>/ws/raw/{SOURCE,TARGET}.parquet (and <workdir>/combined.csv if `csv`)."""
+def generate(rows: int, workdir: Path, seed: int, csv: bool, repeated: float = 0.0) -> dict:
+    """Write <workdir>/ws/raw/{SOURCE,TARGET}.parquet (and <workdir>/combined.csv if `csv`), with
+    `repeated` x rows extra reviews of pairs already drawn."""
     import numpy as np
     import polars as pl
 
@@ -126,6 +131,13 @@ def generate(rows: int, workdir: Path, seed: int, csv: bool) -> dict:
             }
         )
         del pairs
+        if repeated:
+            m = int(n * repeated)
+            again = frame[rng.integers(0, n, m)].with_columns(
+                rating=pl.Series(rng.integers(1, 6, m)).cast(pl.Float32),
+                timestamp=pl.Series(rng.integers(*TIME_RANGE_MS, m, dtype=np.int64)),
+            )
+            frame = pl.concat([frame, again])[rng.permutation(n + m)]
         frame.write_parquet(raw_dir / f"{domain}.parquet")
         if csv:
             frames.append(frame)
@@ -137,7 +149,14 @@ def generate(rows: int, workdir: Path, seed: int, csv: bool) -> dict:
             .rename({"user": "user_id", "item": "parent_asin"})
             .write_csv(workdir / "combined.csv")
         )
-    return {"rows": rows, "seed": seed, "users_in_pool": n_pool, "version": GENERATOR_VERSION, "csv": csv}
+    return {
+        "rows": rows,
+        "seed": seed,
+        "repeated": repeated,
+        "users_in_pool": n_pool,
+        "version": GENERATOR_VERSION,
+        "csv": csv,
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -218,11 +237,12 @@ def _env(src: Path = REPO / "src") -> dict[str, str]:
     return env
 
 
-def _ensure_input(rows: int, workdir: Path, seed: int, csv: bool, quiet: bool) -> dict:
+def _ensure_input(rows: int, workdir: Path, seed: int, csv: bool, repeated: float, quiet: bool) -> dict:
     marker = workdir / "input.json"
     if marker.exists():
         meta = json.loads(marker.read_text())
-        same = (meta["rows"], meta["seed"], meta["version"]) == (rows, seed, GENERATOR_VERSION)
+        wanted = (rows, seed, GENERATOR_VERSION, repeated)
+        same = (meta["rows"], meta["seed"], meta["version"], meta.get("repeated", 0.0)) == wanted
         if same and (meta["csv"] or not csv):
             return meta
     shutil.rmtree(workdir / "ws", ignore_errors=True)
@@ -231,7 +251,7 @@ def _ensure_input(rows: int, workdir: Path, seed: int, csv: bool, quiet: bool) -
     if not quiet:
         print(f"generating {rows:,} rows in {workdir} (not timed) ...", file=sys.stderr)
     cmd = [sys.executable, __file__, "--child", "generate", "--rows", str(rows), "--seed", str(seed)]
-    cmd += ["--workdir", str(workdir)] + (["--csv"] if csv else [])
+    cmd += ["--workdir", str(workdir), "--repeated", str(repeated)] + (["--csv"] if csv else [])
     result = _measure(cmd, _env(), workdir / "generate.log")
     meta = json.loads(result["stdout"].strip().splitlines()[-1])
     meta["generate_s"] = result["wall_s"]
@@ -335,15 +355,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=2, help="runs per tool (best wall time is reported)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated input")
     parser.add_argument(
+        "--repeated",
+        type=float,
+        default=0.0,
+        help="add this fraction of rows as repeated reviews (needs --no-reference; default 0)",
+    )
+    parser.add_argument(
         "--src", type=Path, default=REPO / "src", help="xdrec sources to time (default: this checkout's src/)"
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--child", choices=["generate", "reference"], help=argparse.SUPPRESS)
     parser.add_argument("--csv", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.repeated and args.reference and not args.child:
+        parser.error("--repeated needs --no-reference: the notebook's steps do not de-duplicate")
 
     if args.child == "generate":
-        print(json.dumps(generate(args.rows, args.workdir, args.seed, args.csv)))
+        print(json.dumps(generate(args.rows, args.workdir, args.seed, args.csv, args.repeated)))
         return
     if args.child == "reference":
         print(json.dumps(reference(args.workdir / "combined.csv", args.object_strings)))
@@ -353,7 +381,7 @@ def main(argv: list[str] | None = None) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     quiet = args.json
     machine = _machine()
-    meta = _ensure_input(args.rows, workdir, args.seed, args.reference, quiet)
+    meta = _ensure_input(args.rows, workdir, args.seed, args.reference, args.repeated, quiet)
 
     jobs = {}
     if args.reference:
