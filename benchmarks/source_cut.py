@@ -20,10 +20,10 @@ from pathlib import Path
 import polars as pl
 import torch
 
+from xdrec.backbone import load_backbone
 from xdrec.data.dataset import Dataset
 from xdrec.embed import UserVectors
 from xdrec.evaluation import per_user_metrics
-from xdrec.pretrain import load_sasrec
 from xdrec.scoring import pad_left
 from xdrec.workspace import Workspace
 from xdrec.zoo import load_scorer
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
 
     fusion = load_scorer(ws, "fusion", data, "cpu")
     result["fusion"] = {"as evaluated": ndcg(fusion)}
-    encoder = load_sasrec(ws, "source-only", data, "cpu")
+    encoder = load_backbone(ws, "source-only", data, "cpu")
     sequences = (
         causal.sort("user_id", "timestamp", "item_id")
         .group_by("user_id", maintain_order=True)

@@ -6,13 +6,13 @@
 
 What is timed is the project's own code path, nothing re-implemented:
 - training: `xdrec.training.train` with `TrainConfig(max_steps=--steps, threads=...)` on the windows that
-  `xdrec.pretrain.training_examples` builds (every window max_len wide, as `xdrec pretrain` trains), with
+  `xdrec.backbone.training_examples` builds (every window max_len wide, as `xdrec pretrain` trains), with
   the loss `auto` picks for the catalogue (full softmax `ce`, or `sampled` once the logits would pass
   `CE_MEMORY_BUDGET`; the table says which). bf16 autocast on CUDA and the thread count are the trainer's
   own. Throughput = sequences seen / the epochs' own seconds from `TrainResult.history` (the trainer's
   clock; it ends each epoch with a device sync, so CUDA timings are complete); optimizer creation and
   other per-call setup are outside it. One untimed warm-up call (`--warmup` steps) precedes the repeats.
-- evaluation: `xdrec.evaluation.per_user_metrics` with a `SASRecScorer` over the full catalogue (NDCG@10,
+- evaluation: `xdrec.evaluation.per_user_metrics` with a `SequenceScorer` over the full catalogue (NDCG@10,
   history masked, batch 512 as `xdrec pretrain`'s validation and `xdrec evaluate` use), after a one-batch
   warm-up; throughput = users / wall seconds of the call.
 - "valid % of epoch": the share of one `xdrec pretrain` epoch that its validation would take on this data
@@ -49,12 +49,12 @@ import numpy as np
 import polars as pl
 import torch
 
+from xdrec.backbone import SequenceScorer, training_examples
 from xdrec.data.synthetic import SyntheticConfig, generate
 from xdrec.devices import available_cores, resolve_device
 from xdrec.errors import XdrecError
 from xdrec.evaluation import per_user_metrics
 from xdrec.models.sasrec import SASRec, SASRecConfig
-from xdrec.pretrain import SASRecScorer, training_examples
 from xdrec.training import Examples, TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -165,7 +165,7 @@ def time_training(
 
 
 def time_evaluation(model: SASRec, cases: pl.DataFrame, n_items: int, device: torch.device) -> dict[str, Any]:
-    scorer = SASRecScorer(model)
+    scorer = SequenceScorer(model)
     load = os.getloadavg()[0]
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -199,7 +199,7 @@ def bench_one(
         time_training(model, examples, tcfg, counts, args.warmup)  # warm-up: allocator, kernels, caches
         trains = [time_training(model, examples, tcfg, counts, args.steps) for _ in range(args.repeats)]
         model.to(device).eval()
-        per_user_metrics(SASRecScorer(model), eval_cases.head(EVAL_BATCH), items, ks=(10,))  # warm-up
+        per_user_metrics(SequenceScorer(model), eval_cases.head(EVAL_BATCH), items, ks=(10,))  # warm-up
         evals = [time_evaluation(model, eval_cases, items, device) for _ in range(args.repeats)]
     finally:
         torch.set_num_threads(previous)

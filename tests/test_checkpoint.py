@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 import torch
 
+from xdrec.backbone import load_backbone, training_examples
 from xdrec.checkpoint import (
     load_tensors,
     optimizer_from_tensors,
@@ -24,7 +25,7 @@ from xdrec.data.prepare import PrepareConfig, prepare
 from xdrec.data.synthetic import SyntheticConfig, write_raw
 from xdrec.errors import XdrecError
 from xdrec.models.sasrec import SASRecConfig
-from xdrec.pretrain import load_sasrec, pretrain, training_examples
+from xdrec.pretrain import pretrain
 from xdrec.scoring import pad_left
 from xdrec.training import TrainConfig
 from xdrec.workspace import Workspace
@@ -96,7 +97,7 @@ def test_pretrain_writes_a_complete_checkpoint(trained) -> None:
 def test_loaded_model_scores_exactly_as_trained(trained) -> None:
     ws, result = trained
     dataset = Dataset.from_workspace(ws)
-    loaded = load_sasrec(ws, "source-only", dataset, device="cpu")
+    loaded = load_backbone(ws, "source-only", dataset, device="cpu")
     history = pad_left([[1, 2, 3], [], list(range(1, 31))])  # empty, and longer than max_len
     users = torch.arange(3)
     assert loaded.name == "source-only" and loaded.domain == "Synthetic_Books"
@@ -118,14 +119,14 @@ def test_a_checkpoint_refuses_another_dataset(trained, tmp_path: Path) -> None:
     with pytest.raises(
         XdrecError, match=r"trained on dataset Synthetic_Books\+Synthetic_Movies .*xdrec pretrain"
     ):
-        load_sasrec(ws, "source-only", Dataset.load(copy))
+        load_backbone(ws, "source-only", Dataset.load(copy))
 
 
 def test_missing_or_wrong_kind_of_model_is_a_clear_error(trained, tmp_path: Path) -> None:
     ws, _ = trained
     dataset = Dataset.from_workspace(ws)
     with pytest.raises(XdrecError, match="run `xdrec pretrain`"):
-        load_sasrec(ws, "nope", dataset)
+        load_backbone(ws, "nope", dataset)
     save_checkpoint(tmp_path / "other", {"w": torch.zeros(2)}, {"kind": "popularity", "dataset": {}})
     with pytest.raises(XdrecError, match="'popularity' model, not 'sasrec'"):
         read_checkpoint(tmp_path / "other", kind="sasrec")

@@ -1,4 +1,4 @@
-"""SASRec: causality, padding invariance, the prefix / extra hooks, block transfer, and overfitting."""
+"""SASRec: causality, padding invariance, the extra hook, block transfer, and overfitting."""
 
 from __future__ import annotations
 
@@ -53,10 +53,6 @@ def test_more_left_padding_changes_nothing(norm_first: bool) -> None:
     assert torch.allclose(short, long[:, 3:], atol=1e-6)
     assert torch.equal(long[:, :3], torch.zeros(1, 3, D))  # padding outputs are zero
     assert torch.allclose(m.user_vector(items(seq, width=5)), m.user_vector(items(seq, width=8)), atol=1e-6)
-    prefix = torch.randn(1, D)
-    assert torch.allclose(
-        m(items(seq, width=5), prefix=prefix), m(items(seq, width=8), prefix=prefix)[:, 3:], atol=1e-6
-    )
 
 
 def test_empty_history_gives_a_finite_zero_vector() -> None:
@@ -65,8 +61,6 @@ def test_empty_history_gives_a_finite_zero_vector() -> None:
     x[1, -1] = 5
     out = m.user_vector(x)
     assert torch.isfinite(out).all() and torch.equal(out[0], torch.zeros(D)) and out[1].abs().sum() > 0
-    # and still finite with a prefix, which every (padding) position may also attend to
-    assert torch.isfinite(m(x, prefix=torch.randn(2, D))).all()
 
 
 def test_user_vector_keeps_the_most_recent_max_len_items() -> None:
@@ -75,20 +69,6 @@ def test_user_vector_keeps_the_most_recent_max_len_items() -> None:
     assert torch.allclose(m.user_vector(long), m(long[:, -4:])[:, -1])
     with pytest.raises(ValueError, match="max_len"):
         m(long)
-
-
-def test_prefix_reaches_every_position_and_keeps_causality() -> None:
-    m = model()
-    x = items([3, 7, 1, 9], [5, 6, 2])
-    p1, p2 = torch.randn(2, D), torch.randn(2, D)
-    a, b = m(x, prefix=p1), m(x, prefix=p2)
-    assert a.shape == (2, 8, D)
-    real = x != 0
-    assert (a - b)[real].abs().sum(-1).min() > 0  # every real position sees the prefix
-    assert torch.equal(a[~real], torch.zeros_like(a[~real]))
-    changed = x.clone()
-    changed[0, -1] = 12
-    assert torch.allclose(m(changed, prefix=p1)[0, :-1], a[0, :-1], atol=1e-6)
 
 
 def test_extra_embedding_is_added_per_position_and_keeps_causality() -> None:

@@ -148,8 +148,8 @@ def test_max_steps_stops_mid_epoch() -> None:
     assert result.steps == 4 and result.epochs_run == 2  # 3 batches per epoch
 
 
-class PrefixOnly(torch.nn.Module):
-    """A model whose only clue to the label is a per-example prefix vector: the extras path."""
+class CodeOnly(torch.nn.Module):
+    """A model whose only clue to the label is a per-example code added to every position (extras)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -157,7 +157,7 @@ class PrefixOnly(torch.nn.Module):
         self.project = torch.nn.Linear(2, 16)
 
     def forward(self, inputs: Tensor, code: Tensor) -> Tensor:
-        return self.sasrec(inputs, prefix=self.project(code))  # (B, L, D)
+        return self.sasrec(inputs, extra=self.project(code)[:, None, :])  # (B, L, D)
 
     def item_embeddings(self) -> Tensor:
         return self.sasrec.item_embeddings()
@@ -169,13 +169,13 @@ def test_extras_reach_forward_and_are_learnt_from() -> None:
     inputs[:, -1] = 5  # every example has the same input ...
     which = torch.arange(n) % 2
     labels = torch.zeros_like(inputs)
-    labels[:, -1] = 10 + which  # ... and one of two labels, told apart only by the prefix code
+    labels[:, -1] = 10 + which  # ... and one of two labels, told apart only by the code
     code = torch.nn.functional.one_hot(which, 2).float()
-    model = PrefixOnly()
+    model = CodeOnly()
     result = train(
         model, Examples(inputs, labels, {"code": code}), config(epochs=40, loss="ce"), progress=False
     )
-    assert result.history[-1]["loss"] < 0.1  # without the prefix the best possible is log 2 = 0.69
+    assert result.history[-1]["loss"] < 0.1  # without the code the best possible is log 2 = 0.69
     with torch.no_grad():
         top = (model(inputs, code)[:, -1] @ model.item_embeddings().T).argmax(-1)
     assert torch.equal(top, 10 + which)

@@ -20,9 +20,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from xdrec.backbone import load_backbone
 from xdrec.data.dataset import Dataset
 from xdrec.errors import XdrecError
-from xdrec.pretrain import load_sasrec
 from xdrec.scoring import pad_left
 from xdrec.workspace import Workspace, atomic_path
 
@@ -61,14 +61,13 @@ def embed(
     batch_size: int = 1024,
 ) -> EmbedResult:
     data = Dataset.from_workspace(workspace, dataset)
-    scorer = load_sasrec(workspace, model, data, device)
+    scorer = load_backbone(workspace, model, data, device)
     sequences = data.train_sequences(scorer.domain or data.source)
     max_len = scorer.model.cfg.max_len
     chunks = []
     with torch.no_grad():
         for start in range(0, sequences.height, batch_size):
-            batch = sequences["items"][start : start + batch_size].to_list()
-            history = pad_left(batch, max_len).to(scorer.device)
+            history = pad_left(sequences["items"][start : start + batch_size], max_len).to(scorer.device)
             chunks.append(scorer.model.user_vector(history).float().cpu())  # (B, D)
     vectors = torch.cat(chunks) if chunks else torch.zeros(0, scorer.model.cfg.hidden)
     user_ids = torch.from_numpy(sequences["user_id"].to_numpy().astype("int64"))

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import itertools
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -58,7 +58,7 @@ import torch
 from xdrec.data.dataset import Dataset
 from xdrec.errors import XdrecError
 from xdrec.popularity import PopularityScorer
-from xdrec.scoring import Scorer
+from xdrec.scoring import Scorer, pad_left
 
 FULL = "full"
 ALL_SEGMENT = "all"
@@ -113,17 +113,6 @@ def _flat(lists: pl.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     values = lists.explode(empty_as_null=False, keep_nulls=False).to_numpy().astype(np.int64)
     rows = np.repeat(np.arange(len(lengths)), lengths)
     return lengths, rows, values
-
-
-def _pad_lists(lists: pl.Series) -> torch.Tensor:
-    """Left-padded (B, max(L, 1)) long tensor of a list column (0 = padding), like `scoring.pad_left`."""
-    lengths, rows, values = _flat(lists)
-    width = max(int(lengths.max(initial=0)), 1)
-    out = np.zeros((len(lengths), width), dtype=np.int64)
-    starts = np.cumsum(lengths) - lengths  # flat offset of each row's first element
-    cols = width - lengths[rows] + (np.arange(len(values)) - starts[rows])
-    out[rows, cols] = values
-    return torch.from_numpy(out)
 
 
 def _prepare_cases(cases: pl.DataFrame, n_items: int) -> pl.DataFrame:
@@ -332,7 +321,7 @@ def _rank_batches(
         for start in range(0, cases.height, batch_size):
             batch = cases.slice(start, batch_size)
             user_ids = torch.from_numpy(batch["user_id"].to_numpy().astype(np.int64)).to(inputs_on)
-            history = _pad_lists(batch["history"]).to(inputs_on)
+            history = pad_left(batch["history"]).to(inputs_on)
             raw = scorer.scores(user_ids, history)
             if tuple(raw.shape) != (batch.height, n_items + 1):
                 raise XdrecError(
@@ -346,7 +335,7 @@ def _rank_batches(
                 nan=-torch.inf, posinf=torch.inf, neginf=-torch.inf
             )
             del raw
-            targets = _pad_lists(batch["targets"]).to(on)  # (B, T), 0 = padding
+            targets = pad_left(batch["targets"]).to(on)  # (B, T), 0 = padding
             valid = targets > 0
             target_scores = scores.gather(1, targets)  # (B, T)
             if sampler is None:
@@ -602,36 +591,3 @@ def evaluate_scorers(
         rows=rows,
         bootstrap=bootstrap,
     )
-
-
-# ---------------------------------------------------------------------------------------------- validation
-
-# Early stopping ranks at most this many validation users each epoch: enough for a stable mean (its
-# standard error is ~0.003 NDCG), and a small share of an epoch even on a Books-sized catalogue.
-VALIDATION_USERS = 10_000
-
-
-def validation_metric(
-    cases: pl.DataFrame,
-    n_items: int,
-    scorer_for: Callable[[torch.nn.Module], Scorer],
-    *,
-    metric: str = "NDCG@10",
-    max_users: int = VALIDATION_USERS,
-    seed: int = 0,
-) -> Callable[[torch.nn.Module], float] | None:
-    """The trainer's `validate` callback: mean full-ranking `metric` of the model, wrapped as a Scorer by
-    `scorer_for`, on the validation `cases` (a seeded sample of `max_users`, the same every epoch).
-
-    None when there are no validation cases (the trainer then keeps the last weights).
-    """
-    if cases.height == 0:
-        return None
-    if cases.height > max_users:
-        cases = cases.sample(max_users, seed=seed).sort("user_id")
-    k = int(metric.split("@")[1])
-
-    def validate(model: torch.nn.Module) -> float:
-        return float(per_user_metrics(scorer_for(model), cases, n_items, ks=(k,))[metric].mean())
-
-    return validate

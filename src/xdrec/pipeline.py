@@ -28,7 +28,7 @@ from xdrec.scoring import pad_left
 from xdrec.training import TrainConfig
 from xdrec.transfer import STRATEGIES, TransferConfig
 from xdrec.workspace import Workspace, file_sha256, read_json
-from xdrec.zoo import POPULARITY, load_scorer, model_domain, trained_models
+from xdrec.zoo import POPULARITY, load_scorer, model_domain, serves, trained_models
 
 if TYPE_CHECKING:
     from xdrec.data.synthetic import SyntheticConfig
@@ -114,7 +114,7 @@ def recommend(
     if name != POPULARITY and model_domain(workspace, name) != data.target:
         raise XdrecError(f"model {name} does not score {data.target} items: pick a target-domain model")
     scorer = load_scorer(workspace, name, data, device)
-    history = pad_left([seen_now["item_id"].to_list()])
+    history = pad_left([seen_now["item_id"].to_numpy()])
     with torch.no_grad():
         scores = scorer.scores(torch.tensor([user_id]), history)[0].float().cpu()
     owned = torch.tensor([0, *target["item_id"].to_list()], dtype=torch.long)  # padding + all they have
@@ -129,7 +129,9 @@ def recommend(
 
 
 def _best_model(workspace: Workspace, data: Dataset, segment: str) -> str:
-    available = set(trained_models(workspace, data, data.target))
+    """The model that scored best on `segment` in the last report among those that serve it; without a
+    report, the first trained strategy that serves it (registry order), then target-only, then popularity."""
+    available = [m for m in trained_models(workspace, data, data.target) if serves(workspace, m, segment)]
     report_path = report_dir(workspace, data, data.target) / "report.json"
     if report_path.exists():
         rows = [
@@ -140,11 +142,7 @@ def _best_model(workspace: Workspace, data: Dataset, segment: str) -> str:
         headline = next((m for m in read_json(report_path)["metrics"] if m.startswith("NDCG@")), None)
         if rows and headline:
             return max(rows, key=lambda r: r[headline] or 0.0)["model"]
-    preference = (
-        ("fusion", "joint", "mapping")
-        if segment == "cold"
-        else ("fusion", "joint", "finetune", "target-only")
-    )
+    preference = [*STRATEGIES, "target-only"]
     return next((m for m in preference if m in available), POPULARITY)
 
 
@@ -231,7 +229,7 @@ def run(
 
     transfer_config = TransferConfig(train=config.train, mapping_loss=config.mapping_loss)  # type: ignore[arg-type]
     for strategy in config.strategies:
-        own = {"mapping_loss": config.mapping_loss} if strategy == "mapping" else {}
+        own = STRATEGIES[strategy].options(transfer_config)
         if _model_is_current(workspace, strategy, data, config.train, **own):
             log(f"transfer: {strategy} unchanged, reused")
         else:

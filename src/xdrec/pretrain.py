@@ -1,9 +1,6 @@
-"""`xdrec pretrain`: train one SASRec on one domain of a prepared dataset, and load it back as a Scorer.
+"""`xdrec pretrain`: train one single-domain sequence model (SASRec) on one domain of a prepared dataset.
 
-Training examples: each user's training sequence in the domain, every position labelled with the next
-item. A sequence longer than max_len + 1 items is cut, from the most recent end, into windows of
-max_len + 1 items that overlap by one, so every transition is trained exactly once and the most recent
-window has full context (older windows start their context afresh).
+The training windows, validation and loading are the backbone runtime's (`xdrec.backbone`).
 """
 
 from __future__ import annotations
@@ -12,45 +9,18 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import numpy as np
-import polars as pl
-import torch
-from torch import Tensor
+from torch import nn
 
-from xdrec.checkpoint import dataset_identity, read_checkpoint, save_checkpoint
+from xdrec.backbone import SequenceScorer, ndcg_validator, training_examples
+from xdrec.checkpoint import dataset_identity
 from xdrec.data.dataset import Dataset
 from xdrec.devices import resolve_device
 from xdrec.errors import XdrecError
-from xdrec.evaluation import validation_metric
-from xdrec.models.sasrec import SASRec, SASRecConfig
-from xdrec.training import Examples, TrainConfig, TrainResult, train
+from xdrec.fit import Plan, fit
+from xdrec.models import BackboneConfig, backbone_kind, build_backbone
+from xdrec.models.sasrec import SASRecConfig
+from xdrec.training import TrainConfig, TrainResult
 from xdrec.workspace import Workspace
-
-KIND = "sasrec"
-METRIC = "NDCG@10"
-
-
-class SASRecScorer:
-    """A trained SASRec as an `xdrec.scoring.Scorer`: the last position's hidden state against every item."""
-
-    def __init__(
-        self, model: SASRec, name: str = "sasrec", domain: str | None = None, fingerprint: str | None = None
-    ) -> None:
-        self.model = model
-        self.name = name
-        self.domain = domain
-        self.fingerprint = fingerprint  # of the checkpoint it was loaded from (see xdrec.checkpoint)
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.item_emb.weight.device
-
-    @torch.no_grad()
-    def scores(self, user_ids: Tensor, history: Tensor) -> Tensor:
-        """user_ids (B,) (unused: the history is the user), history (B, L) left-padded -> (B, n_items + 1)."""
-        self.model.eval()
-        user = self.model.user_vector(history[:, -self.model.cfg.max_len :].to(self.device))  # (B, D)
-        return user @ self.model.item_embeddings().T  # (B, n_items + 1)
 
 
 @dataclass(frozen=True)
@@ -63,7 +33,7 @@ class PretrainResult:
     n_users: int  # users with at least one training transition
     n_sequences: int  # training windows (more than n_users when histories exceed max_len + 1)
     training: TrainResult  # loss chosen and why, epochs, best validation NDCG@10, timings, history
-    scorer: SASRecScorer  # the trained model (best weights, eval mode), ready for evaluation
+    scorer: SequenceScorer  # the trained model (best weights, eval mode), ready for evaluation
 
 
 def default_model_name(dataset: Dataset, domain: str) -> str:
@@ -71,49 +41,23 @@ def default_model_name(dataset: Dataset, domain: str) -> str:
     return f"{dataset.role(domain)}-only"
 
 
-def training_examples(sequences: pl.DataFrame, max_len: int) -> Examples:
-    """`Dataset.train_sequences` -> (N, max_len) inputs and next-item labels, windows as in the module doc."""
-    seqs = sequences.filter(pl.col("items").list.len() >= 2)["items"]
-    n = seqs.list.len().to_numpy().astype(np.int64)  # (U,)
-    flat = seqs.explode().to_numpy().astype(np.int64)  # (sum n,)
-    windows = -(-(n - 1) // max_len)  # (U,) ceil(transitions / max_len)
-    first_row = np.cumsum(windows) - windows  # (U,)
-    user = np.repeat(np.arange(len(n)), n)  # (sum n,) whose sequence each item is in
-    j = np.arange(len(flat)) - np.repeat(np.cumsum(n) - n, n)  # position within the sequence
-    label = j >= 1  # every item but a user's first is some position's label
-    back = (n[user] - 1 - j)[label]  # 0 for the most recent transition
-    row = first_row[user[label]] + windows[user[label]] - 1 - back // max_len  # oldest window first
-    col = max_len - 1 - back % max_len  # right-aligned: the most recent item in the last column
-    inputs = np.zeros((int(windows.sum()), max_len), dtype=np.int64)
-    labels = np.zeros_like(inputs)
-    inputs[row, col] = flat[np.flatnonzero(label) - 1]
-    labels[row, col] = flat[label]
-    return Examples(torch.from_numpy(inputs), torch.from_numpy(labels))
-
-
-def ndcg_validator(dataset: Dataset, domain: str, name: str = "sasrec") -> Callable[[SASRec], float] | None:
-    """Full-ranking NDCG@10 over (a sample of) the domain's validation users; None when it has none."""
-    return validation_metric(
-        dataset.eval_cases(domain, "valid"), dataset.n_items(domain), lambda m: SASRecScorer(m, name)
-    )
-
-
 def pretrain(
     workspace: Workspace,
     *,
     dataset: str | None = None,
     domain: str | None = None,
-    model: SASRecConfig | None = None,
+    model: BackboneConfig | None = None,
     train_config: TrainConfig = TrainConfig(),
     name: str | None = None,
     resume: bool = False,
     progress: bool = True,
-    validate: Callable[[SASRec], float] | None = None,
+    validate: Callable[[nn.Module], float] | None = None,
 ) -> PretrainResult:
-    """Train a SASRec on `domain` (default: the dataset's source) and write models/<name>/.
+    """Train a sequence model on `domain` (default: the dataset's source) and write models/<name>/.
 
     dataset: a prepared dataset's name (default: the workspace's current one).
-    model: architecture; its n_items is replaced by the domain's (pass e.g. SASRecConfig(0, hidden=128)).
+    model: the backbone and its architecture, default SASRec's defaults; its n_items is replaced by the
+        domain's (pass e.g. SASRecConfig(0, hidden=128)).
     name: default `source-only` / `target-only` by the domain's role.
     validate: overrides the default validation (full-ranking NDCG@10 on the valid split).
     """
@@ -129,42 +73,23 @@ def pretrain(
         raise XdrecError(f"no user has two or more training interactions in {domain}: nothing to train on")
     resolve_device(train_config.device)  # fail on a missing GPU before reading more data
 
-    torch.manual_seed(train_config.seed)  # the initial weights
-    net = SASRec(cfg)
-    validate = validate or ndcg_validator(data, domain, name)
+    def plan() -> Plan:
+        net = build_backbone(cfg)
+        check = validate or ndcg_validator(data, domain, name)
+        return Plan(net, examples, check, item_counts=data.item_counts(domain))  # type: ignore[arg-type]
+
+    record = {
+        "kind": backbone_kind(cfg),
+        "name": name,
+        "domain": domain,
+        "role": data.role(domain),
+        "dataset": dataset_identity(data),
+        "n_items": cfg.n_items,
+        "model": asdict(cfg),  # type: ignore[call-overload]
+        "examples": {"users": n_users, "sequences": len(examples)},
+    }
     out = workspace.model_dir(name)
-    result = train(
-        net,
-        examples,
-        train_config,
-        validate=validate,
-        metric_name=METRIC,
-        out_dir=out,
-        resume=resume,
-        item_counts=data.item_counts(domain),
-        progress=progress,
-    )
-    save_checkpoint(
-        out,
-        net.state_dict(),
-        {
-            "kind": KIND,
-            "name": name,
-            "domain": domain,
-            "role": data.role(domain),
-            "dataset": dataset_identity(data),
-            "n_items": cfg.n_items,
-            "model": asdict(cfg),
-            "train": asdict(train_config),
-            "loss": result.loss,
-            "loss_reason": result.loss_reason,
-            "epochs_run": result.epochs_run,
-            "best_epoch": result.best_epoch,
-            "best_valid": {METRIC: result.best_metric},
-            "stopped_early": result.stopped_early,
-            "examples": {"users": n_users, "sequences": len(examples)},
-        },
-    )
+    fitted = fit(plan, train_config, out, record, resume=resume, progress=progress)
     return PretrainResult(
         name=name,
         domain=domain,
@@ -173,22 +98,6 @@ def pretrain(
         n_items=cfg.n_items,
         n_users=n_users,
         n_sequences=len(examples),
-        training=result,
-        scorer=SASRecScorer(net, name, domain),
+        training=fitted.training,
+        scorer=SequenceScorer(fitted.model, name, domain),  # type: ignore[arg-type]
     )
-
-
-def load_sasrec(workspace: Workspace, name: str, dataset: Dataset, device: str = "auto") -> SASRecScorer:
-    """models/<name>/ as a Scorer in eval mode; refuses a checkpoint trained on another dataset."""
-    checkpoint = read_checkpoint(workspace.model_dir(name), dataset, kind=KIND)
-    cfg = SASRecConfig(**checkpoint.config["model"])
-    model = SASRec(cfg)
-    try:
-        model.load_state_dict(checkpoint.state_dict())
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise XdrecError(
-            f"model {name}'s weights do not match its config.json ({first}): retrain it"
-        ) from None
-    model.to(resolve_device(device)).eval()
-    return SASRecScorer(model, name, checkpoint.config.get("domain"), checkpoint.fingerprint)

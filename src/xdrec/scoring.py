@@ -1,7 +1,8 @@
 """The one interface between models and evaluation: something that scores every item of a domain.
 
 Evaluation, `recommend` and validation during training all call `Scorer.scores`; every model
-(popularity, SASRec, each transfer strategy) implements it.
+(popularity, SASRec, each transfer strategy) implements it. `pad_left` is the one way item sequences
+become the left-padded inputs it takes.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
+import polars as pl
 import torch
 
 
@@ -27,18 +29,36 @@ class Scorer(Protocol):
         ...
 
 
-def pad_left(sequences: Sequence[np.ndarray | Sequence[int]], width: int | None = None) -> torch.Tensor:
+Sequences = Sequence[np.ndarray | Sequence[int]] | pl.Series | torch.Tensor
+
+
+def pad_left(sequences: Sequences, width: int | None = None) -> torch.Tensor:
     """Item-id sequences -> (B, W) long, right-aligned and left-padded with 0.
 
-    W is `width` when given (keeping each sequence's most recent `width` items), else the longest length.
+    sequences: Python/numpy sequences, a Polars list column, or a (B, L) tensor that is already
+               left-padded (then only its width changes).
+    W is `width` when given (keeping each sequence's most recent `width` items), else the longest length;
+    at least one column.
     """
-    arrays = [np.asarray(s, dtype=np.int64) for s in sequences]
-    if width is not None:
-        arrays = [a[len(a) - width :] if len(a) > width else a for a in arrays]
+    if isinstance(sequences, torch.Tensor):
+        if width is None or sequences.shape[1] == width:
+            return sequences
+        if sequences.shape[1] > width:
+            return sequences[:, sequences.shape[1] - width :]
+        return torch.nn.functional.pad(sequences, (width - sequences.shape[1], 0))
+    if isinstance(sequences, pl.Series):
+        lengths = sequences.list.len().fill_null(0).to_numpy().astype(np.int64)
+        values = sequences.explode(empty_as_null=False, keep_nulls=False).to_numpy().astype(np.int64)
     else:
-        width = max((len(a) for a in arrays), default=0)
-    out = np.zeros((len(arrays), max(width, 1)), dtype=np.int64)
-    for row, a in enumerate(arrays):
-        if len(a):
-            out[row, out.shape[1] - len(a) :] = a
+        arrays = [np.asarray(s, dtype=np.int64).reshape(-1) for s in sequences]
+        lengths = np.array([len(a) for a in arrays], dtype=np.int64)
+        values = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
+    if width is None:
+        width = int(lengths.max(initial=0))
+    columns = max(width, 1)
+    rows = np.repeat(np.arange(len(lengths)), lengths)  # the row of each element
+    back = np.repeat(np.cumsum(lengths), lengths) - 1 - np.arange(len(values))  # 0 = a row's most recent
+    keep = back < width
+    out = np.zeros((len(lengths), columns), dtype=np.int64)
+    out[rows[keep], columns - 1 - back[keep]] = values[keep]
     return torch.from_numpy(out)

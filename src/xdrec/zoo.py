@@ -7,21 +7,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from xdrec.backbone import backbone_from_checkpoint, load_backbone
 from xdrec.checkpoint import CONFIG, read_checkpoint
 from xdrec.data.dataset import Dataset
-from xdrec.devices import resolve_device
 from xdrec.embed import load_user_vectors
 from xdrec.errors import XdrecError
+from xdrec.models import BACKBONES
 from xdrec.popularity import PopularityScorer
-from xdrec.pretrain import KIND as SASREC
-from xdrec.pretrain import load_sasrec
 from xdrec.scoring import Scorer
-from xdrec.transfer import fusion, joint, mapping
+from xdrec.transfer import STRATEGIES
+from xdrec.transfer.base import ScoringInputs
 from xdrec.workspace import Workspace, read_json
 
 POPULARITY = "popularity"
-# The order models appear in reports: baselines first, then the strategies.
-REPORT_ORDER = ("popularity", "source-only", "target-only", "mapping", "finetune", "fusion", "joint")
+# The order models appear in reports: baselines first, then the strategies in registry order.
+REPORT_ORDER = ("popularity", "source-only", "target-only", *STRATEGIES)
 
 
 def trained_models(workspace: Workspace, dataset: Dataset, domain: str) -> list[str]:
@@ -40,28 +40,40 @@ def trained_models(workspace: Workspace, dataset: Dataset, domain: str) -> list[
 
 
 def load_scorer(workspace: Workspace, name: str, dataset: Dataset, device: str = "auto") -> Scorer:
-    """models/<name>/ (or the popularity baseline) as a Scorer of its domain."""
+    """models/<name>/ (or the popularity baseline) as a Scorer of its domain.
+
+    A strategy is loaded with the inputs it `needs` as the workspace holds them now, and refused if any
+    of those were retrained since the strategy was trained (its lineage, see xdrec.checkpoint).
+    """
     if name == POPULARITY:
         return PopularityScorer.from_dataset(dataset, dataset.target)
     checkpoint = read_checkpoint(workspace.model_dir(name), dataset)
-    kind, config = checkpoint.kind, checkpoint.config
-    if kind == SASREC:
-        return load_sasrec(workspace, name, dataset, device)
-    torch_device = resolve_device(device)
-    if kind == joint.NAME:
-        return joint.load(checkpoint, dataset, torch_device)
-    if kind not in (fusion.NAME, mapping.NAME):
+    config = checkpoint.config
+    strategy = STRATEGIES.get(config.get("strategy", ""))
+    if strategy is None:
+        if checkpoint.kind in BACKBONES:
+            return backbone_from_checkpoint(checkpoint, device)
+        kind = checkpoint.kind
         raise XdrecError(f"model {name} has kind {kind!r}, which this xdrec version cannot load: upgrade it")
-    # fusion and mapping score with the source vectors (mapping also with the target model's items) as
-    # they are now: refuse them if those were recomputed since the strategy was trained.
-    vectors = load_user_vectors(workspace, dataset, config["embeddings"])
-    inputs = {config["embeddings"]: vectors.model_fingerprint}
-    if kind == fusion.NAME:
-        checkpoint.check_built_from(inputs)
-        return fusion.load(checkpoint, vectors, torch_device)
-    target = load_sasrec(workspace, config["target_model"], dataset, device)
-    checkpoint.check_built_from(inputs | {config["target_model"]: target.fingerprint})
-    return mapping.load(checkpoint, vectors, target)
+    vectors = target_model = None
+    current: dict[str, str | None] = {}
+    if "source_vectors" in strategy.needs:
+        vectors = load_user_vectors(workspace, dataset, config["embeddings"])
+        current[config["embeddings"]] = vectors.model_fingerprint
+    if "target_model" in strategy.needs:
+        target_model = load_backbone(workspace, config["target_model"], dataset, device)
+        current[config["target_model"]] = target_model.fingerprint
+    checkpoint.check_built_from(current)
+    return strategy.load(checkpoint, ScoringInputs(dataset, device, vectors, target_model))
+
+
+def serves(workspace: Workspace, name: str, segment: str) -> bool:
+    """Whether models/<name>/ scores `segment` from real evidence (baselines and backbones: not cold)."""
+    if name == POPULARITY:
+        return True
+    path = workspace.model_dir(name) / CONFIG
+    strategy = STRATEGIES.get(read_json(path).get("strategy", "")) if path.exists() else None
+    return segment in strategy.serves if strategy is not None else segment != "cold"
 
 
 def model_domain(workspace: Workspace, name: str) -> str | None:

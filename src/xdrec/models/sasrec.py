@@ -4,9 +4,9 @@ Sequences are LEFT-padded with item 0 (the most recent item is in the last colum
 position t summarises items 1..t and is scored against the item embedding table (tied input/output
 embeddings) to predict item t+1.
 
-Hooks for the transfer strategies, all optional and off by default:
-    prefix  (B, D)      one extra token before the items that every position attends to   (fusion)
-    extra   (B, L, D)   added to the item + position embeddings, e.g. a domain embedding  (joint)
+It implements the `xdrec.models.Backbone` protocol; the hooks the transfer strategies use:
+    extra   (B, L, D)   added to the item + position embeddings: a domain embedding (joint), the
+                        projected source vector at the prefix slot (fusion)
     load_blocks(state)  copy the Transformer blocks of another SASRec, any vocabulary     (finetune)
     user_vector(items)  the last position's hidden state                                  (embed)
 """
@@ -127,9 +127,9 @@ class SASRec(nn.Module):
         if isinstance(module, nn.Embedding) and module.padding_idx is not None:
             nn.init.zeros_(module.weight[module.padding_idx])
 
-    def forward(self, items: Tensor, prefix: Tensor | None = None, extra: Tensor | None = None) -> Tensor:
+    def forward(self, items: Tensor, extra: Tensor | None = None) -> Tensor:
         """items (B, L) long, left-padded, L <= max_len  ->  hidden states (B, L, D), zero at padding."""
-        B, L = items.shape
+        L = items.shape[1]
         if items.shape[1] > self.cfg.max_len:
             raise ValueError(
                 f"sequence length {L} exceeds max_len {self.cfg.max_len}: truncate the input first"
@@ -143,26 +143,19 @@ class SASRec(nn.Module):
         if extra is not None:
             x = x + extra
         x = self.emb_dropout(x) * keep[..., None]
-        if prefix is not None:
-            # The prefix sits before all the items (and before the padding), so causality lets every
-            # position see it; it is never padding.
-            x = torch.cat([prefix[:, None, :].to(x.dtype), x], dim=1)  # (B, 1 + L, D)
-            keep = torch.cat([keep.new_ones(B, 1), keep], dim=1)  # (B, 1 + L)
         mask = attention_mask(keep)  # (B, 1, T, T)
         for block in self.blocks:
             x = block(x, mask)
         x = self.final_norm(x)
-        if prefix is not None:
-            x, keep = x[:, 1:], keep[:, 1:]  # (B, L, D): one output per item position
         return x * keep[..., None]  # padding outputs are zero, never a stray prediction
 
     def item_embeddings(self) -> Tensor:
         """The output (= input) embedding table (n_items + 1, D); scores are hidden @ table.T."""
         return self.item_emb.weight
 
-    def user_vector(self, items: Tensor, prefix: Tensor | None = None) -> Tensor:
+    def user_vector(self, items: Tensor) -> Tensor:
         """The hidden state after a user's most recent item: (B, L) -> (B, D); zero for an empty history."""
-        return self(items[:, -self.cfg.max_len :], prefix=prefix)[:, -1]
+        return self(items[:, -self.cfg.max_len :])[:, -1]
 
     def load_blocks(self, state: dict[str, Tensor]) -> list[str]:
         """Initialise the Transformer blocks (and final norm) from another SASRec's state dict.

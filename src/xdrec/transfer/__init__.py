@@ -1,25 +1,40 @@
 """Transfer strategies: each trains a model that scores target items from a user's source history and
-whatever target history they have. One module per strategy, each with `fit(ctx, config, progress)`.
+whatever target history they have. One module per strategy, each a `Strategy` (transfer/base.py):
 
     mapping    EMCDR: MLP from source user vectors to the target model's space   (cold users)
     finetune   target SASRec initialised from the source model's blocks          (warm users)
     fusion     target SASRec with the source vector as a prefix token            (warm and cold)
     joint      one SASRec over the merged source + target timeline               (warm and cold)
+
+A new strategy is one module with a `Strategy` subclass and one line in `STRATEGIES`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from xdrec.backbone import load_backbone
 from xdrec.data.dataset import Dataset
 from xdrec.embed import load_user_vectors
 from xdrec.errors import XdrecError
-from xdrec.pretrain import load_sasrec
-from xdrec.transfer import finetune, fusion, joint, mapping
-from xdrec.transfer.base import TransferConfig, TransferContext, TransferResult
+from xdrec.transfer.base import (
+    MappingLoss,
+    ScoringInputs,
+    Segment,
+    Strategy,
+    TransferConfig,
+    TransferContext,
+    TransferResult,
+    fit_strategy,
+)
+from xdrec.transfer.finetune import Finetune
+from xdrec.transfer.fusion import Fusion
+from xdrec.transfer.joint import Joint
+from xdrec.transfer.mapping import Mapping
 from xdrec.workspace import Workspace
 
-STRATEGIES = {m.NAME: m for m in (mapping, finetune, fusion, joint)}
+# The registry, in report order.
+STRATEGIES: dict[str, Strategy] = {s.name: s for s in (Mapping(), Finetune(), Fusion(), Joint())}
 
 
 def parse_strategies(names: Sequence[str]) -> list[str]:
@@ -38,24 +53,52 @@ def transfer(
     *,
     dataset: str | None = None,
     config: TransferConfig = TransferConfig(),
+    target: str | None = None,
     progress: bool = True,
 ) -> list[TransferResult]:
     """Train each strategy on the current dataset into models/<strategy>/.
 
+    target: the domain to transfer into (default the dataset's target; the other domain is the source).
     Needs the source model (`xdrec pretrain`), its user vectors (`xdrec embed`) and, for mapping, the
     target-only model (`xdrec pretrain --domain TARGET`).
     """
     names = parse_strategies(strategies)
     data = Dataset.from_workspace(workspace, dataset)
-    source = load_sasrec(workspace, config.source_model, data, config.train.device)
+    target = target or data.target
+    data.check_domain(target)
+    device = config.train.device
+    source = load_backbone(workspace, config.source_model, data, device)
     vectors = load_user_vectors(workspace, data, config.source_model)
     if vectors.model_fingerprint != source.fingerprint:
         raise XdrecError(
             f"the user vectors in {workspace.embeddings(config.source_model)} come from an earlier "
             f"{config.source_model} model: re-run `xdrec embed` first"
         )
-    ctx = TransferContext(workspace=workspace, dataset=data, source=source, vectors=vectors)
-    return [STRATEGIES[name].fit(ctx, config, progress) for name in names]
+    ctx = TransferContext(workspace=workspace, dataset=data, source=source, vectors=vectors, target=target)
+    results = []
+    for name in names:
+        strategy = STRATEGIES[name]
+        target_model = None
+        if "target_model" in strategy.needs:
+            if not workspace.model_dir(config.target_model).exists():
+                raise XdrecError(
+                    f"{name} needs the target model {config.target_model!r}: "
+                    f"run `xdrec pretrain --domain {target}` first"
+                )
+            target_model = load_backbone(workspace, config.target_model, data, device)
+        inputs = ScoringInputs(data, device, vectors=vectors, target_model=target_model)
+        results.append(fit_strategy(strategy, ctx, config, inputs, progress))
+    return results
 
 
-__all__ = ["STRATEGIES", "TransferConfig", "TransferResult", "parse_strategies", "transfer"]
+__all__ = [
+    "STRATEGIES",
+    "MappingLoss",
+    "Segment",
+    "Strategy",
+    "TransferConfig",
+    "TransferContext",
+    "TransferResult",
+    "parse_strategies",
+    "transfer",
+]

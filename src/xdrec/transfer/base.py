@@ -1,48 +1,71 @@
-"""What every transfer strategy shares: its configuration, its inputs, and small tensor helpers."""
+"""The one contract of a transfer strategy, and the `fit` that trains any of them.
+
+A strategy says what it is (`name`), which user segments it serves from real evidence (`serves`), which
+trained inputs it is built from besides the source model (`needs`), what to train (`build` -> a `Plan`)
+and how to score with what it saved (`load`). Everything else reads this contract: `fit` (seed -> build ->
+train -> save, with the lineage every strategy records), `xdrec.zoo` (loading, lineage checks), and
+`xdrec.pipeline` (`run`'s reuse check, the model chosen for a user's segment).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
-import torch
-from torch import Tensor
-
-from xdrec.checkpoint import BUILT_FROM, dataset_identity, save_checkpoint
+from xdrec.backbone import SequenceScorer
+from xdrec.checkpoint import BUILT_FROM, Checkpoint, dataset_identity
 from xdrec.data.dataset import Dataset
 from xdrec.embed import UserVectors
-from xdrec.pretrain import SASRecScorer
+from xdrec.fit import Plan, fit
+from xdrec.scoring import Scorer
 from xdrec.training import TrainConfig, TrainResult
 from xdrec.workspace import Workspace
 
-METRIC = "NDCG@10"
+# The user segments of a report that a model can serve (see xdrec.evaluation).
+Segment = Literal["warm", "cold", "target-only"]
+# Trained inputs a strategy may need besides the source model, at training and at scoring time.
+Need = Literal["source_vectors", "target_model"]
+
+
+class MappingLoss(str, Enum):
+    TASK = "task"  # the likelihood of the user's target items (PTUPCDR)
+    MSE = "mse"  # EMCDR: regress the target model's user vector
 
 
 @dataclass(frozen=True)
 class TransferConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
-    mapping_loss: Literal["task", "mse"] = "task"  # mapping: a loss on target items (PTUPCDR) or EMCDR's MSE
+    mapping_loss: MappingLoss = MappingLoss.TASK
     source_model: str = "source-only"
     target_model: str = "target-only"
 
 
 @dataclass(frozen=True)
 class TransferContext:
-    """The trained pieces a strategy builds on."""
+    """The trained pieces a strategy builds on, and the direction of the transfer."""
 
     workspace: Workspace
     dataset: Dataset
-    source: SASRecScorer  # the pretrained source-domain SASRec (frozen)
+    source: SequenceScorer  # the pretrained source-domain model (frozen)
     vectors: UserVectors  # its user vectors, from `xdrec embed`
+    target: str  # the domain the strategy scores; the other one of the dataset is the source
 
     @property
-    def target(self) -> str:
-        return self.dataset.target
+    def source_domain(self) -> str:
+        return self.dataset.other(self.target)
 
-    def out_dir(self, strategy: str) -> Path:
-        return self.workspace.model_dir(strategy)
+
+@dataclass(frozen=True)
+class ScoringInputs:
+    """What `Strategy.load` gets: the dataset, the device, and the inputs the strategy `needs`."""
+
+    dataset: Dataset
+    device: str
+    vectors: UserVectors | None = None  # with "source_vectors"
+    target_model: SequenceScorer | None = None  # with "target_model"
 
 
 @dataclass(frozen=True)
@@ -50,49 +73,59 @@ class TransferResult:
     strategy: str
     model_dir: Path
     training: TrainResult
-    serves: str  # which segments the strategy can score from real evidence
+    serves: frozenset[Segment]  # the segments the strategy scores from real evidence
 
 
-def save_strategy(
+class Strategy(ABC):
+    """One transfer strategy. Subclass, set the class attributes, implement `build` and `load`."""
+
+    name: ClassVar[str]
+    serves: ClassVar[frozenset[Segment]]
+    needs: ClassVar[frozenset[Need]] = frozenset()
+    kind: ClassVar[str | None] = None  # the checkpoint's kind when it loads as something else (a backbone)
+
+    @abstractmethod
+    def build(self, ctx: TransferContext, config: TransferConfig, inputs: ScoringInputs) -> Plan:
+        """What to train. Called right after seeding: construct the model before anything else random."""
+
+    @abstractmethod
+    def load(self, checkpoint: Checkpoint, inputs: ScoringInputs) -> Scorer:
+        """The trained strategy from its checkpoint, as a Scorer of its domain."""
+
+    def options(self, config: TransferConfig) -> dict[str, Any]:
+        """The strategy's own knobs in `config`: recorded in config.json; `run` retrains on a change."""
+        return {}
+
+
+def fit_strategy(
+    strategy: Strategy,
     ctx: TransferContext,
-    name: str,
-    state: Mapping[str, Tensor],
     config: TransferConfig,
-    result: TrainResult,
-    *,
-    kind: str | None = None,
-    also_built_from: Mapping[str, str | None] | None = None,
-    **details: object,
-) -> Path:
-    """Write models/<name>/ with what every strategy records, plus its own `details`.
+    inputs: ScoringInputs,
+    progress: bool = True,
+) -> TransferResult:
+    """seed -> build -> train -> save models/<name>/ with what every strategy records.
 
-    `built_from` records the source model's fingerprint (its vectors or weights fed every strategy), plus
-    `also_built_from`'s models, so a later retraining of any of them marks this strategy stale.
+    `built_from` records the fingerprints of the models it was trained from (the source model, whose
+    weights or vectors fed every strategy, and the target model when it `needs` one), so a later
+    retraining of any of them marks this strategy stale.
     """
-    out = ctx.out_dir(name)
-    save_checkpoint(
-        out,
-        state,
-        {
-            "kind": kind or name,
-            "name": name,
-            "strategy": name,
-            "domain": ctx.target,
-            "role": "target",
-            "dataset": dataset_identity(ctx.dataset),
-            "train": asdict(config.train),
-            "loss": result.loss,
-            "epochs_run": result.epochs_run,
-            "best_valid": {result.metric_name: result.best_metric},
-            BUILT_FROM: {config.source_model: ctx.source.fingerprint, **(also_built_from or {})},
-            **details,
-        },
-    )
-    return out
-
-
-def keep_tail(history: Tensor, width: int) -> Tensor:
-    """(B, L) left-padded -> (B, width): the most recent `width` items, left-padded further if needed."""
-    if history.shape[1] >= width:
-        return history[:, history.shape[1] - width :]
-    return torch.nn.functional.pad(history, (width - history.shape[1], 0))
+    built_from = {config.source_model: ctx.source.fingerprint}
+    record: dict[str, Any] = {
+        "kind": strategy.kind or strategy.name,
+        "name": strategy.name,
+        "strategy": strategy.name,
+        "domain": ctx.target,
+        "role": ctx.dataset.role(ctx.target),
+        "dataset": dataset_identity(ctx.dataset),
+        **strategy.options(config),
+    }
+    if "source_vectors" in strategy.needs:
+        record["embeddings"] = config.source_model
+    if "target_model" in strategy.needs and inputs.target_model is not None:
+        record["target_model"] = config.target_model
+        built_from[config.target_model] = inputs.target_model.fingerprint
+    record[BUILT_FROM] = built_from
+    out = ctx.workspace.model_dir(strategy.name)
+    fitted = fit(lambda: strategy.build(ctx, config, inputs), config.train, out, record, progress=progress)
+    return TransferResult(strategy.name, out, fitted.training, strategy.serves)

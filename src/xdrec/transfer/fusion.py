@@ -15,14 +15,14 @@ import torch
 from torch import Tensor, nn
 
 from xdrec.checkpoint import Checkpoint
+from xdrec.devices import resolve_device
 from xdrec.embed import UserVectors
-from xdrec.evaluation import validation_metric
+from xdrec.fit import Plan
 from xdrec.models.sasrec import SASRec, SASRecConfig
 from xdrec.scoring import pad_left
-from xdrec.training import Examples, train
-from xdrec.transfer.base import TransferConfig, TransferContext, TransferResult, keep_tail, save_strategy
-
-NAME = "fusion"
+from xdrec.training import Examples
+from xdrec.transfer.base import ScoringInputs, Strategy, TransferConfig, TransferContext
+from xdrec.validation import validation_metric
 
 
 class FusionModel(nn.Module):
@@ -44,7 +44,7 @@ class FusionModel(nn.Module):
 
 def with_slot(history: Tensor, slot: int, width: int) -> Tensor:
     """(B, L) left-padded items -> (B, width): the last width-1 items with the slot just before them."""
-    items = keep_tail(history, width - 1)  # (B, width - 1)
+    items = pad_left(history, width - 1)  # (B, width - 1)
     out = torch.nn.functional.pad(items, (1, 0))  # (B, width)
     first = width - 1 - (items != 0).sum(1)  # (B,) column of the slot
     out[torch.arange(len(out)), first] = slot
@@ -52,7 +52,7 @@ def with_slot(history: Tensor, slot: int, width: int) -> Tensor:
 
 
 class FusionScorer:
-    def __init__(self, model: FusionModel, vectors: UserVectors, name: str = NAME) -> None:
+    def __init__(self, model: FusionModel, vectors: UserVectors, name: str = "fusion") -> None:
         self.model, self.vectors, self.name = model, vectors, name
 
     @torch.no_grad()
@@ -78,40 +78,28 @@ def examples(sequences: pl.DataFrame, vectors: UserVectors, slot: int, max_len: 
     )
 
 
-def fit(ctx: TransferContext, config: TransferConfig, progress: bool = True) -> TransferResult:
-    data, target = ctx.dataset, ctx.target
-    base = ctx.source.model.cfg
-    cfg = replace(base, n_items=data.n_items(target) + 1)  # + the slot
-    torch.manual_seed(config.train.seed)
-    model = FusionModel(cfg, ctx.vectors.dim)
-    train_examples = examples(data.train_sequences(target), ctx.vectors, model.slot, cfg.max_len)
-    validate = validation_metric(
-        data.eval_cases(target, "valid"), data.n_items(target), lambda m: FusionScorer(m, ctx.vectors)
-    )
-    out = ctx.out_dir(NAME)
-    result = train(
-        model,
-        train_examples,
-        config.train,
-        validate=validate,
-        out_dir=out,
-        item_counts=None,
-        progress=progress,
-    )
-    save_strategy(
-        ctx,
-        NAME,
-        model.state_dict(),
-        config,
-        result,
-        model=asdict(cfg),
-        source_dim=ctx.vectors.dim,
-        embeddings=config.source_model,
-    )
-    return TransferResult(NAME, out, result, serves="warm, cold, target-only")
+class Fusion(Strategy):
+    name = "fusion"
+    serves = frozenset({"warm", "cold", "target-only"})
+    needs = frozenset({"source_vectors"})
 
+    def build(self, ctx: TransferContext, config: TransferConfig, inputs: ScoringInputs) -> Plan:
+        data, target, vectors = ctx.dataset, ctx.target, ctx.vectors
+        cfg = replace(ctx.source.model.cfg, n_items=data.n_items(target) + 1)  # + the slot
+        model = FusionModel(cfg, vectors.dim)
+        validate = validation_metric(
+            data.eval_cases(target, "valid"), data.n_items(target), lambda m: FusionScorer(m, vectors)
+        )
+        return Plan(
+            model,
+            examples(data.train_sequences(target), vectors, model.slot, cfg.max_len),
+            validate,
+            record={"model": asdict(cfg), "source_dim": vectors.dim},
+        )
 
-def load(checkpoint: Checkpoint, vectors: UserVectors, device: torch.device) -> FusionScorer:
-    model = FusionModel(SASRecConfig(**checkpoint.config["model"]), checkpoint.config["source_dim"])
-    model.load_state_dict(checkpoint.state_dict())
-    return FusionScorer(model.to(device).eval(), vectors)
+    def load(self, checkpoint: Checkpoint, inputs: ScoringInputs) -> FusionScorer:
+        assert inputs.vectors is not None
+        config = checkpoint.config
+        model = FusionModel(SASRecConfig(**config["model"]), config["source_dim"])
+        model.load_state_dict(checkpoint.state_dict())
+        return FusionScorer(model.to(resolve_device(inputs.device)).eval(), inputs.vectors)

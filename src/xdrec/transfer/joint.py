@@ -18,13 +18,13 @@ from torch import Tensor, nn
 
 from xdrec.checkpoint import Checkpoint
 from xdrec.data.dataset import Dataset
-from xdrec.evaluation import validation_metric
+from xdrec.devices import resolve_device
+from xdrec.fit import Plan
 from xdrec.models.sasrec import SASRec, SASRecConfig
 from xdrec.scoring import pad_left
-from xdrec.training import Examples, train
-from xdrec.transfer.base import TransferConfig, TransferContext, TransferResult, keep_tail, save_strategy
-
-NAME = "joint"
+from xdrec.training import Examples
+from xdrec.transfer.base import ScoringInputs, Strategy, TransferConfig, TransferContext
+from xdrec.validation import validation_metric
 
 
 class JointModel(nn.Module):
@@ -42,10 +42,10 @@ class JointModel(nn.Module):
         return self.sasrec.item_embeddings()[: self.n_target + 1]  # only target items are candidates
 
 
-def timelines(data: Dataset, target_splits: tuple[str, ...]) -> pl.LazyFrame:
+def timelines(data: Dataset, target: str, target_splits: tuple[str, ...]) -> pl.LazyFrame:
     """One row per interaction in the merged timeline: user_id, token, is_target, time-ordered per user."""
-    n_target = data.n_items(data.target)
-    is_target = pl.col("domain") == data.target
+    n_target = data.n_items(target)
+    is_target = pl.col("domain") == target
     return (
         data.interactions()
         .filter(
@@ -61,11 +61,11 @@ def timelines(data: Dataset, target_splits: tuple[str, ...]) -> pl.LazyFrame:
     )
 
 
-def examples(data: Dataset, max_len: int) -> Examples:
+def examples(data: Dataset, target: str, max_len: int) -> Examples:
     """Most recent max_len positions of each training timeline; label = next target item (0 if none)."""
     next_target = pl.when(pl.col("is_target")).then(pl.col("token")).shift(-1).backward_fill()
     rows = (
-        timelines(data, ("train",))
+        timelines(data, target, ("train",))
         .with_columns(label=next_target.over("user_id").fill_null(0))
         .group_by("user_id", maintain_order=True)
         .agg(pl.col("token").tail(max_len), pl.col("label").tail(max_len))
@@ -75,14 +75,19 @@ def examples(data: Dataset, max_len: int) -> Examples:
     return Examples(pad_left(rows["token"].to_list(), max_len), pad_left(rows["label"].to_list(), max_len))
 
 
-def scoring_timelines(data: Dataset, max_len: int) -> Tensor:
+def scoring_timelines(data: Dataset, target: str, max_len: int) -> Tensor:
     """(n_users, 2 * max_len) every user's most recent timeline tokens, target items up to validation.
 
     The scorer keeps the target items in the history it is given and drops the others, so the same table
     serves validation (train history) and test (train + valid); twice max_len leaves room for both.
     """
     width = 2 * max_len
-    rows = timelines(data, ("train", "valid")).group_by("user_id").agg(pl.col("token").tail(width)).collect()
+    rows = (
+        timelines(data, target, ("train", "valid"))
+        .group_by("user_id")
+        .agg(pl.col("token").tail(width))
+        .collect()
+    )
     tokens = torch.zeros(data.users.height, width, dtype=torch.long)
     tokens[torch.from_numpy(rows["user_id"].to_numpy().astype("int64"))] = pad_left(
         rows["token"].to_list(), width
@@ -93,7 +98,7 @@ def scoring_timelines(data: Dataset, max_len: int) -> Tensor:
 class JointScorer:
     """Rebuilds each user's merged timeline from the target history it is given (valid or test time)."""
 
-    def __init__(self, model: JointModel, tokens: Tensor, name: str = NAME) -> None:
+    def __init__(self, model: JointModel, tokens: Tensor, name: str = "joint") -> None:
         self.model, self.tokens, self.name = model, tokens, name
 
     @torch.no_grad()
@@ -109,27 +114,33 @@ class JointScorer:
         # Stable sort on the keep flag moves the kept tokens right, in time order: left padding again.
         order = torch.sort(keep.int(), dim=1, stable=True).indices
         merged = (tokens * keep).gather(1, order)
-        inputs = keep_tail(merged, self.model.sasrec.cfg.max_len).to(device)
+        inputs = pad_left(merged, self.model.sasrec.cfg.max_len).to(device)
         return self.model(inputs)[:, -1] @ self.model.item_embeddings().T  # (B, n_target + 1)
 
 
-def fit(ctx: TransferContext, config: TransferConfig, progress: bool = True) -> TransferResult:
-    data, target = ctx.dataset, ctx.target
-    n_target = data.n_items(target)
-    cfg = replace(ctx.source.model.cfg, n_items=n_target + data.n_items(data.source))
-    torch.manual_seed(config.train.seed)
-    model = JointModel(cfg, n_target)
-    tokens = scoring_timelines(data, cfg.max_len)
-    validate = validation_metric(data.eval_cases(target, "valid"), n_target, lambda m: JointScorer(m, tokens))
-    out = ctx.out_dir(NAME)
-    result = train(
-        model, examples(data, cfg.max_len), config.train, validate=validate, out_dir=out, progress=progress
-    )
-    save_strategy(ctx, NAME, model.state_dict(), config, result, model=asdict(cfg), n_target=n_target)
-    return TransferResult(NAME, out, result, serves="warm, cold, target-only")
+class Joint(Strategy):
+    name = "joint"
+    serves = frozenset({"warm", "cold", "target-only"})
 
+    def build(self, ctx: TransferContext, config: TransferConfig, inputs: ScoringInputs) -> Plan:
+        data, target = ctx.dataset, ctx.target
+        n_target = data.n_items(target)
+        cfg = replace(ctx.source.model.cfg, n_items=n_target + data.n_items(ctx.source_domain))
+        model = JointModel(cfg, n_target)
+        tokens = scoring_timelines(data, target, cfg.max_len)
+        validate = validation_metric(
+            data.eval_cases(target, "valid"), n_target, lambda m: JointScorer(m, tokens)
+        )
+        return Plan(
+            model,
+            examples(data, target, cfg.max_len),
+            validate,
+            record={"model": asdict(cfg), "n_target": n_target},
+        )
 
-def load(checkpoint: Checkpoint, data: Dataset, device: torch.device) -> JointScorer:
-    model = JointModel(SASRecConfig(**checkpoint.config["model"]), checkpoint.config["n_target"])
-    model.load_state_dict(checkpoint.state_dict())
-    return JointScorer(model.to(device).eval(), scoring_timelines(data, model.sasrec.cfg.max_len))
+    def load(self, checkpoint: Checkpoint, inputs: ScoringInputs) -> JointScorer:
+        config = checkpoint.config
+        model = JointModel(SASRecConfig(**config["model"]), config["n_target"])
+        model.load_state_dict(checkpoint.state_dict())
+        tokens = scoring_timelines(inputs.dataset, config["domain"], model.sasrec.cfg.max_len)
+        return JointScorer(model.to(resolve_device(inputs.device)).eval(), tokens)

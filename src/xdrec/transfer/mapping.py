@@ -10,22 +10,24 @@ a seeded tenth of the training users as pseudo-cold users, ranked from their sou
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import polars as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xdrec.backbone import SequenceScorer
 from xdrec.checkpoint import Checkpoint
 from xdrec.embed import UserVectors
-from xdrec.errors import XdrecError
-from xdrec.evaluation import COLD_SEGMENT, validation_metric
-from xdrec.pretrain import SASRecScorer, load_sasrec
+from xdrec.evaluation import COLD_SEGMENT
+from xdrec.fit import Plan
 from xdrec.scoring import pad_left
-from xdrec.training import Examples, train
-from xdrec.transfer.base import TransferConfig, TransferContext, TransferResult, save_strategy
+from xdrec.training import Examples
+from xdrec.transfer.base import MappingLoss, ScoringInputs, Strategy, TransferConfig, TransferContext
+from xdrec.validation import validation_metric
 
-NAME = "mapping"
 HOLDOUT = 0.1
 
 
@@ -68,7 +70,7 @@ class MappingScorer:
     """Cold users (no target history): the mapped source vector; the others: the target model itself."""
 
     def __init__(
-        self, model: MappingModel, vectors: UserVectors, target: SASRecScorer, name: str = NAME
+        self, model: MappingModel, vectors: UserVectors, target: SequenceScorer, name: str = "mapping"
     ) -> None:
         self.model, self.vectors, self.target, self.name = model, vectors, target, name
 
@@ -103,71 +105,65 @@ def pseudo_cold_cases(sequences: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def fit(ctx: TransferContext, config: TransferConfig, progress: bool = True) -> TransferResult:
-    data, target = ctx.dataset, ctx.target
-    if not ctx.workspace.model_dir(config.target_model).exists():
-        raise XdrecError(
-            f"mapping needs the target model {config.target_model!r}: "
-            f"run `xdrec pretrain --domain {target}` first"
+class Mapping(Strategy):
+    name = "mapping"
+    serves = frozenset({"cold"})  # warm users get the target-only model itself
+    needs = frozenset({"source_vectors", "target_model"})
+
+    def options(self, config: TransferConfig) -> dict[str, Any]:
+        return {"mapping_loss": MappingLoss(config.mapping_loss).value}
+
+    def build(self, ctx: TransferContext, config: TransferConfig, inputs: ScoringInputs) -> Plan:
+        data, target, vectors, target_model = ctx.dataset, ctx.target, ctx.vectors, inputs.target_model
+        assert target_model is not None
+        # Users with both a source vector and target training history.
+        known = pl.Series("user_id", torch.nonzero(vectors.known).flatten().numpy())
+        sequences = data.train_sequences(target).filter(pl.col("user_id").is_in(known.implode()))
+        fit_users, held_out = split_pseudo_cold(sequences, config.train.seed)
+        task = MappingLoss(config.mapping_loss) == MappingLoss.TASK
+        if task:
+            table = target_model.model.item_embeddings()
+            pairs = fit_users.explode("items")  # one example per (user, target item)
+            example_users = torch.from_numpy(pairs["user_id"].to_numpy().astype("int64"))
+            labels = torch.from_numpy(pairs["items"].to_numpy().astype("int64"))[:, None]
+            loss_fn = None
+        else:
+            with torch.no_grad():
+                history = pad_left(fit_users["items"], target_model.model.cfg.max_len)
+                own = target_model.model.user_vector(history.to(target_model.device)).float()
+            table = torch.cat([torch.zeros(1, own.shape[1], device=own.device), own])  # row 0: padding
+            example_users = torch.from_numpy(fit_users["user_id"].to_numpy().astype("int64"))
+            labels = torch.arange(1, fit_users.height + 1)[:, None]  # row u of the table: user u's vector
+            loss_fn = mse_loss
+        model = MappingModel(vectors.dim, table, item_bias=task)
+        if model.bias is not None:
+            # Start from popularity (log training counts): the mapped taste only has to learn the difference.
+            with torch.no_grad():
+                model.bias.copy_(torch.log1p(torch.as_tensor(data.item_counts(target), dtype=torch.float32)))
+        validate = validation_metric(
+            pseudo_cold_cases(held_out),
+            data.n_items(target),
+            lambda m: MappingScorer(m, vectors, target_model),
         )
-    target_model = load_sasrec(ctx.workspace, config.target_model, data, config.train.device)
-    # Users with both a source vector and target training history.
-    known = pl.Series("user_id", torch.nonzero(ctx.vectors.known).flatten().numpy())
-    sequences = data.train_sequences(target).filter(pl.col("user_id").is_in(known.implode()))
-    fit_users, held_out = split_pseudo_cold(sequences, config.train.seed)
-    users = torch.from_numpy(fit_users["user_id"].to_numpy().astype("int64"))
-    if config.mapping_loss == "task":
-        table = target_model.model.item_embeddings()
-        pairs = fit_users.explode("items")  # one example per (user, target item)
-        example_users = torch.from_numpy(pairs["user_id"].to_numpy().astype("int64"))
-        labels = torch.from_numpy(pairs["items"].to_numpy().astype("int64"))[:, None]
-        loss_fn = None
-    else:
-        with torch.no_grad():
-            history = pad_left(fit_users["items"].to_list(), target_model.model.cfg.max_len)
-            own = target_model.model.user_vector(history.to(target_model.device)).float()
-        table = torch.cat([torch.zeros(1, own.shape[1], device=own.device), own])  # row 0: padding
-        example_users, labels = users, torch.arange(1, len(users) + 1)[:, None]
-        loss_fn = mse_loss
-    torch.manual_seed(config.train.seed)
-    model = MappingModel(ctx.vectors.dim, table, item_bias=config.mapping_loss == "task")
-    if model.bias is not None:
-        # Start from popularity (log training counts) so the mapped taste only has to learn the difference.
-        with torch.no_grad():
-            model.bias.copy_(torch.log1p(torch.as_tensor(data.item_counts(target), dtype=torch.float32)))
-    examples = Examples(
-        torch.ones_like(labels), labels, {"source_vector": ctx.vectors.vectors[example_users]}
-    )
-    validate = validation_metric(
-        pseudo_cold_cases(held_out),
-        data.n_items(target),
-        lambda m: MappingScorer(m, ctx.vectors, target_model),
-    )
-    out = ctx.out_dir(NAME)
-    result = train(
-        model, examples, config.train, validate=validate, out_dir=out, loss_fn=loss_fn, progress=progress
-    )
-    save_strategy(
-        ctx,
-        NAME,
-        model.state_dict(),
-        config,
-        result,
-        source_dim=ctx.vectors.dim,
-        dim=table.shape[1],
-        also_built_from={config.target_model: target_model.fingerprint},
-        mapping_loss=config.mapping_loss,
-        target_model=config.target_model,
-        embeddings=config.source_model,
-        users=len(users),
-        validation="pseudo-cold: a held-out tenth of the training users, ranked from source only",
-    )
-    return TransferResult(NAME, out, result, serves="cold (warm users get the target-only model)")
+        return Plan(
+            model,
+            Examples(torch.ones_like(labels), labels, {"source_vector": vectors.vectors[example_users]}),
+            validate,
+            loss_fn=loss_fn,
+            record={
+                "source_dim": vectors.dim,
+                "dim": table.shape[1],
+                "users": fit_users.height,
+                "validation": "pseudo-cold: a held-out tenth of the training users, ranked from source only",
+            },
+        )
 
-
-def load(checkpoint: Checkpoint, vectors: UserVectors, target: SASRecScorer) -> MappingScorer:
-    config = checkpoint.config
-    table = target.model.item_embeddings().detach()
-    model = MappingModel(config["source_dim"], table, item_bias=config["mapping_loss"] == "task")
-    model.load_state_dict(checkpoint.state_dict())
-    return MappingScorer(model.to(target.device).eval(), vectors, target)
+    def load(self, checkpoint: Checkpoint, inputs: ScoringInputs) -> MappingScorer:
+        assert inputs.vectors is not None and inputs.target_model is not None
+        config, target = checkpoint.config, inputs.target_model
+        table = target.model.item_embeddings().detach()
+        model = MappingModel(
+            config["source_dim"], table, item_bias=config["mapping_loss"] == MappingLoss.TASK
+        )
+        model.load_state_dict(checkpoint.state_dict())
+        return MappingScorer(model.to(target.device).eval(), inputs.vectors, target)

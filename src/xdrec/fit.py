@@ -1,0 +1,84 @@
+"""seed -> build -> train -> save: how every model in models/ comes to be, stage or strategy alike.
+
+A stage (`pretrain`) or a transfer strategy only says what to train: a `Plan` (the model, its examples,
+its validation, what its config.json records of its own). `fit` seeds torch before the plan is built
+(so the initial weights depend on the seed alone), trains with the one loop of `xdrec.training`, and
+writes the checkpoint with the fields every model records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from xdrec.checkpoint import Checkpoint, save_checkpoint
+from xdrec.models.losses import LossFn
+from xdrec.training import Examples, TrainConfig, TrainResult, train
+from xdrec.validation import METRIC
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one training needs. Built after seeding: construct the model before anything else random."""
+
+    model: nn.Module
+    examples: Examples
+    validate: Callable[[nn.Module], float] | None
+    item_counts: np.ndarray | None = None  # training popularity, for the `sampled` loss's negatives
+    loss_fn: LossFn | None = None  # replaces the configured loss (e.g. a regression loss)
+    record: Mapping[str, Any] = field(default_factory=dict)  # config.json fields of this model's own
+
+
+@dataclass(frozen=True)
+class Fitted:
+    model: nn.Module  # holding its best weights, in eval mode
+    training: TrainResult
+    checkpoint: Checkpoint
+
+
+def fit(
+    build: Callable[[], Plan],
+    config: TrainConfig,
+    out_dir: Path,
+    record: Mapping[str, Any],
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> Fitted:
+    """Seed, build the plan, train it into `out_dir`, and save models/<name>/ with `record` + the plan's."""
+    torch.manual_seed(config.seed)  # the initial weights
+    plan = build()
+    result = train(
+        plan.model,
+        plan.examples,
+        config,
+        validate=plan.validate,
+        metric_name=METRIC,
+        out_dir=out_dir,
+        resume=resume,
+        item_counts=plan.item_counts,
+        loss_fn=plan.loss_fn,
+        progress=progress,
+    )
+    checkpoint = save_checkpoint(
+        out_dir,
+        plan.model.state_dict(),
+        {
+            **record,
+            "train": asdict(config),
+            "loss": result.loss,
+            "loss_reason": result.loss_reason,
+            "epochs_run": result.epochs_run,
+            "best_epoch": result.best_epoch,
+            "best_valid": {result.metric_name: result.best_metric},
+            "stopped_early": result.stopped_early,
+            **plan.record,
+        },
+    )
+    return Fitted(plan.model, result, checkpoint)
