@@ -56,7 +56,7 @@ from xdrec.data.dataset import Dataset
 from xdrec.errors import XdrecError
 from xdrec.evaluation import COLD_SEGMENT, per_user_metrics, summarize
 from xdrec.pipeline import report_dir
-from xdrec.transfer.mapping import pseudo_cold_cases, split_pseudo_cold
+from xdrec.strategies.mapping import pseudo_cold_cases, split_pseudo_cold
 from xdrec.workspace import Workspace
 
 METRICS = ("NDCG@10", "HR@10", "MRR")

@@ -22,7 +22,7 @@ import torch
 
 from xdrec.backbone import load_backbone
 from xdrec.data.dataset import Dataset
-from xdrec.embed import UserVectors
+from xdrec.embedding import UserVectors
 from xdrec.evaluation import per_user_metrics
 from xdrec.scoring import pad_left
 from xdrec.workspace import Workspace

@@ -25,7 +25,7 @@ from xdrec.data.prepare import PrepareConfig, prepare
 from xdrec.data.synthetic import SyntheticConfig, write_raw
 from xdrec.errors import XdrecError
 from xdrec.models.sasrec import SASRecConfig
-from xdrec.pretrain import pretrain
+from xdrec.pretraining import pretrain
 from xdrec.scoring import pad_left
 from xdrec.training import TrainConfig
 from xdrec.workspace import Workspace

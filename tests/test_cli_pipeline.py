@@ -181,13 +181,35 @@ def test_pretrain_on_a_missing_gpu_is_one_line_and_trains_nothing(prepared: Work
     assert not prepared.model_dir("source-only").exists()
 
 
+def test_model_options_are_trained_and_recorded(chain_copy: Workspace) -> None:
+    shape = ("--hidden", "24", "--blocks", "1", "--heads", "3", "--dropout", "0.1", "--max-len", "12")
+    ok(invoke(chain_copy, "pretrain", *shape, "--weight-decay", "0.01", *TRAIN, "--quiet"))
+    config = json.loads((chain_copy.model_dir("source-only") / "config.json").read_text())
+    assert {k: config["model"][k] for k in ("hidden", "blocks", "heads", "dropout", "max_len")} == {
+        "hidden": 24, "blocks": 1, "heads": 3, "dropout": 0.1, "max_len": 12,
+    }  # fmt: skip
+    assert config["train"]["weight_decay"] == 0.01
+    ok(invoke(chain_copy, "embed", "--device", "cpu"))
+    # Strategies build on the source model's shape; unset options keep it, set ones override it.
+    ok(invoke(chain_copy, "transfer", "--strategy", "fusion", "--dropout", "0.3", *TRAIN, "--quiet"))
+    fusion = json.loads((chain_copy.model_dir("fusion") / "config.json").read_text())["model"]
+    assert (fusion["hidden"], fusion["blocks"], fusion["dropout"]) == (24, 1, 0.3)
+    # finetune copies the source blocks, so it cannot change their shape.
+    wrong = invoke(chain_copy, "transfer", "--strategy", "finetune", "--hidden", "48", *TRAIN, "--quiet")
+    one_error_line(wrong, "--hidden must stay 24")
+    one_error_line(invoke(chain_copy, "pretrain", "--hidden", "25", *TRAIN), "divisible by heads")
+
+
 def test_pretrain_unknown_domain_is_one_line(prepared: Workspace) -> None:
     one_error_line(invoke(prepared, "pretrain", "--domain", "Nope", *TRAIN), "'Nope'", SOURCE, TARGET)
 
 
-@pytest.mark.parametrize("command", ["pretrain", "transfer"])
-def test_unknown_loss_is_one_line(chain_copy: Workspace, command: str) -> None:
-    one_error_line(invoke(chain_copy, command, "--loss", "nope", *TRAIN, "--quiet"), "nope")
+@pytest.mark.parametrize("command", ["pretrain", "transfer", "run"])
+def test_unknown_loss_is_a_usage_error_naming_the_choices(chain_copy: Workspace, command: str) -> None:
+    args = [SOURCE, TARGET] if command == "run" else []
+    result = invoke(chain_copy, command, *args, "--loss", "nope", *TRAIN, "--quiet")
+    assert result.exit_code == 2 and not isinstance(result.exception, ValueError)
+    assert "'nope' is not one of" in result.stderr and "'sampled'" in result.stderr
 
 
 # -------------------------------------------------------------------------------------------- embed

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from xdrec.data.dataset import Dataset
 from xdrec.errors import XdrecError
-from xdrec.evaluation import Report, evaluate_scorers
+from xdrec.evaluation import EvaluateConfig, Report, evaluate_scorers
 from xdrec.popularity import PopularityScorer
 from xdrec.report import render_table, report_to_json, save_report
 
@@ -96,7 +96,9 @@ def test_popularity_scores_are_training_counts(dataset: Dataset) -> None:
 
 
 def test_evaluate_scorers_full(dataset: Dataset) -> None:
-    report = evaluate_scorers(dataset, "Movies", [OracleScorer(dataset, "Movies")], ks=(1, 3), bootstrap=50)
+    report = evaluate_scorers(
+        dataset, "Movies", [OracleScorer(dataset, "Movies")], EvaluateConfig(ks=(1, 3), bootstrap=50)
+    )
     assert report.protocol == "full" and not report.sampled and report.n_items == 5
     assert report.models == ["popularity", "oracle"]
     assert report.segments == ["all", "warm", "cold", "target-only"]
@@ -119,7 +121,9 @@ def test_evaluate_scorers_full(dataset: Dataset) -> None:
 
 
 def test_report_json_shape(dataset: Dataset) -> None:
-    report = evaluate_scorers(dataset, "Movies", [OracleScorer(dataset, "Movies")], bootstrap=20)
+    report = evaluate_scorers(
+        dataset, "Movies", [OracleScorer(dataset, "Movies")], EvaluateConfig(bootstrap=20)
+    )
     doc = report_to_json(report)
     assert doc["protocol"] == "full" and doc["ks"] == [10]
     json.dumps(doc)  # plain JSON types only
@@ -133,7 +137,9 @@ def test_report_json_shape(dataset: Dataset) -> None:
 
 
 def test_sampled_report_is_labelled_everywhere(dataset: Dataset, tmp_path: Path) -> None:
-    report = evaluate_scorers(dataset, "Movies", [OracleScorer(dataset, "Movies")], negatives=2, bootstrap=20)
+    report = evaluate_scorers(
+        dataset, "Movies", [OracleScorer(dataset, "Movies")], EvaluateConfig(negatives=2, bootstrap=20)
+    )
     assert report.protocol == "sampled-2"
     assert report_to_json(report)["protocol"] == "sampled-2"
     assert set(report.rows["protocol"]) == {"sampled-2"}
@@ -143,7 +149,9 @@ def test_sampled_report_is_labelled_everywhere(dataset: Dataset, tmp_path: Path)
 
 
 def test_save_report_writes_json_and_png(dataset: Dataset, tmp_path: Path) -> None:
-    report = evaluate_scorers(dataset, "Movies", [OracleScorer(dataset, "Movies")], ks=(5,), bootstrap=20)
+    report = evaluate_scorers(
+        dataset, "Movies", [OracleScorer(dataset, "Movies")], EvaluateConfig(ks=(5,), bootstrap=20)
+    )
     out = tmp_path / "reports"
     paths = save_report(report, out)
     assert paths == {"json": out / "report.json", "plot": out / "report.png"}
@@ -153,7 +161,9 @@ def test_save_report_writes_json_and_png(dataset: Dataset, tmp_path: Path) -> No
 
 
 def test_render_table_marks_the_winner_per_segment(dataset: Dataset) -> None:
-    report = evaluate_scorers(dataset, "Movies", [OracleScorer(dataset, "Movies")], bootstrap=20)
+    report = evaluate_scorers(
+        dataset, "Movies", [OracleScorer(dataset, "Movies")], EvaluateConfig(bootstrap=20)
+    )
     table = render_table(report)
     assert table.title == "Full ranking over 5 items — Movies, test split"
     console = Console(record=True, width=80)
@@ -178,7 +188,7 @@ def test_render_table_crowns_no_one_when_every_model_scores_zero(dataset: Datase
     worst, also_worst = ReverseOracle(dataset, "Movies"), ReverseOracle(dataset, "Movies")
     also_worst.name = "also-worst"
     report = evaluate_scorers(
-        dataset, "Movies", [worst, also_worst], ks=(1,), bootstrap=0, with_popularity=False
+        dataset, "Movies", [worst, also_worst], EvaluateConfig(ks=(1,), bootstrap=0), with_popularity=False
     )
     assert report.rows["NDCG@1"].max() == 0 and report.rows["HR@1"].max() == 0
     console = Console(record=True, width=80)
@@ -195,6 +205,6 @@ def test_evaluate_scorers_user_errors(dataset: Dataset) -> None:
         )
     with pytest.raises(XdrecError, match="not in dataset"):
         evaluate_scorers(dataset, "Music", [])
-    report = evaluate_scorers(dataset, "Movies", [], bootstrap=0)
+    report = evaluate_scorers(dataset, "Movies", [], EvaluateConfig(bootstrap=0))
     assert isinstance(report, Report) and report.models == ["popularity"]
     assert report_to_json(report)["results"][0]["ci"] == {}

@@ -14,6 +14,7 @@ window has full context (older windows start their context afresh).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import polars as pl
@@ -24,10 +25,42 @@ from xdrec.checkpoint import Checkpoint, read_checkpoint
 from xdrec.data.dataset import Dataset
 from xdrec.devices import resolve_device
 from xdrec.errors import XdrecError
-from xdrec.models import BACKBONES, Backbone
+from xdrec.models import BACKBONES, Backbone, BackboneConfig
 from xdrec.training import Examples
 from xdrec.validation import validation_metric
 from xdrec.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Architecture settings given by the user; None keeps the base's value.
+
+    The base is the backbone's defaults for `pretrain` and the source model's architecture for the
+    strategies, which build on it (`finetune` copies its blocks, so it refuses another shape).
+    """
+
+    hidden: int | None = None
+    blocks: int | None = None
+    heads: int | None = None
+    dropout: float | None = None
+    max_len: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("hidden", "blocks", "heads", "max_len"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise XdrecError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise XdrecError(f"--dropout must be in [0, 1), got {self.dropout}")
+
+    def given(self) -> dict[str, int | float]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def apply(self, base: BackboneConfig) -> BackboneConfig:
+        try:
+            return replace(base, **self.given())  # type: ignore[type-var]
+        except ValueError as e:  # the config's own check, e.g. hidden not divisible by heads
+            raise XdrecError(f"invalid model settings: {e}") from None
 
 
 class SequenceScorer:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import click
 import typer
@@ -108,47 +108,70 @@ def fetch(
         console.print(fetch_table(results))
 
 
+# --- prepare's options (also run's) ---
+SplitName = Literal["loo", "timestamp"]  # xdrec.data.splits.SplitKind (a test keeps them equal)
+MinUserOpt = Annotated[
+    int, typer.Option(help="Keep users with at least this many interactions (both domains together).")
+]
+MinItemOpt = Annotated[int, typer.Option(help="Keep items with at least this many interactions.")]
+SplitOpt = Annotated[SplitName, typer.Option(help="loo (leave-one-out per user) or timestamp (global cuts).")]
+ColdStartOpt = Annotated[
+    float,
+    typer.Option(
+        help="Fraction of users active in both domains whose whole "
+        "target history is held out for cold-start testing."
+    ),
+]
+OnePassOpt = Annotated[
+    bool, typer.Option(help="Filter once (the seed notebook) instead of to the k-core fixed point.")
+]
+T1Opt = Annotated[int | None, typer.Option(help="timestamp split: validation starts (ms).")]
+T2Opt = Annotated[int | None, typer.Option(help="timestamp split: test starts (ms).")]
+
+
+def _prepare_config(
+    min_user: int,
+    min_item: int,
+    split: str,
+    cold_start: float,
+    seed: int,
+    one_pass: bool,
+    t1: int | None,
+    t2: int | None,
+):
+    from xdrec.data.prepare import PrepareConfig
+
+    cuts = {k: v for k, v in (("t1", t1), ("t2", t2)) if v is not None}
+    return PrepareConfig(
+        min_user=min_user,
+        min_item=min_item,
+        split=split,  # type: ignore[arg-type]
+        cold_start=cold_start,
+        seed=seed,
+        one_pass=one_pass,
+        **cuts,
+    )
+
+
 @app.command()
 def prepare(
     ctx: typer.Context,
     source: Annotated[str, typer.Argument(help="Source domain (where users have history).")],
     target: Annotated[str, typer.Argument(help="Target domain (where recommendations are made).")],
-    min_user: Annotated[
-        int, typer.Option(help="Keep users with at least this many interactions (both domains together).")
-    ] = 5,
-    min_item: Annotated[int, typer.Option(help="Keep items with at least this many interactions.")] = 5,
-    split: Annotated[
-        str, typer.Option(help="loo (leave-one-out per user) or timestamp (global cuts).")
-    ] = "loo",
-    cold_start: Annotated[
-        float,
-        typer.Option(
-            help="Fraction of users active in both domains whose whole "
-            "target history is held out for cold-start testing."
-        ),
-    ] = 0.2,
+    min_user: MinUserOpt = 5,
+    min_item: MinItemOpt = 5,
+    split: SplitOpt = "loo",
+    cold_start: ColdStartOpt = 0.2,
     seed: SeedOpt = 42,
-    one_pass: Annotated[
-        bool, typer.Option(help="Filter once (the seed notebook) instead of to the k-core fixed point.")
-    ] = False,
-    t1: Annotated[int | None, typer.Option(help="timestamp split: validation starts (ms).")] = None,
-    t2: Annotated[int | None, typer.Option(help="timestamp split: test starts (ms).")] = None,
+    one_pass: OnePassOpt = False,
+    t1: T1Opt = None,
+    t2: T2Opt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Filter, index and split two fetched domains into datasets/SOURCE+TARGET/."""
-    from xdrec.data.prepare import PrepareConfig
     from xdrec.data.prepare import prepare as prepare_dataset
 
-    cuts = {k: v for k, v in (("t1", t1), ("t2", t2)) if v is not None}
-    config = PrepareConfig(
-        min_user=min_user,
-        min_item=min_item,
-        split=split,
-        cold_start=cold_start,  # type: ignore[arg-type]
-        seed=seed,
-        one_pass=one_pass,
-        **cuts,
-    )
+    config = _prepare_config(min_user, min_item, split, cold_start, seed, one_pass, t1, t2)
     result = prepare_dataset(_workspace(ctx), source, target, config)
     if as_json:
         _print_json(result.manifest)
@@ -174,16 +197,19 @@ def overlap(ctx: typer.Context, dataset: DatasetOpt = None, as_json: JsonOpt = F
         console.print(overlap_table(report))
 
 
+# --- training options (pretrain, transfer, run) ---
+LossName = Literal["auto", "ce", "bce", "sampled"]  # xdrec.models.losses.LOSSES and auto
 EpochsOpt = Annotated[
     int, typer.Option(help="Maximum training epochs (early stopping on validation NDCG@10).")
 ]
 BatchOpt = Annotated[int, typer.Option(help="Sequences per training batch.")]
 LrOpt = Annotated[float, typer.Option(help="AdamW learning rate.")]
+WeightDecayOpt = Annotated[float, typer.Option(help="AdamW weight decay.")]
 PatienceOpt = Annotated[
     int, typer.Option(help="Stop after this many epochs without a better validation metric.")
 ]
 LossOpt = Annotated[
-    str, typer.Option(help="auto (full softmax when it fits, else sampled), ce, bce or sampled.")
+    LossName, typer.Option(help="auto (full softmax when it fits, else sampled), ce, bce or sampled.")
 ]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the model (pays off on CUDA).")]
 
@@ -192,6 +218,7 @@ def _train_config(
     epochs: int,
     batch_size: int,
     lr: float,
+    weight_decay: float,
     patience: int,
     loss: str,
     seed: int,
@@ -204,12 +231,29 @@ def _train_config(
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
+        weight_decay=weight_decay,
         patience=patience,
         loss=loss,
         seed=seed,
         device=device,
         compile=compile_model,
     )
+
+
+# --- model options (pretrain, transfer, run): unset keeps the default / the source model's value ---
+HiddenOpt = Annotated[int | None, typer.Option(help="Hidden size D.", show_default="64")]
+BlocksOpt = Annotated[int | None, typer.Option(help="Transformer blocks.", show_default="2")]
+HeadsOpt = Annotated[int | None, typer.Option(help="Attention heads (must divide D).", show_default="2")]
+DropoutOpt = Annotated[float | None, typer.Option(help="Dropout rate.", show_default="0.2")]
+MaxLenOpt = Annotated[int | None, typer.Option(help="Most recent items a model reads.", show_default="50")]
+
+
+def _model_options(
+    hidden: int | None, blocks: int | None, heads: int | None, dropout: float | None, max_len: int | None
+):
+    from xdrec.backbone import ModelOptions
+
+    return ModelOptions(hidden=hidden, blocks=blocks, heads=heads, dropout=dropout, max_len=max_len)
 
 
 @app.command()
@@ -226,7 +270,13 @@ def pretrain(
     loss: LossOpt = "auto",
     batch_size: BatchOpt = 128,
     lr: LrOpt = 1e-3,
+    weight_decay: WeightDecayOpt = 0.0,
     patience: PatienceOpt = 5,
+    hidden: HiddenOpt = None,
+    blocks: BlocksOpt = None,
+    heads: HeadsOpt = None,
+    dropout: DropoutOpt = None,
+    max_len: MaxLenOpt = None,
     seed: SeedOpt = 42,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last epoch.")] = False,
     compile_model: CompileOpt = False,
@@ -235,13 +285,16 @@ def pretrain(
     quiet: QuietOpt = False,
 ) -> None:
     """Train SASRec on one domain: models/source-only (default) or models/target-only."""
-    from xdrec.pretrain import pretrain as train_sasrec
+    from xdrec.models import SASRecConfig
+    from xdrec.pretraining import pretrain as train_sasrec
 
-    config = _train_config(epochs, batch_size, lr, patience, loss, seed, device, compile_model)
+    config = _train_config(epochs, batch_size, lr, weight_decay, patience, loss, seed, device, compile_model)
+    model = _model_options(hidden, blocks, heads, dropout, max_len).apply(SASRecConfig(0))
     result = train_sasrec(
         _workspace(ctx),
         dataset=dataset,
         domain=domain,
+        model=model,
         train_config=config,
         resume=resume,
         progress=not quiet and not as_json,
@@ -279,7 +332,7 @@ def embed(
     as_json: JsonOpt = False,
 ) -> None:
     """User vectors from the source model: embeddings/<model>.safetensors + a raw-user-id index."""
-    from xdrec.embed import embed as embed_users
+    from xdrec.embedding import embed as embed_users
 
     result = embed_users(_workspace(ctx), dataset=dataset, model=model, device=device)
     if as_json:
@@ -291,35 +344,48 @@ def embed(
         )
 
 
+# --- transfer's options (also run's) ---
+MappingLossName = Literal["task", "mse"]  # xdrec.strategies.MappingLoss (a test keeps them equal)
+StrategyOpt = Annotated[list[str], typer.Option(help="mapping, finetune, fusion, joint or all (repeatable).")]
+MappingLossOpt = Annotated[
+    MappingLossName, typer.Option(help="mapping: task (likelihood of target items) or mse (EMCDR).")
+]
+
+
 @app.command()
 def transfer(
     ctx: typer.Context,
-    strategy: Annotated[
-        list[str], typer.Option(help="mapping, finetune, fusion, joint or all (repeatable).")
-    ] = ["all"],  # noqa: B006
+    strategy: StrategyOpt = ["all"],  # noqa: B006
     device: DeviceOpt = "auto",
     epochs: EpochsOpt = 50,
     loss: LossOpt = "auto",
     batch_size: BatchOpt = 128,
     lr: LrOpt = 1e-3,
+    weight_decay: WeightDecayOpt = 0.0,
     patience: PatienceOpt = 5,
+    hidden: HiddenOpt = None,
+    blocks: BlocksOpt = None,
+    heads: HeadsOpt = None,
+    dropout: DropoutOpt = None,
+    max_len: MaxLenOpt = None,
     seed: SeedOpt = 42,
-    mapping_loss: Annotated[
-        str, typer.Option(help="mapping: task (likelihood of target items) or mse (EMCDR).")
-    ] = "task",
+    mapping_loss: MappingLossOpt = "task",
     dataset: DatasetOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Train transfer strategies from the source model into the target domain: models/<strategy>/."""
-    from xdrec.transfer import TransferConfig
-    from xdrec.transfer import transfer as train_strategies
+    """Train transfer strategies from the source model into the target domain: models/<strategy>/.
 
-    if mapping_loss not in ("task", "mse"):
-        raise XdrecError(f"--mapping-loss must be task or mse, got {mapping_loss!r}")
+    Model options left unset keep the source model's architecture.
+    """
+    from xdrec.strategies import TransferConfig
+    from xdrec.strategies import transfer as train_strategies
+
     config = TransferConfig(
-        train=_train_config(epochs, batch_size, lr, patience, loss, seed, device), mapping_loss=mapping_loss
-    )  # type: ignore[arg-type]
+        train=_train_config(epochs, batch_size, lr, weight_decay, patience, loss, seed, device),
+        model=_model_options(hidden, blocks, heads, dropout, max_len),
+        mapping_loss=mapping_loss,
+    )
     results = train_strategies(
         _workspace(ctx), strategy, dataset=dataset, config=config, progress=not quiet and not as_json
     )
@@ -327,7 +393,7 @@ def transfer(
         {
             "strategy": r.strategy,
             "path": str(r.model_dir),
-            "serves": r.serves,
+            "serves": [s for s in ("warm", "cold", "target-only") if s in r.serves],
             "epochs_run": r.training.epochs_run,
             "valid": r.training.best_metric,
             "seconds": round(r.training.seconds, 1),
@@ -340,14 +406,37 @@ def transfer(
         for r in rows:
             console.print(
                 f"[bold]{r['strategy']}[/]: validation {r['valid'] or float('nan'):.4f} after "
-                f"{r['epochs_run']} epochs ({r['seconds']}s); serves {r['serves']} -> {r['path']}"
+                f"{r['epochs_run']} epochs ({r['seconds']}s); serves {', '.join(r['serves'])} -> {r['path']}"
             )
+
+
+# --- evaluate's options (also run's) ---
+KOpt = Annotated[list[int], typer.Option(help="Cut-off(s) for HR/NDCG/Recall (repeatable).")]
+NegativesOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Also the papers' sampled protocol: rank among N sampled "
+        "negatives (labelled SAMPLED; never mixed with full)."
+    ),
+]
+KeepSeenOpt = Annotated[bool, typer.Option(help="Do not mask the user's own history items.")]
+BootstrapOpt = Annotated[int, typer.Option(help="Bootstrap resamples for the 95% CIs (0: none).")]
+
+
+def _evaluate_config(
+    ks: list[int], negatives: int | None, keep_seen: bool, seed: int, bootstrap: int, device: str
+):
+    from xdrec.evaluation import EvaluateConfig
+
+    return EvaluateConfig(
+        ks=tuple(ks), negatives=negatives, keep_seen=keep_seen, seed=seed, bootstrap=bootstrap, device=device
+    )
 
 
 @app.command()
 def evaluate(
     ctx: typer.Context,
-    k: Annotated[list[int], typer.Option(help="Cut-off(s) for HR/NDCG/Recall (repeatable).")] = [10],  # noqa: B006
+    k: KOpt = [10],  # noqa: B006
     model: Annotated[
         list[str] | None,
         typer.Option(
@@ -356,35 +445,24 @@ def evaluate(
         ),
     ] = None,
     domain: Annotated[str | None, typer.Option(help="Domain to evaluate; default the target.")] = None,
-    negatives: Annotated[
-        int | None,
-        typer.Option(
-            help="Papers' sampled protocol: rank among N sampled "
-            "negatives (labelled SAMPLED; never mixed with full)."
-        ),
-    ] = None,
-    keep_seen: Annotated[bool, typer.Option(help="Do not mask the user's own history items.")] = False,
-    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% CIs (0: none).")] = 1000,
+    negatives: NegativesOpt = None,
+    keep_seen: KeepSeenOpt = False,
+    bootstrap: BootstrapOpt = 1000,
     seed: SeedOpt = 42,
     device: DeviceOpt = "auto",
     dataset: DatasetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Full-ranking HR@K, NDCG@K, MRR, Recall@K per model and user segment, with 95% CIs."""
+    """Full-ranking HR@K, NDCG@K, MRR, Recall@K per model and user segment, with 95% CIs.
+
+    With --negatives N, the sampled protocol instead (for comparison with papers only).
+    """
     from xdrec.pipeline import evaluate as evaluate_models
     from xdrec.report import render_table, report_to_json
 
+    config = _evaluate_config(k, negatives, keep_seen, seed, bootstrap, device)
     report, paths = evaluate_models(
-        _workspace(ctx),
-        dataset=dataset,
-        models=model or (),
-        domain=domain,
-        ks=k,
-        negatives=negatives,
-        keep_seen=keep_seen,
-        seed=seed,
-        bootstrap=bootstrap,
-        device=device,
+        _workspace(ctx), config, dataset=dataset, models=model or (), domain=domain
     )
     if as_json:
         _print_json(report_to_json(report))
@@ -429,43 +507,54 @@ def run(
             "--source", help="Passed to fetch: local files, a directory or a URL instead of the hub."
         ),
     ] = None,
-    min_user: Annotated[int, typer.Option(help="prepare: minimum interactions per user.")] = 5,
-    min_item: Annotated[int, typer.Option(help="prepare: minimum interactions per item.")] = 5,
-    split: Annotated[str, typer.Option(help="prepare: loo or timestamp.")] = "loo",
-    cold_start: Annotated[float, typer.Option(help="prepare: cold-start hold-out fraction.")] = 0.2,
-    strategy: Annotated[list[str], typer.Option(help="Transfer strategies (repeatable) or all.")] = ["all"],  # noqa: B006
-    k: Annotated[list[int], typer.Option(help="Cut-off(s) (repeatable).")] = [10],  # noqa: B006
-    negatives: Annotated[
-        int | None, typer.Option(help="Also the papers' sampled protocol with N negatives (a second table).")
-    ] = None,
-    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% CIs (0: none).")] = 1000,
-    mapping_loss: Annotated[str, typer.Option(help="mapping: task or mse (EMCDR).")] = "task",
+    min_user: MinUserOpt = 5,
+    min_item: MinItemOpt = 5,
+    split: SplitOpt = "loo",
+    cold_start: ColdStartOpt = 0.2,
+    one_pass: OnePassOpt = False,
+    t1: T1Opt = None,
+    t2: T2Opt = None,
+    strategy: StrategyOpt = ["all"],  # noqa: B006
+    mapping_loss: MappingLossOpt = "task",
     device: DeviceOpt = "auto",
     epochs: EpochsOpt = 50,
+    loss: LossOpt = "auto",
     batch_size: BatchOpt = 128,
     lr: LrOpt = 1e-3,
+    weight_decay: WeightDecayOpt = 0.0,
     patience: PatienceOpt = 5,
+    hidden: HiddenOpt = None,
+    blocks: BlocksOpt = None,
+    heads: HeadsOpt = None,
+    dropout: DropoutOpt = None,
+    max_len: MaxLenOpt = None,
+    compile_model: CompileOpt = False,
+    k: KOpt = [10],  # noqa: B006
+    negatives: NegativesOpt = None,
+    keep_seen: KeepSeenOpt = False,
+    bootstrap: BootstrapOpt = 1000,
     seed: SeedOpt = 42,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """fetch, prepare, overlap, pretrain, embed, transfer and evaluate in one go (unchanged stages reused)."""
-    from xdrec.data.prepare import PrepareConfig
+    """fetch, prepare, overlap, pretrain, embed, transfer and evaluate in one go (unchanged stages reused).
+
+    Every option of those stages is here; --seed seeds them all.
+    """
     from xdrec.pipeline import RunConfig
     from xdrec.pipeline import run as run_pipeline
     from xdrec.report import render_table, report_to_json
-    from xdrec.transfer import parse_strategies
+    from xdrec.strategies import parse_strategies
 
     config = RunConfig(
-        prepare=PrepareConfig(
-            min_user=min_user, min_item=min_item, split=split, cold_start=cold_start, seed=seed
-        ),  # type: ignore[arg-type]
-        train=_train_config(epochs, batch_size, lr, patience, "auto", seed, device),
+        prepare=_prepare_config(min_user, min_item, split, cold_start, seed, one_pass, t1, t2),
+        train=_train_config(
+            epochs, batch_size, lr, weight_decay, patience, loss, seed, device, compile_model
+        ),
+        model=_model_options(hidden, blocks, heads, dropout, max_len),
         strategies=tuple(parse_strategies(strategy)),
-        ks=tuple(k),
-        negatives=negatives,
-        bootstrap=bootstrap,
         mapping_loss=mapping_loss,
+        evaluate=_evaluate_config(k, negatives, keep_seen, seed, bootstrap, device),
     )
     reports = run_pipeline(
         _workspace(ctx),

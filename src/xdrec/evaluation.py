@@ -532,19 +532,37 @@ def _unique_names(scorers: Iterable[Scorer]) -> None:
         )
 
 
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """How models are ranked and summarised: the options of `xdrec evaluate` and of `run`'s evaluation."""
+
+    ks: tuple[int, ...] = (10,)  # cut-offs of HR/NDCG/Recall; the first one's NDCG is the headline
+    negatives: int | None = None  # sampled-N (papers only); None: full ranking, the headline protocol
+    keep_seen: bool = False  # rank the user's own history items too
+    seed: int = 0  # sampled negatives and bootstrap resampling
+    bootstrap: int = 1000  # resamples for the 95% CIs (0: none)
+    batch_size: int = 512  # users scored at a time
+    device: str = "auto"  # where inputs go: auto = each model's own device
+
+    def __post_init__(self) -> None:
+        # Checked before any work, not after an hour of training in `run`.
+        object.__setattr__(self, "ks", _check_ks(self.ks))
+        if self.negatives is not None and self.negatives < 1:
+            raise XdrecError(f"--negatives must be at least 1, got {self.negatives}")
+        if self.bootstrap < 0:
+            raise XdrecError(f"--bootstrap must be 0 or more, got {self.bootstrap}")
+        if self.batch_size < 1:
+            raise XdrecError(f"batch size must be at least 1, got {self.batch_size}")
+        _check_seed(self.seed)
+
+
 def evaluate_scorers(
     dataset: Dataset,
     domain: str,
     scorers: Sequence[Scorer],
-    ks: Sequence[int] = (10,),
+    config: EvaluateConfig = EvaluateConfig(),
     *,
     stage: Literal["valid", "test"] = "test",
-    negatives: int | None = None,
-    keep_seen: bool = False,
-    seed: int = 0,
-    bootstrap: int = 1000,
-    batch_size: int = 512,
-    device: torch.device | str | None = None,
     with_popularity: bool = True,
 ) -> Report:
     """Evaluate every scorer on `domain`'s `stage` split and summarise per segment.
@@ -554,7 +572,8 @@ def evaluate_scorers(
     cases and, under sampled-N, the same negatives.
     """
     dataset.check_domain(domain)
-    ks = _check_ks(ks)
+    ks, negatives, bootstrap, seed = config.ks, config.negatives, config.bootstrap, config.seed
+    device = None if config.device == "auto" else config.device
     scorers = list(scorers)
     if with_popularity and all(s.name != PopularityScorer.name for s in scorers):
         scorers.insert(0, PopularityScorer.from_dataset(dataset, domain))
@@ -569,8 +588,8 @@ def evaluate_scorers(
     summaries = []
     for scorer in scorers:
         per_user = per_user_metrics(
-            scorer, cases, n_items, ks, keep_seen=keep_seen, negatives=negatives, seed=seed,
-            batch_size=batch_size, device=device,
+            scorer, cases, n_items, ks, keep_seen=config.keep_seen, negatives=negatives, seed=seed,
+            batch_size=config.batch_size, device=device,
         )  # fmt: skip
         summary = summarize(per_user, bootstrap=bootstrap, seed=seed)
         summaries.append(

@@ -9,24 +9,26 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import polars as pl
 import torch
 
+from xdrec.backbone import ModelOptions
 from xdrec.checkpoint import BUILT_FROM, CONFIG, stale_inputs
 from xdrec.data.dataset import Dataset
 from xdrec.data.overlap import overlap_report
 from xdrec.data.prepare import PrepareConfig, dataset_name, prepare
-from xdrec.embed import embeddings_match
+from xdrec.embedding import embeddings_match
 from xdrec.errors import XdrecError
-from xdrec.evaluation import Report, evaluate_scorers
+from xdrec.evaluation import EvaluateConfig, Report, evaluate_scorers
+from xdrec.models.sasrec import SASRecConfig
 from xdrec.report import save_report
 from xdrec.scoring import pad_left
+from xdrec.strategies import STRATEGIES, MappingLoss, TransferConfig
 from xdrec.training import TrainConfig
-from xdrec.transfer import STRATEGIES, TransferConfig
 from xdrec.workspace import Workspace, file_sha256, read_json
 from xdrec.zoo import POPULARITY, load_scorer, model_domain, serves, trained_models
 
@@ -38,16 +40,11 @@ Log = Callable[[str], None]
 
 def evaluate(
     workspace: Workspace,
+    config: EvaluateConfig = EvaluateConfig(),
     *,
     dataset: str | None = None,
     models: Sequence[str] = (),
     domain: str | None = None,
-    ks: Sequence[int] = (10,),
-    negatives: int | None = None,
-    keep_seen: bool = False,
-    seed: int = 0,
-    bootstrap: int = 1000,
-    device: str = "auto",
 ) -> tuple[Report, dict[str, Path]]:
     """Evaluate `models` (default: every model trained for the domain) beside popularity on the test split.
 
@@ -60,18 +57,8 @@ def evaluate(
     wrong = [name for name in names if model_domain(workspace, name) not in (None, domain)]
     if wrong:  # checked before loading anything; an unknown name fails in load_scorer with its own message
         raise XdrecError(f"model {wrong[0]} scores another domain than {domain}: pass --domain to match it")
-    scorers = [load_scorer(workspace, name, data, device) for name in names]
-    report = evaluate_scorers(
-        data,
-        domain,
-        scorers,
-        ks,
-        negatives=negatives,
-        keep_seen=keep_seen,
-        seed=seed,
-        bootstrap=bootstrap,
-        device=device if device != "auto" else None,
-    )
+    scorers = [load_scorer(workspace, name, data, config.device) for name in names]
+    report = evaluate_scorers(data, domain, scorers, config)
     return report, save_report(report, report_dir(workspace, data, domain))
 
 
@@ -151,23 +138,22 @@ def _best_model(workspace: Workspace, data: Dataset, segment: str) -> str:
 
 @dataclass(frozen=True)
 class RunConfig:
+    """Every stage's configuration: what `xdrec run` exposes, one object per stage."""
+
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)  # every model's training (device included)
+    model: ModelOptions = field(default_factory=ModelOptions)  # architecture over the backbone's defaults
     strategies: tuple[str, ...] = tuple(STRATEGIES)
-    mapping_loss: str = "task"
-    ks: tuple[int, ...] = (10,)
-    negatives: int | None = None  # also the sampled protocol, beside the full-ranking headline
-    bootstrap: int = 1000
+    mapping_loss: MappingLoss = "task"
+    # Seeded like prepare's default. `negatives` adds the sampled protocol beside the full-ranking headline.
+    evaluate: EvaluateConfig = field(default_factory=lambda: EvaluateConfig(seed=42))
 
     def __post_init__(self) -> None:
-        # Checked before any stage runs, not after an hour of training.
-        self.prepare.check()
-        if not self.ks or min(self.ks) < 1:
-            raise XdrecError(f"--k must be at least 1, got {list(self.ks)}")
-        if self.negatives is not None and self.negatives < 1:
-            raise XdrecError(f"--negatives must be at least 1, got {self.negatives}")
-        if self.bootstrap < 0:
-            raise XdrecError(f"--bootstrap must be 0 or more, got {self.bootstrap}")
+        self.prepare.check()  # checked before any stage runs, not after an hour of training
+
+    @property
+    def transfer(self) -> TransferConfig:
+        return TransferConfig(train=self.train, model=self.model, mapping_loss=self.mapping_loss)
 
 
 def run(
@@ -185,9 +171,9 @@ def run(
     Returns the full-ranking report, then the sampled one when `config.negatives` is set.
     """
     from xdrec.data.amazon import fetch
-    from xdrec.embed import embed
-    from xdrec.pretrain import pretrain
-    from xdrec.transfer import transfer
+    from xdrec.embedding import embed
+    from xdrec.pretraining import pretrain
+    from xdrec.strategies import transfer
 
     missing = [d for d in (source, target) if not workspace.raw(d).exists()]
     if missing:
@@ -213,13 +199,18 @@ def run(
 
     # A stage re-runs when its own inputs or parameters changed, or when a model it was built from was
     # retrained since (the fingerprints of xdrec.checkpoint's lineage).
+    architecture = config.model.apply(SASRecConfig(0))
+    expected = {k: v for k, v in asdict(architecture).items() if k != "n_items"}  # type: ignore[call-overload]
     for domain in (source, target):
         model = f"{data.role(domain)}-only"
-        if _model_is_current(workspace, model, data, config.train):
+        if _model_is_current(workspace, model, data, config.train, expected):
             log(f"pretrain: {model} unchanged, reused")
         else:
             log(f"pretrain: {model} on {domain}")
-            pretrain(workspace, dataset=name, domain=domain, train_config=config.train, progress=progress)
+            pretrain(
+                workspace, dataset=name, domain=domain, model=architecture, train_config=config.train,
+                progress=progress,
+            )  # fmt: skip
 
     if embeddings_match(workspace.embeddings("source-only"), data, _fingerprint(workspace, "source-only")):
         log("embed: unchanged, reused")
@@ -227,10 +218,10 @@ def run(
         log("embed: source-only user vectors")
         embed(workspace, dataset=name, device=config.train.device)
 
-    transfer_config = TransferConfig(train=config.train, mapping_loss=config.mapping_loss)  # type: ignore[arg-type]
+    transfer_config = config.transfer
     for strategy in config.strategies:
         own = STRATEGIES[strategy].options(transfer_config)
-        if _model_is_current(workspace, strategy, data, config.train, **own):
+        if _model_is_current(workspace, strategy, data, config.train, config.model.given(), **own):
             log(f"transfer: {strategy} unchanged, reused")
         else:
             log(f"transfer: {strategy}")
@@ -238,13 +229,12 @@ def run(
 
     models = ["target-only", *config.strategies]
     reports = []
-    for negatives in (None, config.negatives) if config.negatives else (None,):
+    sampled = config.evaluate.negatives
+    for negatives in (None, sampled) if sampled else (None,):
         protocol = "full ranking" if negatives is None else f"sampled, {negatives} negatives"
         log(f"evaluate: {protocol} on {target}")
-        report, _ = evaluate(
-            workspace, dataset=name, models=models, ks=config.ks, negatives=negatives,
-            bootstrap=config.bootstrap, seed=config.prepare.seed, device=config.train.device,
-        )  # fmt: skip
+        evaluation = replace(config.evaluate, negatives=negatives, device=config.train.device)
+        report, _ = evaluate(workspace, evaluation, dataset=name, models=models)
         reports.append(report)
     return reports
 
@@ -263,17 +253,26 @@ def _dataset_is_current(
 
 
 def _model_is_current(
-    workspace: Workspace, name: str, data: Dataset, train: TrainConfig, **expected: object
+    workspace: Workspace,
+    name: str,
+    data: Dataset,
+    train: TrainConfig,
+    architecture: dict[str, object],
+    **expected: object,
 ) -> bool:
-    """models/<name>/ was trained on `data` with `train` (and has the `expected` config values)."""
+    """models/<name>/ was trained on `data` with `train`, the `architecture` values (for a model that
+    records one) and the `expected` config values, from inputs that were not retrained since."""
     path = workspace.model_dir(name) / CONFIG
     if not path.exists():
         return False
     config = read_json(path)
     same_data = config.get("dataset", {}).get("manifest_hash") == data.manifest_hash
+    model = config.get("model")
+    same_model = model is None or all(model.get(k) == v for k, v in architecture.items())
     inputs = {model: _fingerprint(workspace, model) for model in config.get(BUILT_FROM, {})}
     return (
         same_data
+        and same_model
         and config.get("train") == asdict(train)
         and all(config.get(k) == v for k, v in expected.items())
         and not stale_inputs(config, inputs)
@@ -309,5 +308,5 @@ def demo(
     log(DESCRIPTION)
     paths = write_raw(workspace.raw_dir, synthetic)
     source, target = list(paths)
-    config = RunConfig(train=train, bootstrap=200)
+    config = RunConfig(train=train, evaluate=EvaluateConfig(seed=42, bootstrap=200))
     return workspace, run(workspace, source, target, config, progress=progress, log=log)[0]

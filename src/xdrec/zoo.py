@@ -10,13 +10,13 @@ from pathlib import Path
 from xdrec.backbone import backbone_from_checkpoint, load_backbone
 from xdrec.checkpoint import CONFIG, read_checkpoint
 from xdrec.data.dataset import Dataset
-from xdrec.embed import load_user_vectors
+from xdrec.embedding import load_user_vectors
 from xdrec.errors import XdrecError
 from xdrec.models import BACKBONES
 from xdrec.popularity import PopularityScorer
 from xdrec.scoring import Scorer
-from xdrec.transfer import STRATEGIES
-from xdrec.transfer.base import ScoringInputs
+from xdrec.strategies import STRATEGIES
+from xdrec.strategies.base import ScoringInputs
 from xdrec.workspace import Workspace, read_json
 
 POPULARITY = "popularity"

@@ -64,6 +64,12 @@ def backbone_kind(cfg: object) -> str:
     raise TypeError(f"{type(cfg).__name__} is not a registered backbone config")
 
 
+def load_config(record: dict) -> BackboneConfig:
+    """The backbone config a checkpoint's config.json records (`backbone`, else its `kind`; `model`)."""
+    kind = record.get("backbone", record.get("kind"))
+    return BACKBONES[kind if kind in BACKBONES else "sasrec"].config(**record["model"])
+
+
 def build_backbone(cfg: BackboneConfig) -> Backbone:
     return BACKBONES[backbone_kind(cfg)].module(cfg)  # type: ignore[call-arg, return-value]
 
@@ -78,5 +84,6 @@ __all__ = [
     "backbone_kind",
     "build_backbone",
     "choose_loss",
+    "load_config",
     "make_loss",
 ]

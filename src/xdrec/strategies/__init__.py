@@ -1,5 +1,5 @@
 """Transfer strategies: each trains a model that scores target items from a user's source history and
-whatever target history they have. One module per strategy, each a `Strategy` (transfer/base.py):
+whatever target history they have. One module per strategy, each a `Strategy` (strategies/base.py):
 
     mapping    EMCDR: MLP from source user vectors to the target model's space   (cold users)
     finetune   target SASRec initialised from the source model's blocks          (warm users)
@@ -15,9 +15,9 @@ from collections.abc import Sequence
 
 from xdrec.backbone import load_backbone
 from xdrec.data.dataset import Dataset
-from xdrec.embed import load_user_vectors
+from xdrec.embedding import load_user_vectors
 from xdrec.errors import XdrecError
-from xdrec.transfer.base import (
+from xdrec.strategies.base import (
     MappingLoss,
     ScoringInputs,
     Segment,
@@ -27,10 +27,10 @@ from xdrec.transfer.base import (
     TransferResult,
     fit_strategy,
 )
-from xdrec.transfer.finetune import Finetune
-from xdrec.transfer.fusion import Fusion
-from xdrec.transfer.joint import Joint
-from xdrec.transfer.mapping import Mapping
+from xdrec.strategies.finetune import Finetune
+from xdrec.strategies.fusion import Fusion
+from xdrec.strategies.joint import Joint
+from xdrec.strategies.mapping import Mapping
 from xdrec.workspace import Workspace
 
 # The registry, in report order.

@@ -20,12 +20,12 @@ from torch import Tensor, nn
 
 from xdrec.backbone import SequenceScorer
 from xdrec.checkpoint import Checkpoint
-from xdrec.embed import UserVectors
+from xdrec.embedding import UserVectors
 from xdrec.evaluation import COLD_SEGMENT
 from xdrec.fit import Plan
 from xdrec.scoring import pad_left
+from xdrec.strategies.base import ScoringInputs, Strategy, TransferConfig, TransferContext
 from xdrec.training import Examples
-from xdrec.transfer.base import MappingLoss, ScoringInputs, Strategy, TransferConfig, TransferContext
 from xdrec.validation import validation_metric
 
 HOLDOUT = 0.1
@@ -111,7 +111,7 @@ class Mapping(Strategy):
     needs = frozenset({"source_vectors", "target_model"})
 
     def options(self, config: TransferConfig) -> dict[str, Any]:
-        return {"mapping_loss": MappingLoss(config.mapping_loss).value}
+        return {"mapping_loss": config.mapping_loss}
 
     def build(self, ctx: TransferContext, config: TransferConfig, inputs: ScoringInputs) -> Plan:
         data, target, vectors, target_model = ctx.dataset, ctx.target, ctx.vectors, inputs.target_model
@@ -120,7 +120,7 @@ class Mapping(Strategy):
         known = pl.Series("user_id", torch.nonzero(vectors.known).flatten().numpy())
         sequences = data.train_sequences(target).filter(pl.col("user_id").is_in(known.implode()))
         fit_users, held_out = split_pseudo_cold(sequences, config.train.seed)
-        task = MappingLoss(config.mapping_loss) == MappingLoss.TASK
+        task = config.mapping_loss == "task"
         if task:
             table = target_model.model.item_embeddings()
             pairs = fit_users.explode("items")  # one example per (user, target item)
@@ -162,8 +162,6 @@ class Mapping(Strategy):
         assert inputs.vectors is not None and inputs.target_model is not None
         config, target = checkpoint.config, inputs.target_model
         table = target.model.item_embeddings().detach()
-        model = MappingModel(
-            config["source_dim"], table, item_bias=config["mapping_loss"] == MappingLoss.TASK
-        )
+        model = MappingModel(config["source_dim"], table, item_bias=config["mapping_loss"] == "task")
         model.load_state_dict(checkpoint.state_dict())
         return MappingScorer(model.to(target.device).eval(), inputs.vectors, target)

@@ -10,7 +10,7 @@ timestamp with the target items the user is allowed to see at prediction time.
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import asdict
 
 import polars as pl
 import torch
@@ -20,18 +20,18 @@ from xdrec.checkpoint import Checkpoint
 from xdrec.data.dataset import Dataset
 from xdrec.devices import resolve_device
 from xdrec.fit import Plan
-from xdrec.models.sasrec import SASRec, SASRecConfig
+from xdrec.models import BackboneConfig, backbone_kind, build_backbone, load_config
 from xdrec.scoring import pad_left
+from xdrec.strategies.base import ScoringInputs, Strategy, TransferConfig, TransferContext
 from xdrec.training import Examples
-from xdrec.transfer.base import ScoringInputs, Strategy, TransferConfig, TransferContext
 from xdrec.validation import validation_metric
 
 
 class JointModel(nn.Module):
-    def __init__(self, cfg: SASRecConfig, n_target: int) -> None:
+    def __init__(self, cfg: BackboneConfig, n_target: int) -> None:
         super().__init__()
         self.n_target = n_target
-        self.sasrec = SASRec(cfg)
+        self.sasrec = build_backbone(cfg)  # any backbone; the attribute keeps its name for old checkpoints
         self.domain_emb = nn.Embedding(3, cfg.hidden, padding_idx=0)  # 0 padding, 1 target, 2 source
 
     def forward(self, inputs: Tensor) -> Tensor:
@@ -125,7 +125,7 @@ class Joint(Strategy):
     def build(self, ctx: TransferContext, config: TransferConfig, inputs: ScoringInputs) -> Plan:
         data, target = ctx.dataset, ctx.target
         n_target = data.n_items(target)
-        cfg = replace(ctx.source.model.cfg, n_items=n_target + data.n_items(ctx.source_domain))
+        cfg = config.architecture(ctx, n_target + data.n_items(ctx.source_domain))
         model = JointModel(cfg, n_target)
         tokens = scoring_timelines(data, target, cfg.max_len)
         validate = validation_metric(
@@ -135,12 +135,12 @@ class Joint(Strategy):
             model,
             examples(data, target, cfg.max_len),
             validate,
-            record={"model": asdict(cfg), "n_target": n_target},
+            record={"backbone": backbone_kind(cfg), "model": asdict(cfg), "n_target": n_target},
         )
 
     def load(self, checkpoint: Checkpoint, inputs: ScoringInputs) -> JointScorer:
         config = checkpoint.config
-        model = JointModel(SASRecConfig(**config["model"]), config["n_target"])
+        model = JointModel(load_config(config), config["n_target"])
         model.load_state_dict(checkpoint.state_dict())
         tokens = scoring_timelines(inputs.dataset, config["domain"], model.sasrec.cfg.max_len)
         return JointScorer(model.to(resolve_device(inputs.device)).eval(), tokens)

@@ -10,16 +10,17 @@ train -> save, with the lineage every strategy records), `xdrec.zoo` (loading, l
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from enum import Enum
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
-from xdrec.backbone import SequenceScorer
+from xdrec.backbone import ModelOptions, SequenceScorer
 from xdrec.checkpoint import BUILT_FROM, Checkpoint, dataset_identity
 from xdrec.data.dataset import Dataset
-from xdrec.embed import UserVectors
+from xdrec.embedding import UserVectors
+from xdrec.errors import XdrecError
 from xdrec.fit import Plan, fit
+from xdrec.models import BackboneConfig
 from xdrec.scoring import Scorer
 from xdrec.training import TrainConfig, TrainResult
 from xdrec.workspace import Workspace
@@ -30,17 +31,26 @@ Segment = Literal["warm", "cold", "target-only"]
 Need = Literal["source_vectors", "target_model"]
 
 
-class MappingLoss(str, Enum):
-    TASK = "task"  # the likelihood of the user's target items (PTUPCDR)
-    MSE = "mse"  # EMCDR: regress the target model's user vector
+# mapping's loss: `task`, the likelihood of the user's target items (PTUPCDR), or EMCDR's `mse` regression
+# of the target model's user vector.
+MappingLoss = Literal["task", "mse"]
 
 
 @dataclass(frozen=True)
 class TransferConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
-    mapping_loss: MappingLoss = MappingLoss.TASK
+    model: ModelOptions = field(default_factory=ModelOptions)  # over the source model's architecture
+    mapping_loss: MappingLoss = "task"
     source_model: str = "source-only"
     target_model: str = "target-only"
+
+    def __post_init__(self) -> None:
+        if self.mapping_loss not in get_args(MappingLoss):
+            raise XdrecError(f"--mapping-loss must be task or mse, got {self.mapping_loss!r}")
+
+    def architecture(self, ctx: TransferContext, n_items: int) -> BackboneConfig:
+        """The source model's architecture with the user's model options, for `n_items` items."""
+        return replace(self.model.apply(ctx.source.model.cfg), n_items=n_items)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,14 @@ loads as a plain backbone. It needs target history: a cold-start user gets the e
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import asdict
 
 from xdrec.backbone import SequenceScorer, backbone_from_checkpoint, ndcg_validator, training_examples
 from xdrec.checkpoint import Checkpoint
+from xdrec.errors import XdrecError
 from xdrec.fit import Plan
 from xdrec.models import backbone_kind, build_backbone
-from xdrec.transfer.base import ScoringInputs, Strategy, TransferConfig, TransferContext
+from xdrec.strategies.base import ScoringInputs, Strategy, TransferConfig, TransferContext
 
 
 class Finetune(Strategy):
@@ -23,7 +24,14 @@ class Finetune(Strategy):
 
     def build(self, ctx: TransferContext, config: TransferConfig, inputs: ScoringInputs) -> Plan:
         data, target = ctx.dataset, ctx.target
-        cfg = replace(ctx.source.model.cfg, n_items=data.n_items(target))
+        cfg = config.architecture(ctx, data.n_items(target))
+        source = ctx.source.model.cfg
+        changed = [k for k in ("hidden", "blocks", "heads") if getattr(cfg, k) != getattr(source, k)]
+        if changed:
+            raise XdrecError(
+                f"finetune starts from the source model's blocks, so its --{changed[0]} must stay "
+                f"{getattr(source, changed[0])}: drop that option or retrain the source model with it"
+            )
         model = build_backbone(cfg)
         model.load_blocks(ctx.source.model.state_dict())  # type: ignore[attr-defined]
         return Plan(

@@ -8,7 +8,7 @@ situation; so a user with no target history is just the prefix, and one model se
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import asdict
 
 import polars as pl
 import torch
@@ -16,20 +16,20 @@ from torch import Tensor, nn
 
 from xdrec.checkpoint import Checkpoint
 from xdrec.devices import resolve_device
-from xdrec.embed import UserVectors
+from xdrec.embedding import UserVectors
 from xdrec.fit import Plan
-from xdrec.models.sasrec import SASRec, SASRecConfig
+from xdrec.models import BackboneConfig, backbone_kind, build_backbone, load_config
 from xdrec.scoring import pad_left
+from xdrec.strategies.base import ScoringInputs, Strategy, TransferConfig, TransferContext
 from xdrec.training import Examples
-from xdrec.transfer.base import ScoringInputs, Strategy, TransferConfig, TransferContext
 from xdrec.validation import validation_metric
 
 
 class FusionModel(nn.Module):
-    def __init__(self, cfg: SASRecConfig, source_dim: int) -> None:
+    def __init__(self, cfg: BackboneConfig, source_dim: int) -> None:
         super().__init__()
         self.slot = cfg.n_items  # the prefix slot's id: one past the target items
-        self.sasrec = SASRec(cfg)
+        self.sasrec = build_backbone(cfg)  # any backbone; the attribute keeps its name for old checkpoints
         self.project = nn.Linear(source_dim, cfg.hidden)
 
     def forward(self, inputs: Tensor, source_vector: Tensor, source_known: Tensor) -> Tensor:
@@ -85,7 +85,7 @@ class Fusion(Strategy):
 
     def build(self, ctx: TransferContext, config: TransferConfig, inputs: ScoringInputs) -> Plan:
         data, target, vectors = ctx.dataset, ctx.target, ctx.vectors
-        cfg = replace(ctx.source.model.cfg, n_items=data.n_items(target) + 1)  # + the slot
+        cfg = config.architecture(ctx, data.n_items(target) + 1)  # + the slot
         model = FusionModel(cfg, vectors.dim)
         validate = validation_metric(
             data.eval_cases(target, "valid"), data.n_items(target), lambda m: FusionScorer(m, vectors)
@@ -94,12 +94,12 @@ class Fusion(Strategy):
             model,
             examples(data.train_sequences(target), vectors, model.slot, cfg.max_len),
             validate,
-            record={"model": asdict(cfg), "source_dim": vectors.dim},
+            record={"backbone": backbone_kind(cfg), "model": asdict(cfg), "source_dim": vectors.dim},
         )
 
     def load(self, checkpoint: Checkpoint, inputs: ScoringInputs) -> FusionScorer:
         assert inputs.vectors is not None
         config = checkpoint.config
-        model = FusionModel(SASRecConfig(**config["model"]), config["source_dim"])
+        model = FusionModel(load_config(config), config["source_dim"])
         model.load_state_dict(checkpoint.state_dict())
         return FusionScorer(model.to(resolve_device(inputs.device)).eval(), inputs.vectors)
