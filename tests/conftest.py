@@ -14,7 +14,9 @@ from xdrec.workspace import Workspace
 # As the CLI does: idle OpenMP workers must not spin. Conftest loads before any test module imports torch.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-FOOD_KITCHEN = Path(__file__).resolve().parents[2] / "shared" / "data" / "food_kitchen"
+# ../shared/data/food_kitchen beside the checkout; XDREC_FOOD_KITCHEN points elsewhere (e.g. from a worktree).
+_BESIDE = Path(__file__).resolve().parents[2] / "shared" / "data" / "food_kitchen"
+FOOD_KITCHEN = Path(os.environ.get("XDREC_FOOD_KITCHEN", _BESIDE))
 FOOD, KITCHEN = "Grocery_and_Gourmet_Food", "Home_and_Kitchen"
 
 

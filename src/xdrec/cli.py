@@ -109,17 +109,31 @@ def fetch(
 
 
 # --- prepare's options (also run's) ---
-SplitName = Literal["loo", "timestamp"]  # xdrec.data.splits.SplitKind (a test keeps them equal)
+SplitName = Literal["loo", "timestamp", "mixed"]  # xdrec.data.splits.SplitKind (a test keeps them equal)
 MinUserOpt = Annotated[
     int, typer.Option(help="Keep users with at least this many interactions (both domains together).")
 ]
 MinItemOpt = Annotated[int, typer.Option(help="Keep items with at least this many interactions.")]
-SplitOpt = Annotated[SplitName, typer.Option(help="loo (leave-one-out per user) or timestamp (global cuts).")]
+SplitOpt = Annotated[
+    SplitName,
+    typer.Option(
+        help="loo (leave-one-out per user and domain), timestamp (global cuts) or mixed (the papers': "
+        "leave-one-out on each user's merged two-domain timeline, users of both domains only; "
+        "same-time ties source first)."
+    ),
+]
 ColdStartOpt = Annotated[
     float,
     typer.Option(
-        help="Fraction of users active in both domains whose whole "
-        "target history is held out for cold-start testing."
+        help="Fraction of users active in both domains whose whole target history is held out for "
+        "cold-start testing (under mixed: their source history is all training; the papers use 0)."
+    ),
+]
+MinPerDomainOpt = Annotated[
+    int,
+    typer.Option(
+        help="Keep only users with at least this many interactions in each domain (0: no such filter; "
+        "mixed implies 1)."
     ),
 ]
 OnePassOpt = Annotated[
@@ -138,6 +152,7 @@ def _prepare_config(
     one_pass: bool,
     t1: int | None,
     t2: int | None,
+    min_per_domain: int,
 ):
     from xdrec.data.prepare import PrepareConfig
 
@@ -149,6 +164,7 @@ def _prepare_config(
         cold_start=cold_start,
         seed=seed,
         one_pass=one_pass,
+        min_per_domain=min_per_domain,
         **cuts,
     )
 
@@ -162,6 +178,7 @@ def prepare(
     min_item: MinItemOpt = 5,
     split: SplitOpt = "loo",
     cold_start: ColdStartOpt = 0.2,
+    min_per_domain: MinPerDomainOpt = 0,
     seed: SeedOpt = 42,
     one_pass: OnePassOpt = False,
     t1: T1Opt = None,
@@ -171,8 +188,10 @@ def prepare(
     """Filter, index and split two fetched domains into datasets/SOURCE+TARGET/."""
     from xdrec.data.prepare import prepare as prepare_dataset
 
-    config = _prepare_config(min_user, min_item, split, cold_start, seed, one_pass, t1, t2)
+    config = _prepare_config(min_user, min_item, split, cold_start, seed, one_pass, t1, t2, min_per_domain)
     result = prepare_dataset(_workspace(ctx), source, target, config)
+    for note in result.notes:
+        stderr.print(f"note: {note}", soft_wrap=True, markup=False, highlight=False)
     if as_json:
         _print_json(result.manifest)
     else:
@@ -511,6 +530,7 @@ def run(
     min_item: MinItemOpt = 5,
     split: SplitOpt = "loo",
     cold_start: ColdStartOpt = 0.2,
+    min_per_domain: MinPerDomainOpt = 0,
     one_pass: OnePassOpt = False,
     t1: T1Opt = None,
     t2: T2Opt = None,
@@ -547,7 +567,9 @@ def run(
     from xdrec.strategies import parse_strategies
 
     config = RunConfig(
-        prepare=_prepare_config(min_user, min_item, split, cold_start, seed, one_pass, t1, t2),
+        prepare=_prepare_config(
+            min_user, min_item, split, cold_start, seed, one_pass, t1, t2, min_per_domain
+        ),
         train=_train_config(
             epochs, batch_size, lr, weight_decay, patience, loss, seed, device, compile_model
         ),

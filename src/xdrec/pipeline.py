@@ -246,7 +246,7 @@ def _dataset_is_current(
     if not path.exists():
         return False
     manifest = read_json(path)
-    if manifest.get("parameters") != asdict(config):
+    if manifest.get("parameters") != config.parameters():
         return False
     inputs = manifest.get("inputs", {})
     return all(inputs.get(d, {}).get("sha256") == file_sha256(workspace.raw(d)) for d in (source, target))

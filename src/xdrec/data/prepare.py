@@ -7,7 +7,10 @@ Steps, Polars end to end:
    for the repeated pairs here), so the rows of the whole input stay narrow;
 2. k-core: a user needs >= min_user interactions over both domains together (keeping users thin in the
    target but rich in the source), an item >= min_item in its domain; iterate to the fixed point
-   (`one_pass` applies both filters once, with counts from the unfiltered table, like the seed notebook);
+   (`one_pass` applies both filters once, with counts from the unfiltered table, like the seed notebook).
+   With `min_per_domain` N a user also needs >= N interactions in each domain (how the papers' releases
+   were made: users of both domains only); `--split mixed` implies N >= 1, since its protocol is defined
+   on the merged timeline of users active in both domains;
 3. dense ids: read back the raw strings of the surviving ids only (one row each) and rank them: users
    0..n-1 across domains, items 1..n per domain (0 is padding), both in sorted raw-id order, so ids do
    not depend on file order; a hash collision among them is detected and reported;
@@ -27,6 +30,7 @@ from xdrec.data.schema import RAW_SCHEMA, check_raw_schema
 from xdrec.data.splits import (
     BENCHMARK_T1,
     BENCHMARK_T2,
+    SPLIT_KINDS,
     SPLIT_NAMES,
     SplitKind,
     assign_splits,
@@ -49,16 +53,32 @@ class PrepareConfig:
     one_pass: bool = False
     t1: int = BENCHMARK_T1
     t2: int = BENCHMARK_T2
+    min_per_domain: int = 0  # a user needs this many interactions in each domain (0: no such filter)
 
     def check(self) -> None:
         if self.min_user < 1 or self.min_item < 1:
             raise XdrecError("--min-user and --min-item must be at least 1")
+        if self.min_per_domain < 0:
+            raise XdrecError(f"--min-per-domain must be 0 or more, got {self.min_per_domain}")
         if not 0.0 <= self.cold_start < 1.0:
             raise XdrecError(f"--cold-start must be in [0, 1), got {self.cold_start}")
-        if self.split not in ("loo", "timestamp"):
-            raise XdrecError(f"--split must be loo or timestamp, got {self.split!r}")
+        if self.split not in SPLIT_KINDS:
+            raise XdrecError(f"--split must be one of {', '.join(SPLIT_KINDS)}, got {self.split!r}")
         if self.split == "timestamp" and not self.t1 < self.t2:
             raise XdrecError(f"timestamp cut points must satisfy t1 < t2, got {self.t1} and {self.t2}")
+
+    @property
+    def per_domain(self) -> int:
+        """The interactions a user needs in each domain: `min_per_domain`, at least 1 under `mixed`."""
+        return max(self.min_per_domain, 1 if self.split == "mixed" else 0)
+
+    def parameters(self) -> dict:
+        """The manifest's `parameters`: every field, `min_per_domain` only when set, so a dataset prepared
+        before that option existed keeps its manifest (and the models trained on it stay valid)."""
+        out = asdict(self)
+        if not self.min_per_domain:
+            del out["min_per_domain"]
+        return out
 
 
 @dataclass(frozen=True)
@@ -66,6 +86,7 @@ class PrepareResult:
     name: str
     path: Path
     manifest: dict
+    notes: tuple[str, ...] = ()  # what the filters dropped, for the user to read
 
 
 def dataset_name(source: str, target: str) -> str:
@@ -101,7 +122,7 @@ def prepare(
         items.write_parquet(tmp / "items.parquet", **_PARQUET)
         write_json(tmp / "manifest.json", manifest)
     workspace.set_current_dataset(name)
-    return PrepareResult(name, out, manifest)
+    return PrepareResult(name, out, manifest, counts["notes"])
 
 
 def build_tables(
@@ -122,10 +143,20 @@ def _build(
     the manifest's counts (taken on integer columns, before ids become strings)."""
     domains = (source, target)
     events = _dedup(raw, domains, _scan_keys(raw, domains))
-    events = kcore(events, config.min_user, config.min_item, one_pass=config.one_pass)
+    before = _user_counts(events) if config.per_domain else None
+    events = kcore(
+        events, config.min_user, config.min_item, one_pass=config.one_pass, min_per_domain=config.per_domain
+    )
     present = events["domain_code"].unique().to_list()
+    after = _user_counts(events) if before is not None else None
+    notes = (_dropped_note(before, after, config),) if before and after and after[1] < before[1] else ()
     for code, domain in enumerate(domains):
         if code not in present:
+            if before and after:
+                raise XdrecError(
+                    f"{_dropped_note(before, after, config)}: nothing is left; "
+                    "lower --min-per-domain / --min-user / --min-item or use other data"
+                )
             raise XdrecError(
                 f"{domain} is empty after the {config.min_user}/{config.min_item}-core filter: "
                 "lower --min-user / --min-item or use more data"
@@ -162,7 +193,7 @@ def _build(
         t2=config.t2,
     ).collect()
     counts = _counts(events, items, domains, [u.len() for u in domain_users])
-    counts |= {"users": users.height, "overlap_users": both.len(), "cold_users": cold.len()}
+    counts |= {"users": users.height, "overlap_users": both.len(), "cold_users": cold.len(), "notes": notes}
     # when/then, unlike replace_strict, labels row by row as they are written (not a whole column at once)
     domain_name = pl.when(pl.col("domain_code") == SOURCE).then(pl.lit(source)).otherwise(pl.lit(target))
     interactions = events.lazy().select(
@@ -192,13 +223,19 @@ def _in_runs(events: pl.DataFrame, n_users: int) -> pl.DataFrame:
     return events.sort(run * (1 << time_bits) + (pl.col("timestamp") - first).cast(pl.UInt64), "item_id")
 
 
-def kcore(events: pl.DataFrame, min_user: int, min_item: int, *, one_pass: bool = False) -> pl.DataFrame:
-    """Keep users with >= min_user rows (`user_code`, all domains) and items with >= min_item rows
-    (`item_code`, which names one item of one domain).
+def kcore(
+    events: pl.DataFrame, min_user: int, min_item: int, *, one_pass: bool = False, min_per_domain: int = 0
+) -> pl.DataFrame:
+    """Keep users with >= min_user rows (`user_code`, all domains) and >= min_per_domain rows in each of
+    the two domains (`domain_code` 0 and 1), and items with >= min_item rows (`item_code`, which names one
+    item of one domain).
 
     Iterates to the fixed point where both hold; `one_pass` filters once with the original counts.
     """
     user_ok = pl.len().over("user_code") >= min_user
+    if min_per_domain:
+        for code in (SOURCE, TARGET):
+            user_ok &= (pl.col("domain_code") == code).sum().over("user_code") >= min_per_domain
     item_ok = pl.len().over("item_code") >= min_item
     # Both filters with the full table's counts (one mask at a time, so that only one grouping is in
     # memory at once): the one-pass result. A row it drops fails on any subset too, so is not in the
@@ -219,6 +256,27 @@ def kcore(events: pl.DataFrame, min_user: int, min_item: int, *, one_pass: bool 
             return events
         events = events.filter(keep)
         step += 1
+
+
+def _user_counts(events: pl.DataFrame) -> tuple[int, int, int, int]:
+    """(users, interactions, users active in one domain only, their interactions) of coded `events`."""
+    domains = events.group_by("user_code").agg(n=pl.len(), domains=pl.col("domain_code").n_unique())
+    single = domains.filter(pl.col("domains") == 1)
+    return domains.height, events.height, single.height, int(single["n"].sum())
+
+
+def _dropped_note(
+    before: tuple[int, int, int, int], after: tuple[int, int, int, int], config: PrepareConfig
+) -> str:
+    """What the users-of-both-domains filter kept and dropped, in one line."""
+    (users, rows, single, single_rows), (kept, kept_rows) = before, after[:2]
+    why = "--split mixed" if config.split == "mixed" and not config.min_per_domain else "--min-per-domain"
+    return (
+        f"{why} keeps users with at least {config.per_domain} interaction(s) in each domain "
+        f"(and the {config.min_user}/{config.min_item}-core): kept {kept:,} of {users:,} users "
+        f"({kept_rows:,} of {rows:,} interactions); {single:,} users ({single_rows:,} interactions) "
+        "were active in one domain only"
+    )
 
 
 def _mask(events: pl.DataFrame, predicate: pl.Expr) -> pl.Series:
@@ -442,7 +500,7 @@ def _manifest(source: str, target: str, config: PrepareConfig, inputs: dict, cou
         "format": 1,
         "source": source,
         "target": target,
-        "parameters": asdict(config),
+        "parameters": config.parameters(),
         "inputs": inputs,
         "users": counts["users"],
         "overlap_users": counts["overlap_users"],
