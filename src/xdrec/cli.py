@@ -463,7 +463,13 @@ def evaluate(
             "trained for the domain. popularity is always shown."
         ),
     ] = None,
-    domain: Annotated[str | None, typer.Option(help="Domain to evaluate; default the target.")] = None,
+    domain: Annotated[
+        str | None,
+        typer.Option(help="Domain to evaluate; default the target, both domains under the mixed split."),
+    ] = None,
+    both_domains: Annotated[
+        bool, typer.Option(help="Evaluate both domains (any split): the source domain's rows too.")
+    ] = False,
     negatives: NegativesOpt = None,
     keep_seen: KeepSeenOpt = False,
     bootstrap: BootstrapOpt = 1000,
@@ -474,20 +480,25 @@ def evaluate(
 ) -> None:
     """Full-ranking HR@K, NDCG@K, MRR, Recall@K per model and user segment, with 95% CIs.
 
-    With --negatives N, the sampled protocol instead (for comparison with papers only).
+    With --negatives N, the sampled protocol instead (for comparison with papers only). Ranks: ties count
+    against the model (rank = 1 + candidates scoring >= the relevant item; ABXI counts only strictly
+    higher scores: the same for real-valued scores, see BENCHMARKS.md). Under the mixed split each user
+    is tested once, in the domain of their last interaction: both domains are reported, each model in
+    the domain it scores; a domain with no test user says so.
     """
-    from xdrec.pipeline import evaluate as evaluate_models
-    from xdrec.report import render_table, report_to_json
+    from xdrec.pipeline import evaluate_domains
+    from xdrec.report import render_table, reports_to_json
 
     config = _evaluate_config(k, negatives, keep_seen, seed, bootstrap, device)
-    report, paths = evaluate_models(
-        _workspace(ctx), config, dataset=dataset, models=model or (), domain=domain
+    results = evaluate_domains(
+        _workspace(ctx), config, dataset=dataset, models=model or (), domain=domain, both_domains=both_domains
     )
     if as_json:
-        _print_json(report_to_json(report))
+        _print_json(reports_to_json([report for report, _ in results]))
     else:
-        console.print(render_table(report))
-        console.print(f"saved {paths['json']} and {paths['plot']}", soft_wrap=True)
+        for report, paths in results:
+            console.print(render_table(report))
+            console.print(f"saved {paths['json']} and {paths['plot']}", soft_wrap=True)
 
 
 @app.command()
@@ -563,7 +574,7 @@ def run(
     """
     from xdrec.pipeline import RunConfig
     from xdrec.pipeline import run as run_pipeline
-    from xdrec.report import render_table, report_to_json
+    from xdrec.report import render_table, reports_to_json
     from xdrec.strategies import parse_strategies
 
     config = RunConfig(
@@ -587,9 +598,10 @@ def run(
         progress=not quiet and not as_json,
         log=_stage_log(as_json),
     )
-    if as_json:  # the full-ranking report; the sampled one, when asked for, under "sampled"
-        full, *sampled = (report_to_json(r) for r in reports)
-        _print_json(full | ({"sampled": sampled[0]} if sampled else {}))
+    if as_json:  # the full-ranking report(s); the sampled one(s), when asked for, under "sampled"
+        full = reports_to_json([r for r in reports if not r.sampled])
+        sampled = [r for r in reports if r.sampled]
+        _print_json(full | ({"sampled": reports_to_json(sampled)} if sampled else {}))
     else:
         for report in reports:
             console.print(render_table(report))

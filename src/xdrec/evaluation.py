@@ -28,6 +28,10 @@ Relevance, ranks and ties
     NaN scores count as -inf, the worst. Formally, with the relevant items in descending score order
     (k = 0, 1, ...):
         rank_k = 1 + k + #{non-relevant candidates j : score_j >= score_k}
+    ABXI's and SASRec's reference code count only strictly higher scores (`>`), so a tie goes to the model.
+    With real-valued model scores ties are rare and the two rules agree to the fourth decimal (measured
+    in BENCHMARKS.md, "Does the tie rule matter?"); a scorer with integer scores (popularity's counts) is
+    where they differ, and there only the pessimistic rule is honest.
 
 Metrics (per user; R = number of relevant items; hits@K = relevant items with rank <= K)
     HR@K       1 if hits@K > 0, else 0
@@ -41,6 +45,11 @@ Segments
     Each user's segment comes from `Dataset.eval_cases` (warm | cold | <role>-only). `summarize` adds `all` =
     every user NOT in `cold`, i.e. the leave-one-out population; cold-start users are reported only under
     `cold`, so a transfer method's cold-start gains never blur the warm numbers.
+
+Domains
+    A `Report` covers one domain. Under `prepare --split mixed` each user is tested once, in the domain of
+    their last interaction, so each domain's report holds a different set of users. A domain where no user
+    has anything to predict gives an empty report (`Report.empty`), said as such, never a row of zeros.
 """
 
 from __future__ import annotations
@@ -61,6 +70,8 @@ from xdrec.popularity import PopularityScorer
 from xdrec.scoring import Scorer, pad_left
 
 FULL = "full"
+# How a relevant item's rank treats candidates with the same score (every output states it).
+TIE_RULE = "ties count against the model (rank = 1 + candidates scoring >= the item; ABXI: only >)"
 ALL_SEGMENT = "all"
 COLD_SEGMENT = "cold"
 KEY_COLUMNS = ("user_id", "segment", "protocol")
@@ -502,6 +513,11 @@ class Report:
         return protocol_name(self.negatives)
 
     @property
+    def empty(self) -> bool:
+        """No user has anything to predict at this stage in this domain: there are no numbers to show."""
+        return self.rows.height == 0
+
+    @property
     def sampled(self) -> bool:
         return self.negatives is not None
 
@@ -581,9 +597,7 @@ def evaluate_scorers(
         raise XdrecError("nothing to evaluate: give at least one model")
     _unique_names(scorers)
     n_items = dataset.n_items(domain)
-    cases = dataset.eval_cases(domain, stage)
-    if cases.height == 0:
-        raise XdrecError(f"no user has a {stage} interaction in {domain}: check the dataset's split")
+    cases = dataset.eval_cases(domain, stage)  # none at all: every summary is empty, so is the report
 
     summaries = []
     for scorer in scorers:

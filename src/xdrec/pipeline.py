@@ -62,6 +62,46 @@ def evaluate(
     return report, save_report(report, report_dir(workspace, data, domain))
 
 
+def evaluate_domains(
+    workspace: Workspace,
+    config: EvaluateConfig = EvaluateConfig(),
+    *,
+    dataset: str | None = None,
+    models: Sequence[str] = (),
+    domain: str | None = None,
+    both_domains: bool = False,
+) -> list[tuple[Report, dict[str, Path]]]:
+    """`evaluate` on each of `evaluation_domains(...)`, every model in the domain it scores. Returns
+    (report, paths) per domain, in the dataset's domain order."""
+    data = Dataset.from_workspace(workspace, dataset)
+    domains = evaluation_domains(data, domain, both_domains)
+    wrong = [m for m in models if m != POPULARITY and model_domain(workspace, m) not in (None, *domains)]
+    if wrong:  # checked before loading anything; an unknown name fails in load_scorer with its own message
+        raise XdrecError(
+            f"model {wrong[0]} scores another domain than {' or '.join(domains)}: pass --domain to match it"
+        )
+    out = []
+    for where in domains:
+        # Given models: those of this domain (popularity alone where there is none); else every trained one.
+        names = [m for m in models if model_domain(workspace, m) in (None, where)] or [POPULARITY]
+        out.append(
+            evaluate(workspace, config, dataset=data.name, models=names if models else (), domain=where)
+        )
+    return out
+
+
+def evaluation_domains(data: Dataset, domain: str | None = None, both: bool = False) -> tuple[str, ...]:
+    """The domains `evaluate` ranks: `domain`; else both when asked or under the mixed split (each user
+    is tested in the domain of their last interaction, so each domain holds part of the test); else the
+    target."""
+    if domain is not None:
+        data.check_domain(domain)
+        return (domain,)
+    if both or data.manifest.get("parameters", {}).get("split") == "mixed":
+        return data.domains
+    return (data.target,)
+
+
 def report_dir(workspace: Workspace, data: Dataset, domain: str) -> Path:
     return workspace.reports_dir / data.name / domain
 
@@ -168,7 +208,8 @@ def run(
 ) -> list[Report]:
     """fetch -> prepare -> overlap -> pretrain (source, target-only) -> embed -> transfer -> evaluate.
 
-    Returns the full-ranking report, then the sampled one when `config.negatives` is set.
+    Returns the full-ranking report of each evaluated domain (`evaluation_domains`: the target, or both
+    under the mixed split), then the sampled ones when `config.negatives` is set.
     """
     from xdrec.data.amazon import fetch
     from xdrec.embedding import embed
@@ -188,7 +229,8 @@ def run(
         workspace.set_current_dataset(name)
     else:
         log(f"prepare: {name}")
-        prepare(workspace, source, target, config.prepare)
+        for note in prepare(workspace, source, target, config.prepare).notes:
+            log(f"prepare: {note}")
     data = Dataset.load(workspace.dataset_dir(name))
     shared = overlap_report(data)
     log(
@@ -227,15 +269,17 @@ def run(
             log(f"transfer: {strategy}")
             transfer(workspace, [strategy], dataset=name, config=transfer_config, progress=progress)
 
-    models = ["target-only", *config.strategies]
+    domains = evaluation_domains(data)
+    models = [f"{data.role(domain)}-only" for domain in domains] + list(config.strategies)
     reports = []
     sampled = config.evaluate.negatives
     for negatives in (None, sampled) if sampled else (None,):
         protocol = "full ranking" if negatives is None else f"sampled, {negatives} negatives"
-        log(f"evaluate: {protocol} on {target}")
+        log(f"evaluate: {protocol} on {' and '.join(domains)}")
         evaluation = replace(config.evaluate, negatives=negatives, device=config.train.device)
-        report, _ = evaluate(workspace, evaluation, dataset=name, models=models)
-        reports.append(report)
+        reports += [
+            report for report, _ in evaluate_domains(workspace, evaluation, dataset=name, models=models)
+        ]
     return reports
 
 

@@ -13,7 +13,7 @@ import polars as pl
 from rich.table import Table
 from rich.text import Text
 
-from xdrec.evaluation import ALL_SEGMENT, COLD_SEGMENT, Report
+from xdrec.evaluation import ALL_SEGMENT, COLD_SEGMENT, TIE_RULE, Report
 from xdrec.views import plain_table
 from xdrec.workspace import atomic_path, write_json
 
@@ -31,6 +31,11 @@ def protocol_title(report: Report) -> str:
     return f"Full ranking over {report.n_items:,} items — {where}"
 
 
+def empty_note(report: Report) -> str:
+    """What an empty report says instead of numbers."""
+    return f"no user has a {report.stage} interaction in {report.domain}: nothing to rank there"
+
+
 def _best(block: pl.DataFrame, metric: str) -> float | None:
     """The segment's best value of `metric`; None when nothing beats zero (no model earned a highlight)."""
     best = block[metric].max()
@@ -45,7 +50,13 @@ def _number(value: float) -> str:
 def render_table(report: Report) -> Table:
     """One line per model, segments grouped (one section each): the means of every metric, the headline
     metric's (NDCG at the first K) bootstrap CI, the best value per segment and metric in bold green, and
-    the segment's winner on the headline marked with ★. `--json` carries every metric's CI."""
+    the segment's winner on the headline marked with ★. `--json` carries every metric's CI.
+    An empty report (no user to rank in the domain) is a one-row table that says so."""
+    if report.empty:
+        table = plain_table(protocol_title(report), caption=None, title_style="bold")
+        table.add_column("no results")
+        table.add_row(empty_note(report))
+        return table
     percent = round(report.confidence * 100)
     with_ci = report.rows[f"{report.headline}_lo"].is_not_null().any()
     table = plain_table(
@@ -53,7 +64,7 @@ def render_table(report: Report) -> Table:
         caption=(
             f"mean over users; best per segment in bold, ★ = best {report.headline}"
             + (f"; CI = {percent}% bootstrap interval of {report.headline}" if with_ci else "")
-            + f"; '{ALL_SEGMENT}' = every user except '{COLD_SEGMENT}'"
+            + f"; '{ALL_SEGMENT}' = every user except '{COLD_SEGMENT}'; {TIE_RULE}"
         ),
         title_style="bold red" if report.sampled else "bold",
     )
@@ -89,8 +100,9 @@ def render_table(report: Report) -> Table:
 
 def report_to_json(report: Report) -> dict:
     """{"protocol", "domain", "stage", "n_items", "negatives", "ks", "metrics", "confidence", "bootstrap",
-    "results": [{"model", "domain", "segment", "users", "protocol", <metric>: mean, ..., "ci": {<metric>:
-    [lo, hi]}}]}; "ci" is empty when the report was made without bootstrap."""
+    "ties", "results": [{"model", "domain", "segment", "users", "protocol", <metric>: mean, ..., "ci":
+    {<metric>: [lo, hi]}}]}; "ci" is empty when the report was made without bootstrap. A domain with no
+    user to rank has "results": [] and a "note" that says so."""
     results = []
     for row in report.rows.iter_rows(named=True):
         result = {key: row[key] for key in ("model", "domain", "segment", "users", "protocol")}
@@ -111,8 +123,16 @@ def report_to_json(report: Report) -> dict:
         "metrics": report.metrics,
         "confidence": report.confidence,
         "bootstrap": report.bootstrap,
+        "ties": TIE_RULE,
         "results": results,
-    }
+    } | ({"note": empty_note(report)} if report.empty else {})
+
+
+def reports_to_json(reports: list[Report]) -> dict:
+    """One report's JSON (`report_to_json`) for one domain; {"reports": [one per domain]} for several."""
+    if len(reports) == 1:
+        return report_to_json(reports[0])
+    return {"reports": [report_to_json(report) for report in reports]}
 
 
 def save_report(report: Report, directory: Path) -> dict[str, Path]:
@@ -136,6 +156,13 @@ def _plot(report: Report, path: Path) -> None:
     from matplotlib.figure import Figure
 
     metric, segments, models = report.headline, report.segments, report.models
+    if report.empty:
+        figure = Figure(figsize=(6.0, 2.0), layout="constrained")
+        FigureCanvasAgg(figure)
+        figure.text(0.5, 0.5, f"{protocol_title(report)}\n{empty_note(report)}", ha="center", va="center")
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, format="png", dpi=120)
+        return
     width = 0.8 / max(len(models), 1)
     figure = Figure(figsize=(max(6.0, 2.0 + 0.6 * len(segments) * len(models)), 4.5), layout="constrained")
     FigureCanvasAgg(figure)
