@@ -79,12 +79,16 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit("benchmarks/ties.py handles one relevant item per user (leave-one-out) only")
         n_items = data.n_items(domain)
         scorers: list[Scorer] = [PopularityScorer.from_dataset(data, domain)]
-        scorers += [load_scorer(ws, m, data, "cpu") for m in trained_models(ws, data, domain) if m != POPULARITY]
+        scorers += [
+            load_scorer(ws, m, data, "cpu") for m in trained_models(ws, data, domain) if m != POPULARITY
+        ]
         for scorer in scorers:
             for negatives in (None, args.negatives):
                 ge, gt = counts(scorer, cases, n_items, negatives)
                 reference = per_user_metrics(scorer, cases, n_items, ks=(10,), negatives=negatives, seed=0)
-                assert np.allclose(metrics(ge)["NDCG@10"], reference["NDCG@10"].mean()), "not evaluate's ranks"
+                assert np.allclose(metrics(ge)["NDCG@10"], reference["NDCG@10"].mean()), (
+                    "not evaluate's ranks"
+                )
                 row = {
                     "domain": domain,
                     "model": scorer.name,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import polars as pl
@@ -63,14 +64,20 @@ def test_a_domain_with_no_test_user_is_reported_as_such(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def mixed_workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    """Synthetic data prepared with --split mixed, SASRec pretrained on both domains for one epoch."""
+    """Synthetic data prepared with --split mixed, SASRec pretrained on both domains and fusion trained in
+    both directions, all for one epoch."""
     ws = Workspace(tmp_path_factory.mktemp("mixed") / "ws")
     write_raw(ws.raw_dir, SYNTHETIC)
     runner = CliRunner()
+    train = ("--device", "cpu", "--epochs", "1")
     for args in (
         ("prepare", SOURCE, TARGET, "--split", "mixed", "--cold-start", "0"),
-        ("pretrain", "--device", "cpu", "--epochs", "1"),
-        ("pretrain", "--domain", TARGET, "--device", "cpu", "--epochs", "1"),
+        ("pretrain", *train),
+        ("pretrain", "--domain", TARGET, *train),
+        ("embed", "--device", "cpu"),
+        ("embed", "--model", "target-only", "--device", "cpu"),
+        ("transfer", "--strategy", "fusion", *train, "--quiet"),
+        ("transfer", "--strategy", "fusion", "--domain", SOURCE, *train, "--quiet"),
     ):
         result = runner.invoke(app, ["--workspace", str(ws.root), *args])
         assert result.exit_code == 0, result.output
@@ -84,7 +91,10 @@ def test_evaluate_reports_both_domains_under_mixed(mixed_workspace: Workspace) -
     reports = json.loads(result.stdout)["reports"]
     data = Dataset.from_workspace(ws)
     assert [r["domain"] for r in reports] == [SOURCE, TARGET]
-    expected_models = {SOURCE: ["popularity", "source-only"], TARGET: ["popularity", "target-only"]}
+    expected_models = {
+        SOURCE: ["popularity", "source-only", "fusion-reverse"],
+        TARGET: ["popularity", "target-only", "fusion"],
+    }
     for report in reports:
         domain = report["domain"]
         rows = [r for r in report["results"] if r["segment"] == "all"]
@@ -115,3 +125,51 @@ def test_both_domains_on_request_for_any_split(small_workspace: Workspace) -> No
     both = CliRunner().invoke(app, [*args, "--both-domains"])
     assert both.exit_code == 0, both.output
     assert [r["domain"] for r in json.loads(both.stdout)["reports"]] == ["Src", "Tgt"]
+
+
+def test_the_reverse_direction_is_built_from_the_target_model(mixed_workspace: Workspace) -> None:
+    config = json.loads((mixed_workspace.model_dir("fusion-reverse") / "config.json").read_text())
+    forward = json.loads((mixed_workspace.model_dir("fusion") / "config.json").read_text())
+    assert (config["domain"], config["role"], config["embeddings"]) == (SOURCE, "source", "target-only")
+    assert (forward["domain"], forward["role"], forward["embeddings"]) == (TARGET, "target", "source-only")
+    target_only = json.loads((mixed_workspace.model_dir("target-only") / "config.json").read_text())
+    assert config["built_from"] == {"target-only": target_only["fingerprint"]}
+
+
+def test_the_reverse_direction_without_its_vectors_says_what_to_run(
+    mixed_workspace: Workspace, tmp_path: Path
+) -> None:
+    ws = Workspace(tmp_path / "ws")
+    shutil.copytree(mixed_workspace.root, ws.root)
+    (ws.embeddings("target-only")).unlink()
+    args = ["--workspace", str(ws.root), "transfer", "--strategy", "mapping", "--domain", SOURCE]
+    result = CliRunner().invoke(app, [*args, "--device", "cpu", "--epochs", "1"])
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        "error: no user vectors of target-only: run `xdrec embed --model target-only` first"
+    )
+    assert not ws.model_dir("mapping-reverse").exists()
+
+
+def test_run_reverse_trains_both_directions_on_one_dataset(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    write_raw(ws.raw_dir, SYNTHETIC)
+    args = ["--workspace", str(ws.root), "run", SOURCE, TARGET, "--split", "mixed", "--cold-start", "0"]
+    args += ["--strategy", "fusion", "--reverse", "--epochs", "1", "--device", "cpu", "--bootstrap", "0"]
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    reports = json.loads(result.stdout)["reports"]
+    models = {r["domain"]: {row["model"] for row in r["results"]} for r in reports}
+    assert models == {
+        SOURCE: {"popularity", "source-only", "fusion-reverse"},
+        TARGET: {"popularity", "target-only", "fusion"},
+    }
+    again = CliRunner().invoke(app, [*args, "--quiet"])  # nothing re-trained, the prepared dataset reused
+    stages = [line.removeprefix("›").strip() for line in again.stderr.strip().splitlines()]
+    assert [s for s in stages if s.startswith(("prepare", "embed", "transfer"))] == [
+        f"prepare: {SOURCE}+{TARGET} unchanged, reused",
+        "embed: unchanged, reused",
+        "embed: target-only unchanged, reused",
+        "transfer: fusion unchanged, reused",
+        "transfer: fusion-reverse unchanged, reused",
+    ]

@@ -389,6 +389,13 @@ def transfer(
     max_len: MaxLenOpt = None,
     seed: SeedOpt = 42,
     mapping_loss: MappingLossOpt = "task",
+    domain: Annotated[
+        str | None,
+        typer.Option(
+            help="Domain to transfer into; default the target. The source trains the reverse direction "
+            "(from target-only and `embed --model target-only`) into models/<strategy>-reverse/."
+        ),
+    ] = None,
     dataset: DatasetOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -406,7 +413,12 @@ def transfer(
         mapping_loss=mapping_loss,
     )
     results = train_strategies(
-        _workspace(ctx), strategy, dataset=dataset, config=config, progress=not quiet and not as_json
+        _workspace(ctx),
+        strategy,
+        dataset=dataset,
+        config=config,
+        target=domain,
+        progress=not quiet and not as_json,
     )
     rows = [
         {
@@ -547,6 +559,10 @@ def run(
     t2: T2Opt = None,
     strategy: StrategyOpt = ["all"],  # noqa: B006
     mapping_loss: MappingLossOpt = "task",
+    reverse: Annotated[
+        bool,
+        typer.Option(help="Also train every strategy into the source domain (models/<strategy>-reverse/)."),
+    ] = False,
     device: DeviceOpt = "auto",
     epochs: EpochsOpt = 50,
     loss: LossOpt = "auto",
@@ -588,6 +604,7 @@ def run(
         strategies=tuple(parse_strategies(strategy)),
         mapping_loss=mapping_loss,
         evaluate=_evaluate_config(k, negatives, keep_seen, seed, bootstrap, device),
+        reverse=reverse,
     )
     reports = run_pipeline(
         _workspace(ctx),

@@ -27,7 +27,7 @@ from xdrec.evaluation import EvaluateConfig, Report, evaluate_scorers
 from xdrec.models.sasrec import SASRecConfig
 from xdrec.report import save_report
 from xdrec.scoring import pad_left
-from xdrec.strategies import STRATEGIES, MappingLoss, TransferConfig
+from xdrec.strategies import STRATEGIES, MappingLoss, TransferConfig, model_name
 from xdrec.training import TrainConfig
 from xdrec.workspace import Workspace, file_sha256, read_json
 from xdrec.zoo import POPULARITY, load_scorer, model_domain, serves, trained_models
@@ -186,6 +186,7 @@ class RunConfig:
     strategies: tuple[str, ...] = tuple(STRATEGIES)
     mapping_loss: MappingLoss = "task"
     # Seeded like prepare's default. `negatives` adds the sampled protocol beside the full-ranking headline.
+    reverse: bool = False  # also every strategy into the source domain (models/<strategy>-reverse/)
     evaluate: EvaluateConfig = field(default_factory=lambda: EvaluateConfig(seed=42))
 
     def __post_init__(self) -> None:
@@ -261,16 +262,37 @@ def run(
         embed(workspace, dataset=name, device=config.train.device)
 
     transfer_config = config.transfer
-    for strategy in config.strategies:
-        own = STRATEGIES[strategy].options(transfer_config)
-        if _model_is_current(workspace, strategy, data, config.train, config.model.given(), **own):
-            log(f"transfer: {strategy} unchanged, reused")
+    # Into the target; with `reverse` also into the source, from target-only and its vectors.
+    directions = (target, source) if config.reverse else (target,)
+    if config.reverse:
+        if embeddings_match(
+            workspace.embeddings("target-only"), data, _fingerprint(workspace, "target-only")
+        ):
+            log("embed: target-only unchanged, reused")
         else:
-            log(f"transfer: {strategy}")
-            transfer(workspace, [strategy], dataset=name, config=transfer_config, progress=progress)
+            log("embed: target-only user vectors (for the reverse direction)")
+            embed(workspace, dataset=name, model="target-only", device=config.train.device)
+    strategy_models = []
+    for into in directions:
+        for strategy in config.strategies:
+            own = STRATEGIES[strategy].options(transfer_config)
+            model = model_name(strategy, data, into)
+            strategy_models.append(model)
+            if _model_is_current(workspace, model, data, config.train, config.model.given(), **own):
+                log(f"transfer: {model} unchanged, reused")
+            else:
+                log(f"transfer: {model}")
+                transfer(
+                    workspace,
+                    [strategy],
+                    dataset=name,
+                    config=transfer_config,
+                    target=into,
+                    progress=progress,
+                )
 
-    domains = evaluation_domains(data)
-    models = [f"{data.role(domain)}-only" for domain in domains] + list(config.strategies)
+    domains = evaluation_domains(data, both=config.reverse)
+    models = [f"{data.role(domain)}-only" for domain in domains] + strategy_models
     reports = []
     sampled = config.evaluate.negatives
     for negatives in (None, sampled) if sampled else (None,):

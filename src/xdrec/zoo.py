@@ -16,7 +16,7 @@ from xdrec.models import BACKBONES
 from xdrec.popularity import PopularityScorer
 from xdrec.scoring import Scorer
 from xdrec.strategies import STRATEGIES
-from xdrec.strategies.base import ScoringInputs
+from xdrec.strategies.base import REVERSE, ScoringInputs
 from xdrec.workspace import Workspace, read_json
 
 POPULARITY = "popularity"
@@ -35,8 +35,8 @@ def trained_models(workspace: Workspace, dataset: Dataset, domain: str) -> list[
             and meta.get("dataset", {}).get("manifest_hash") == dataset.manifest_hash
         ):
             found.append(config.parent.name)
-    rank = {name: i for i, name in enumerate(REPORT_ORDER)}
-    return sorted(found, key=lambda n: (rank.get(n, len(rank)), n))
+    rank = {name: i for i, name in enumerate(REPORT_ORDER)}  # a reverse strategy sits with its strategy
+    return sorted(found, key=lambda n: (rank.get(n.removesuffix(REVERSE), len(rank)), n))
 
 
 def load_scorer(workspace: Workspace, name: str, dataset: Dataset, device: str = "auto") -> Scorer:
@@ -64,7 +64,11 @@ def load_scorer(workspace: Workspace, name: str, dataset: Dataset, device: str =
         target_model = load_backbone(workspace, config["target_model"], dataset, device)
         current[config["target_model"]] = target_model.fingerprint
     checkpoint.check_built_from(current)
-    return strategy.load(checkpoint, ScoringInputs(dataset, device, vectors, target_model))
+    scorer = strategy.load(checkpoint, ScoringInputs(dataset, device, vectors, target_model))
+    scorer.name = (
+        checkpoint.path.name
+    )  # reported under its models/ name, as backbones are (<strategy>-reverse)
+    return scorer
 
 
 def serves(workspace: Workspace, name: str, segment: str) -> bool:

@@ -25,7 +25,9 @@ from xdrec.strategies.base import (
     TransferConfig,
     TransferContext,
     TransferResult,
+    directed,
     fit_strategy,
+    model_name,
 )
 from xdrec.strategies.finetune import Finetune
 from xdrec.strategies.fusion import Fusion
@@ -60,14 +62,22 @@ def transfer(
 
     target: the domain to transfer into (default the dataset's target; the other domain is the source).
     Needs the source model (`xdrec pretrain`), its user vectors (`xdrec embed`) and, for mapping, the
-    target-only model (`xdrec pretrain --domain TARGET`).
+    target-only model (`xdrec pretrain --domain TARGET`). Into the dataset's source domain (the reverse
+    direction) the roles swap (`directed`): target-only is the source model, `xdrec embed --model
+    target-only` its vectors, source-only mapping's target space, and the models are
+    models/<strategy>-reverse/.
     """
     names = parse_strategies(strategies)
     data = Dataset.from_workspace(workspace, dataset)
     target = target or data.target
     data.check_domain(target)
+    config = directed(config, data, target)
     device = config.train.device
     source = load_backbone(workspace, config.source_model, data, device)
+    if not workspace.embeddings(config.source_model).exists():
+        raise XdrecError(
+            f"no user vectors of {config.source_model}: run `xdrec embed --model {config.source_model}` first"
+        )
     vectors = load_user_vectors(workspace, data, config.source_model)
     if vectors.model_fingerprint != source.fingerprint:
         raise XdrecError(
@@ -99,6 +109,7 @@ __all__ = [
     "TransferConfig",
     "TransferContext",
     "TransferResult",
+    "model_name",
     "parse_strategies",
     "transfer",
 ]

@@ -53,6 +53,30 @@ class TransferConfig:
         return replace(self.model.apply(ctx.source.model.cfg), n_items=n_items)  # type: ignore[return-value]
 
 
+REVERSE = "-reverse"  # the suffix of a strategy's model trained into the dataset's source domain
+# The single-domain models by role; in the reverse direction they swap places.
+_SWAPPED = {"source-only": "target-only", "target-only": "source-only"}
+
+
+def model_name(strategy: str, dataset: Dataset, target: str) -> str:
+    """Where a strategy trained into `target` lives: models/<strategy>/ for the dataset's target, and
+    models/<strategy>-reverse/ for its source (the reverse direction, on the same prepared dataset)."""
+    return strategy if target == dataset.target else f"{strategy}{REVERSE}"
+
+
+def directed(config: TransferConfig, dataset: Dataset, target: str) -> TransferConfig:
+    """`config` for a transfer into `target`: into the dataset's source, the single-domain models swap
+    roles (the target-only model is the source model, its vectors the user vectors; mapping's target space
+    is the source-only model's)."""
+    if target == dataset.target:
+        return config
+    return replace(
+        config,
+        source_model=_SWAPPED.get(config.source_model, config.source_model),
+        target_model=_SWAPPED.get(config.target_model, config.target_model),
+    )
+
+
 @dataclass(frozen=True)
 class TransferContext:
     """The trained pieces a strategy builds on, and the direction of the transfer."""
@@ -114,16 +138,17 @@ def fit_strategy(
     inputs: ScoringInputs,
     progress: bool = True,
 ) -> TransferResult:
-    """seed -> build -> train -> save models/<name>/ with what every strategy records.
+    """seed -> build -> train -> save models/<name>/ (`model_name`) with what every strategy records.
 
     `built_from` records the fingerprints of the models it was trained from (the source model, whose
     weights or vectors fed every strategy, and the target model when it `needs` one), so a later
     retraining of any of them marks this strategy stale.
     """
     built_from = {config.source_model: ctx.source.fingerprint}
+    name = model_name(strategy.name, ctx.dataset, ctx.target)
     record: dict[str, Any] = {
         "kind": strategy.kind or strategy.name,
-        "name": strategy.name,
+        "name": name,
         "strategy": strategy.name,
         "domain": ctx.target,
         "role": ctx.dataset.role(ctx.target),
@@ -136,6 +161,6 @@ def fit_strategy(
         record["target_model"] = config.target_model
         built_from[config.target_model] = inputs.target_model.fingerprint
     record[BUILT_FROM] = built_from
-    out = ctx.workspace.model_dir(strategy.name)
+    out = ctx.workspace.model_dir(name)
     fitted = fit(lambda: strategy.build(ctx, config, inputs), config.train, out, record, progress=progress)
-    return TransferResult(strategy.name, out, fitted.training, strategy.serves)
+    return TransferResult(name, out, fitted.training, strategy.serves)
