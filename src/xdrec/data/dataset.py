@@ -12,6 +12,12 @@ Segments of a user, seen from the domain being evaluated ("this" domain; the oth
     cold           no history in this domain at prediction time, history in the other domain
                    (the `prepare --cold-start` hold-out, and under `timestamp` users new after the cut)
     <role>-only    no history in the other domain (`target-only` when evaluating the target)
+
+Under `prepare --split mixed` each user's test (and validation) interaction is in one domain only, the
+domain of their last (second-last) interaction on the merged timeline, so `eval_cases(domain, stage)`
+holds exactly the users tested in `domain`, with their whole history in `domain` before it. A user whose
+only interaction in the domain is the test one is `cold` there (no such user in the papers' data, which
+keeps >= 5 interactions per domain).
 """
 
 from __future__ import annotations
