@@ -16,7 +16,7 @@ from xdrec.cli import app
 from xdrec.data.dataset import Dataset
 from xdrec.data.prepare import PrepareConfig, prepare
 from xdrec.data.synthetic import SyntheticConfig, write_raw
-from xdrec.evaluation import TIE_RULE, evaluate_scorers, sample_negatives
+from xdrec.evaluation import TIE_RULE, EvaluateConfig, evaluate_scorers, sample_negatives
 from xdrec.report import render_table, report_to_json, save_report
 from xdrec.workspace import Workspace
 
@@ -44,7 +44,7 @@ def test_sampled_negatives_never_hold_an_item_the_user_has_in_that_domain(small_
 
 def test_a_domain_with_no_test_user_is_reported_as_such(tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "datasets" / "Books+Movies")  # Books has no test interaction
-    report = evaluate_scorers(data, "Books", [], bootstrap=10)
+    report = evaluate_scorers(data, "Books", [], EvaluateConfig(bootstrap=10))
     assert report.empty and report.models == []
     doc = report_to_json(report)
     assert (
@@ -58,7 +58,9 @@ def test_a_domain_with_no_test_user_is_reported_as_such(tmp_path: Path) -> None:
     paths = save_report(report, tmp_path / "reports")
     assert paths["plot"].stat().st_size > 0 and json.loads(paths["json"].read_text())["results"] == []
     # a domain with users has no note, and every output states the tie rule
-    full = report_to_json(evaluate_scorers(data, "Movies", [OracleScorer(data, "Movies")], bootstrap=0))
+    full = report_to_json(
+        evaluate_scorers(data, "Movies", [OracleScorer(data, "Movies")], EvaluateConfig(bootstrap=0))
+    )
     assert "note" not in full and full["ties"] == TIE_RULE and full["results"]
 
 
@@ -173,3 +175,18 @@ def test_run_reverse_trains_both_directions_on_one_dataset(tmp_path: Path) -> No
         "transfer: fusion unchanged, reused",
         "transfer: fusion-reverse unchanged, reused",
     ]
+
+
+def test_a_stale_reverse_strategy_names_the_command_that_retrains_it(
+    mixed_workspace: Workspace, tmp_path: Path
+) -> None:
+    ws = Workspace(tmp_path / "ws")
+    shutil.copytree(mixed_workspace.root, ws.root)
+    config = ws.model_dir("fusion-reverse") / "config.json"  # as if built from another target-only
+    config.write_text(
+        json.dumps(json.loads(config.read_text()) | {"built_from": {"target-only": "0123abcd"}})
+    )
+    args = ["--workspace", str(ws.root), "evaluate", "--domain", SOURCE, "--model", "fusion-reverse"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1
+    assert f"re-run `xdrec transfer --strategy fusion --domain {SOURCE}`" in result.output

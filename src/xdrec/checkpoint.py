@@ -80,9 +80,12 @@ class Checkpoint:
         """
         stale = stale_inputs(self.config, current)
         if stale:
+            # A strategy trained into the dataset's source (models/<strategy>-reverse/) says so with --domain.
+            strategy = self.config.get("strategy", self.path.name)
+            into = f" --domain {self.config['domain']}" if self.config.get("role") == "source" else ""
             raise XdrecError(
                 f"model {self.path.name} was trained on an earlier {stale[0]} than the workspace now holds: "
-                f"re-run `xdrec transfer --strategy {self.path.name}` (or `xdrec run`)"
+                f"re-run `xdrec transfer --strategy {strategy}{into}` (or `xdrec run`)"
             )
 
     def check_dataset(self, dataset: Dataset) -> None:
