@@ -15,4 +15,4 @@ DEVICE=${DEVICE:-auto}
 
 xdrec run Grocery_and_Gourmet_Food Home_and_Kitchen --source "$DATA" \
   --split mixed --min-user 1 --min-item 1 --cold-start 0 \
-  --reverse --epochs "$EPOCHS" --patience 3 --negatives 999 --device "$DEVICE"
+  --reverse --epochs "$EPOCHS" --patience 3 --k 10 --k 5 --negatives 999 --device "$DEVICE"
