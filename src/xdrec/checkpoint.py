@@ -95,8 +95,15 @@ class Checkpoint:
             raise XdrecError(
                 f"model {self.path.name} was trained on dataset {trained.get('name', '?')} "
                 f"(manifest {trained.get('manifest_hash', '?')}), not on {dataset.name} "
-                f"(manifest {dataset.manifest_hash}): retrain it with `xdrec pretrain` on this dataset"
+                f"(manifest {dataset.manifest_hash}): retrain it on this dataset: `{self.retrain_command}`"
             )
+
+    @property
+    def retrain_command(self) -> str:
+        """The command that rewrites this model: pretrain for a per-domain SASRec, else its transfer."""
+        if self.config.get("kind") == "sasrec":
+            return f"xdrec pretrain --domain {self.config.get('domain', 'DOMAIN')}"
+        return f"xdrec transfer --strategy {self.path.name}"
 
 
 def save_checkpoint(model_dir: Path, state: Mapping[str, Tensor], config: Mapping[str, Any]) -> Checkpoint:

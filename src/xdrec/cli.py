@@ -5,8 +5,13 @@ Heavy libraries (torch, polars) are imported inside the commands so that `xdrec 
 
 from __future__ import annotations
 
+import functools
+import getpass
 import json
 import os
+import shlex
+import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -15,24 +20,106 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-from xdrec.errors import XdrecError
-from xdrec.workspace import WORKSPACE_ENV, Workspace
+from xdrec.errors import XdrecError, explain
+from xdrec.workspace import AREAS, WORKSPACE_ENV, Area, Workspace
+
+# What each command writes (it holds those areas' write locks while it runs); the others only read.
+_WRITES: dict[str, tuple[Area, ...]] = {
+    "fetch": ("raw",),
+    "prepare": ("datasets",),
+    "pretrain": ("models",),
+    "embed": ("embeddings",),
+    "transfer": ("models",),
+    "evaluate": ("reports",),
+    "run": AREAS,
+    "demo": AREAS,
+}
 
 
 class _Group(TyperGroup):
-    """Turns a user error from any command into one `error: ...` line on stderr and exit code 1.
+    """The error boundary: every expected failure of any command becomes one `error: ...` line on stderr.
 
-    Tracebacks only with XDREC_DEBUG=1. Usage errors (bad options) keep Typer's rendering and exit 2.
+    Exit code 1 for a failure, 2 for a usage error (bad or missing option); a traceback only with
+    XDREC_DEBUG=1. Writing commands hold their areas' write locks (see workspace.py) while they run.
     """
+
+    def main(self, args: Any = None, *rest: Any, standalone_mode: bool = True, **extra: Any) -> Any:
+        args = _workspace_first(list(sys.argv[1:] if args is None else args))
+        if not standalone_mode:
+            return super().main(args, *rest, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, *rest, standalone_mode=False, **extra)
+        except typer.TyperException as e:  # Typer's (vendored) click exceptions: usage errors and the like
+            context = getattr(e, "ctx", None)
+            hint = f" (see `{context.command_path} --help`)" if context is not None else ""
+            click.echo(f"error: {e.format_message()}{hint}", err=True)  # type: ignore[attr-defined]
+            sys.exit(getattr(e, "exit_code", 1))
+        except typer.Abort:
+            click.echo(f"error: interrupted; {_RESUME_HINT}", err=True)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        areas = _WRITES.get(cmd_name, ())
+        if command is not None and not hasattr(command, "_xdrec_locked"):
+            # Wrapping invoke, not the callback: it runs after the options are parsed (--help takes none).
+            command.invoke = _holding_locks(command.invoke, cmd_name, areas)  # type: ignore[method-assign]
+            command._xdrec_locked = True  # type: ignore[attr-defined]
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except XdrecError as e:
-            if os.environ.get("XDREC_DEBUG") == "1":
+        except (typer.TyperException, typer.Exit, typer.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo(f"error: interrupted; {_RESUME_HINT}", err=True)
+            raise typer.Exit(130) from None
+        except Exception as e:
+            message = explain(e, Workspace.at(ctx.params.get("workspace")))
+            if message is None or os.environ.get("XDREC_DEBUG") == "1":
                 raise
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"error: {message}", err=True)
             raise typer.Exit(1) from None
+
+
+_RESUME_HINT = (
+    "finished stages are kept; rerun the command to redo the interrupted one "
+    "(`xdrec pretrain --resume` continues training from its last finished epoch)"
+)
+
+
+def _holding_locks(invoke: Any, name: str, areas: tuple[Area, ...]) -> Any:
+    """A command's `invoke` run with the write locks of `areas` held."""
+
+    @functools.wraps(invoke)
+    def run(ctx: click.Context) -> Any:
+        workspace = _demo_workspace(ctx) if name == "demo" else _workspace(ctx)
+        with workspace.writing(areas, name):
+            return invoke(ctx)
+
+    return run
+
+
+def _workspace_first(args: list[str]) -> list[str]:
+    """Move `--workspace DIR` given after the subcommand to before it, so it is accepted in both places."""
+    for i, arg in enumerate(args):
+        if arg == "--":
+            break
+        if i > 0 and arg == "--workspace" and i + 1 < len(args):
+            return [arg, args[i + 1], *args[:i], *args[i + 2 :]]
+        if i > 0 and arg.startswith("--workspace="):
+            return [arg, *args[:i], *args[i + 1 :]]
+    return args
+
+
+def _version(value: bool) -> None:
+    if value:
+        import xdrec
+
+        click.echo(f"xdrec {xdrec.__version__}")
+        raise typer.Exit()
 
 
 app = typer.Typer(
@@ -63,12 +150,25 @@ def _root(
         Path | None,
         typer.Option(
             envvar=WORKSPACE_ENV,
-            help="Directory every stage reads from and writes to.",
+            help="Directory every stage reads from and writes to (also accepted after the command).",
             show_default="./xdrec-workspace",
         ),
     ] = None,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
 ) -> None:
     ctx.obj = Workspace.at(workspace)
+    if not console.is_terminal:  # a file or a pipe: full-width lines, never cut to 80 columns
+        console.width = 100_000
+
+
+def _demo_workspace(ctx: click.Context) -> Workspace:
+    """--workspace if given, else one fixed folder in the system's temporary folder (reused, not piled up)."""
+    if ctx.find_root().params.get("workspace") is not None:
+        return _workspace(ctx)
+    return Workspace(Path(tempfile.gettempdir()) / f"xdrec-demo-{getpass.getuser()}")
 
 
 def _workspace(ctx: typer.Context) -> Workspace:
@@ -156,6 +256,8 @@ def _prepare_config(
 ):
     from xdrec.data.prepare import PrepareConfig
 
+    if split != "timestamp" and (t1 is not None or t2 is not None):
+        raise typer.BadParameter(f"they apply to --split timestamp only, not {split}", param_hint="--t1/--t2")
     cuts = {k: v for k, v in (("t1", t1), ("t2", t2)) if v is not None}
     return PrepareConfig(
         min_user=min_user,
@@ -184,6 +286,7 @@ def prepare(
     t1: T1Opt = None,
     t2: T2Opt = None,
     as_json: JsonOpt = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")] = False,
 ) -> None:
     """Filter, index and split two fetched domains into datasets/SOURCE+TARGET/."""
     from xdrec.data.prepare import prepare as prepare_dataset
@@ -194,7 +297,7 @@ def prepare(
         stderr.print(f"note: {note}", soft_wrap=True, markup=False, highlight=False)
     if as_json:
         _print_json(result.manifest)
-    else:
+    elif not quiet:
         from xdrec.views import prepare_table
 
         console.print(prepare_table(result.manifest))
@@ -219,13 +322,13 @@ def overlap(ctx: typer.Context, dataset: DatasetOpt = None, as_json: JsonOpt = F
 # --- training options (pretrain, transfer, run) ---
 LossName = Literal["auto", "ce", "bce", "sampled"]  # xdrec.models.losses.LOSSES and auto
 EpochsOpt = Annotated[
-    int, typer.Option(help="Maximum training epochs (early stopping on validation NDCG@10).")
+    int, typer.Option(min=1, help="Maximum training epochs (early stopping on validation NDCG@10).")
 ]
-BatchOpt = Annotated[int, typer.Option(help="Sequences per training batch.")]
+BatchOpt = Annotated[int, typer.Option(min=1, help="Sequences per training batch.")]
 LrOpt = Annotated[float, typer.Option(help="AdamW learning rate.")]
 WeightDecayOpt = Annotated[float, typer.Option(help="AdamW weight decay.")]
 PatienceOpt = Annotated[
-    int, typer.Option(help="Stop after this many epochs without a better validation metric.")
+    int, typer.Option(min=1, help="Stop after this many epochs without a better validation metric.")
 ]
 LossOpt = Annotated[
     LossName, typer.Option(help="auto (full softmax when it fits, else sampled), ce, bce or sampled.")
@@ -509,7 +612,7 @@ def evaluate(
         _print_json(reports_to_json([report for report, _ in results]))
     else:
         for report, paths in results:
-            console.print(render_table(report))
+            console.print(render_table(report, plain=not console.is_terminal))
             console.print(f"saved {paths['json']} and {paths['plot']}", soft_wrap=True)
 
 
@@ -621,7 +724,7 @@ def run(
         _print_json(full | ({"sampled": reports_to_json(sampled)} if sampled else {}))
     else:
         for report in reports:
-            console.print(render_table(report))
+            console.print(render_table(report, plain=not console.is_terminal))
 
 
 def _stage_log(quiet: bool):
@@ -644,7 +747,8 @@ def demo(
 ) -> None:
     """The whole pipeline on the embedded SYNTHETIC two-domain data (about two minutes on 2 CPU cores).
 
-    Runs in --workspace if given, else in a new temporary directory.
+    Runs in --workspace if given, else in xdrec-demo-<user> in the system's temporary folder, which the
+    next demo reuses (one folder, never one more per run).
     """
     from dataclasses import replace
 
@@ -653,9 +757,8 @@ def demo(
     from xdrec.pipeline import demo as run_demo
     from xdrec.report import render_table, report_to_json
 
-    explicit = ctx.parent is not None and ctx.parent.params.get("workspace") is not None
     workspace, report = run_demo(
-        _workspace(ctx) if explicit else None,
+        _demo_workspace(ctx),
         synthetic=SyntheticConfig(n_users=users),
         train=replace(DEMO_TRAIN, epochs=epochs, device=device),
         progress=not quiet and not as_json,
@@ -664,8 +767,13 @@ def demo(
     if as_json:
         _print_json(report_to_json(report) | {"workspace": str(workspace.root)})
     else:
-        console.print(render_table(report))
-        console.print(f"workspace: {workspace.root}  (try: xdrec --workspace {workspace.root} overlap)")
+        console.print(render_table(report, plain=not console.is_terminal))
+        quoted = shlex.quote(str(workspace.root))
+        for plot in sorted(workspace.reports_dir.glob("*/*/report.png")):
+            console.print(f"plot: {plot}", soft_wrap=True)
+        console.print(
+            f"workspace: {workspace.root}  (try: xdrec --workspace {quoted} overlap)", soft_wrap=True
+        )
 
 
 def main() -> None:

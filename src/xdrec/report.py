@@ -8,6 +8,7 @@ overwrite the full-ranking headline.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 from rich.table import Table
@@ -16,6 +17,9 @@ from rich.text import Text
 from xdrec.evaluation import ALL_SEGMENT, COLD_SEGMENT, TIE_RULE, Report
 from xdrec.views import plain_table
 from xdrec.workspace import atomic_path, write_json
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 BEST_STYLE = "bold green"
 
@@ -47,10 +51,12 @@ def _number(value: float) -> str:
     return f"{value:.3f}" if value >= 1 else f"{value:.4f}".removeprefix("0")
 
 
-def render_table(report: Report) -> Table:
+def render_table(report: Report, *, plain: bool = False) -> Table:
     """One line per model, segments grouped (one section each): the means of every metric, the headline
     metric's (NDCG at the first K) bootstrap CI, the best value per segment and metric in bold green, and
     the segment's winner on the headline marked with ★. `--json` carries every metric's CI.
+
+    plain: for a file or a pipe, where bold means nothing: the best values carry a `*` instead.
     An empty report (no user to rank in the domain) is a one-row table that says so."""
     if report.empty:
         table = plain_table(protocol_title(report), caption=None, title_style="bold")
@@ -62,7 +68,8 @@ def render_table(report: Report) -> Table:
     table = plain_table(
         protocol_title(report),
         caption=(
-            f"mean over users; best per segment in bold, ★ = best {report.headline}"
+            f"mean over users; best per segment {'marked *' if plain else 'in bold'}, "
+            f"★ = best {report.headline}"
             + (f"; CI = {percent}% bootstrap interval of {report.headline}" if with_ci else "")
             + f"; '{ALL_SEGMENT}' = every user except '{COLD_SEGMENT}'; {TIE_RULE}"
         ),
@@ -89,8 +96,9 @@ def render_table(report: Report) -> Table:
                 f"{row['users']:,}",
             ]
             for metric in report.metrics:
-                style = BEST_STYLE if row[metric] == best[metric] else ""
-                cells.append(Text(_number(row[metric]), style=style))
+                top = row[metric] == best[metric]
+                mark = "*" if top and plain else " " if plain else ""
+                cells.append(Text(_number(row[metric]) + mark, style=BEST_STYLE if top else ""))
                 if metric == report.headline and with_ci:
                     lo, hi = row[f"{metric}_lo"], row[f"{metric}_hi"]
                     cells.append(f"{_number(lo)}-{_number(hi)}" if lo is not None else "")
@@ -148,7 +156,13 @@ def save_report(report: Report, directory: Path) -> dict[str, Path]:
 
 
 def _plot(report: Report, path: Path) -> None:
-    """Grouped bars of the headline metric per segment and model, with the bootstrap CI as error bars."""
+    with atomic_path(path) as tmp:
+        plot_figure(report).savefig(tmp, format="png", dpi=120)
+
+
+def plot_figure(report: Report) -> Figure:
+    """Grouped bars of the headline metric per segment and model, each labelled with its value (so a zero
+    is seen, not missing), with the bootstrap CI as error bars (said on the axis)."""
     # The object-oriented API with an explicit Agg canvas: no pyplot global state, no GUI backend switched
     # under a caller (a notebook, say), and matplotlib's import cost only when a plot is actually written.
     import numpy as np
@@ -177,17 +191,23 @@ def _plot(report: Report, path: Path) -> None:
         lows = np.array([_or_nan(by_segment.get(s, {}).get(f"{metric}_lo")) for s in segments])
         highs = np.array([_or_nan(by_segment.get(s, {}).get(f"{metric}_hi")) for s in segments])
         errors = np.clip(np.nan_to_num(np.stack([means - lows, highs - means])), 0.0, None)
-        axes.bar(x + (i - (len(models) - 1) / 2) * width, means, width, yerr=errors, capsize=3, label=model)
+        bars = axes.bar(
+            x + (i - (len(models) - 1) / 2) * width, means, width, yerr=errors, capsize=3, label=model
+        )
+        axes.bar_label(bars, labels=[_number(m) if m == m else "" for m in means], fontsize=6, padding=2)
     users = dict(report.rows.select("segment", "users").unique("segment").iter_rows())
     axes.set_xticks(x, [f"{segment}\n({users[segment]:,} users)" for segment in segments])
-    axes.set_ylabel(f"{metric} ({report.protocol})")
+    with_ci = report.rows[f"{metric}_lo"].is_not_null().any()
+    percent = round(report.confidence * 100)
+    axes.set_ylabel(
+        f"{metric} ({report.protocol})" + (f"\nerror bars: {percent}% bootstrap CI" if with_ci else "")
+    )
     axes.set_title(
         protocol_title(report), fontsize=9, color="darkred" if report.sampled else "black", wrap=True
     )
     axes.legend(fontsize=8)
     axes.set_ylim(bottom=0.0)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=120)
+    return figure
 
 
 def _or_nan(value: float | None) -> float:

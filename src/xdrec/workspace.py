@@ -7,19 +7,27 @@ Every stage reads what the previous one wrote by convention, so commands chain w
     models/<name>/                       pretrain, transfer
     embeddings/<name>.safetensors        embed
     reports/                             evaluate
+
+One writer at a time per area: a command that writes raw/, datasets/, models/, embeddings/ or reports/
+holds an advisory lock on it (`Workspace.writing`), so a second writer stops with a clear message while
+readers are never blocked: they see the previous or the next result, as every write is a rename. Temp
+files of an interrupted writer (hidden `.name.*` entries) are swept by the next writer of the area.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from xdrec.errors import XdrecError
 
@@ -41,8 +49,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
     try:
         yield tmp
         if tmp.is_dir() and path.exists():
-            # Directories cannot be replaced by one rename: move the old one aside first.
-            old = path.with_name(f".{path.name}.old")
+            # Directories cannot be replaced by one rename: move the old one aside first. A kill between
+            # the two renames leaves only `.<name>.old`, which `sweep` puts back.
+            old = _old_path(path)
             shutil.rmtree(old, ignore_errors=True)
             path.rename(old)
             tmp.rename(path)
@@ -54,6 +63,58 @@ def atomic_path(path: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def _old_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
+
+
+def sweep(folder: Path, *, recursive: bool = True) -> list[Path]:
+    """Remove what interrupted writers left in `folder` (hidden `.name.*` temp files and folders); put back
+    a folder that was moved aside to `.<name>.old` and never replaced. Returns what was removed.
+
+    Only call it while holding the folder's write lock: a live writer's temp files look the same.
+    """
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith(".") and entry.name.endswith(".old"):
+            original = entry.with_name(entry.name[1:].removesuffix(".old"))
+            if not original.exists():
+                entry.rename(original)
+                continue
+        if entry.name.startswith("."):
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            removed.append(entry)
+        elif recursive and entry.is_dir() and not entry.is_symlink():
+            removed += sweep(entry)
+    return removed
+
+
+def check_writable(folder: Path) -> None:
+    """Raise unless files can be created in `folder` (or, when it does not exist yet, its nearest parent).
+
+    Called before a stage's long work, so that an hour of training is not lost to a read-only folder.
+    """
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise XdrecError(f"{existing} is a file, not a folder: pass a folder to --workspace")
+    bad = [p for p in (existing, *_folders_below(existing, folder)) if not os.access(p, os.W_OK | os.X_OK)]
+    if bad:
+        raise XdrecError(
+            f"cannot write in {bad[0]} (permission denied): make it writable "
+            f"(chmod u+w {shlex.quote(str(bad[0]))}) or pass another --workspace"
+        )
+
+
+def _folders_below(existing: Path, folder: Path) -> list[Path]:
+    """The existing folders inside `folder` (it included): each is written into by the stage."""
+    if existing != folder or not folder.is_dir():
+        return []
+    return [p for p in folder.rglob("*") if p.is_dir() and not p.is_symlink()]
 
 
 def write_json(path: Path, obj: object) -> None:
@@ -68,7 +129,9 @@ def read_json(path: Path) -> dict:
     except FileNotFoundError:
         raise XdrecError(f"{path} does not exist") from None
     except json.JSONDecodeError as e:
-        raise XdrecError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+        raise XdrecError(
+            f"{path} is not valid JSON ({e.msg}, line {e.lineno}): rerun the stage that writes it"
+        ) from None
 
 
 def file_sha256(path: Path) -> str:
@@ -79,6 +142,76 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _looks_whole(path: Path) -> bool:
+    """A cheap structural check of parquet (magic at both ends), safetensors (header and data sizes) and
+    JSON files; other files are taken as whole."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            if path.suffix == ".parquet":
+                head = f.read(4)
+                f.seek(max(size - 4, 0))
+                return size >= 12 and head == b"PAR1" and f.read(4) == b"PAR1"
+            if path.suffix == ".safetensors":
+                n = int.from_bytes(f.read(8), "little")
+                if n <= 0 or 8 + n > size:
+                    return False
+                header = json.loads(f.read(n))
+                ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+                return 8 + n + max(ends, default=0) == size
+            if path.suffix == ".json":
+                json.loads(f.read())
+        return True
+    except (ValueError, KeyError, TypeError, IndexError, OSError):
+        return False
+
+
+def _rewrite_hint(workspace: Workspace, path: Path) -> str:
+    area, *rest = path.relative_to(workspace.root).parts
+    quoted = shlex.quote(str(workspace.root))
+    if area == "raw":
+        return f"delete it and rerun `xdrec --workspace {quoted} fetch {path.stem}`"
+    if area == "datasets":
+        return f"rerun `xdrec --workspace {quoted} prepare SOURCE TARGET` with the options it was made with"
+    if area == "models":
+        model = rest[0]
+        command = "pretrain" if model in ("source-only", "target-only") else f"transfer --strategy {model}"
+        return f"retrain it: `xdrec --workspace {quoted} {command}`"
+    if area == "embeddings":
+        return f"rerun `xdrec --workspace {quoted} embed`"
+    return f"rerun `xdrec --workspace {quoted} evaluate`"
+
+
+# What each writing command writes; a reader (overlap, recommend) takes no lock.
+Area = Literal["raw", "datasets", "models", "embeddings", "reports"]
+AREAS: tuple[Area, ...] = ("raw", "datasets", "models", "embeddings", "reports")
+
+
+@contextlib.contextmanager
+def _lock(path: Path, area: str, command: str) -> Iterator[None]:
+    """An advisory lock (flock: released by the kernel when the holder dies, even by SIGKILL)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another xdrec command"
+            raise XdrecError(
+                f"{holder} is writing {area}/ in {path.parent.parent} right now: wait for it to finish "
+                "(two writers would mix their results)"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"`xdrec {command}` (pid {os.getpid()})")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.truncate(0)
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 @dataclass(frozen=True)
 class Workspace:
     root: Path
@@ -86,6 +219,41 @@ class Workspace:
     @classmethod
     def at(cls, root: str | os.PathLike | None = None) -> Workspace:
         return cls(Path(root or os.environ.get(WORKSPACE_ENV) or DEFAULT_WORKSPACE))
+
+    def check_folder(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise XdrecError(f"--workspace {self.root} is a file, not a folder: pass a folder")
+
+    # --- one writer per area ---
+    @contextlib.contextmanager
+    def writing(self, areas: Sequence[Area], command: str) -> Iterator[None]:
+        """Hold the write lock of each area for the block, after checking the areas are writable and
+        sweeping what an interrupted writer left there. A second writer of an area stops with an error
+        naming the first (waiting could mean hours behind a training run); readers take no lock."""
+        self.check_folder()
+        for area in areas:
+            check_writable(self.root / area)
+        with contextlib.ExitStack() as stack:
+            for area in sorted(set(areas)):  # one order for everyone
+                stack.enter_context(_lock(self.root / ".locks" / f"{area}.lock", area, command))
+                sweep(self.root / area)
+                if area == "datasets":  # workspace.json is written by prepare
+                    for tmp in self.root.glob(".workspace.json.*"):
+                        tmp.unlink()
+            yield
+
+    def damaged_files(self) -> list[tuple[Path, str]]:
+        """Files of the workspace that cannot be what their suffix says (truncated by a crash or a full
+        disk, or another format saved under that name), each with the command that rewrites it."""
+        damaged = []
+        for area in AREAS:
+            folder = self.root / area
+            files = sorted(folder.rglob("*")) if folder.is_dir() else []
+            for path in files:
+                hidden = any(part.startswith(".") for part in path.relative_to(self.root).parts)
+                if not hidden and path.is_file() and not _looks_whole(path):
+                    damaged.append((path, _rewrite_hint(self, path)))
+        return damaged
 
     # --- fetch ---
     @property

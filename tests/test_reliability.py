@@ -1,0 +1,243 @@
+"""Reliability (issue 12): the error boundary, one writer per area, leftovers swept, output for scripts.
+
+Each test here failed on the code before it: a traceback, a silent success, a file left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import Result
+from typer.testing import CliRunner
+
+import xdrec
+import xdrec.pipeline
+from xdrec.cli import app
+from xdrec.data.synthetic import SyntheticConfig, write_raw
+from xdrec.errors import XdrecError
+from xdrec.workspace import Workspace, atomic_path, sweep
+
+runner = CliRunner()
+SYNTHETIC = SyntheticConfig(n_users=400)
+SOURCE, TARGET = SYNTHETIC.source_domain, SYNTHETIC.target_domain
+TRAIN = ("--device", "cpu", "--epochs", "1")
+ROOT = os.geteuid() == 0  # root writes through any permission bits
+
+
+def invoke(ws: Workspace | Path, *args: str) -> Result:
+    root = ws.root if isinstance(ws, Workspace) else ws
+    return runner.invoke(app, ["--workspace", str(root), *args])
+
+
+def one_error_line(result: Result, *fragments: str, code: int = 1) -> str:
+    assert result.exit_code == code, f"exit {result.exit_code}\n{result.output}\n{result.exception!r}"
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output and "╭" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """Prepared, source-only trained (1 epoch) and embedded: what the readers below read."""
+    ws = Workspace(tmp_path_factory.mktemp("trained") / "ws")
+    write_raw(ws.raw_dir, SYNTHETIC)
+    for args in (("prepare", SOURCE, TARGET, "-q"), ("pretrain", *TRAIN, "-q"), ("embed", "--device", "cpu")):
+        result = invoke(ws, *args)
+        assert result.exit_code == 0, result.output
+    return ws
+
+
+@pytest.fixture
+def copy(trained: Workspace, tmp_path: Path) -> Workspace:
+    shutil.copytree(trained.root, tmp_path / "ws")
+    return Workspace(tmp_path / "ws")
+
+
+# --- the error boundary ---------------------------------------------------------------------
+
+
+def test_workspace_that_is_a_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    for command in (["overlap"], ["prepare", "A", "B"]):
+        one_error_line(invoke(tmp_path / "file", *command), "is a file, not a folder")
+
+
+def test_truncated_parquet_names_the_file_and_the_fix(copy: Workspace) -> None:
+    path = copy.dataset_dir(f"{SOURCE}+{TARGET}") / "interactions.parquet"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    one_error_line(invoke(copy, "overlap"), str(path), "is damaged", "xdrec --workspace", "prepare")
+
+
+def test_truncated_embeddings_name_the_file_and_the_fix(copy: Workspace) -> None:
+    path = copy.embeddings("source-only")
+    path.write_bytes(path.read_bytes()[:200])
+    one_error_line(invoke(copy, "transfer", "--strategy", "mapping", *TRAIN), str(path), "embed")
+
+
+def test_permission_error_mid_command_is_one_line(copy: Workspace, monkeypatch) -> None:
+    def refuse(*_args, **_kwargs):
+        raise PermissionError(13, "Permission denied", str(copy.reports_dir / "x" / "report.json"))
+
+    monkeypatch.setattr(xdrec.pipeline, "save_report", refuse)
+    line = one_error_line(invoke(copy, "evaluate", "--bootstrap", "0", "--device", "cpu"), "report.json")
+    assert "chmod" in line
+
+
+def test_an_unwritable_output_folder_fails_before_the_work(copy: Workspace, monkeypatch) -> None:
+    """`evaluate` used to evaluate every model, then die writing the report: check first."""
+    reports = copy.reports_dir
+    reports.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != reports and real_access(p, mode))
+    called = []
+    monkeypatch.setattr(xdrec.pipeline, "evaluate_scorers", lambda *a, **k: called.append(1))
+    one_error_line(invoke(copy, "evaluate", "--device", "cpu"), f"cannot write in {reports}", "chmod")
+    assert not called
+
+
+@pytest.mark.skipif(ROOT, reason="root writes through permission bits")
+def test_read_only_workspace_fails_before_training(copy: Workspace) -> None:
+    os.chmod(copy.root / "models", 0o555)
+    try:
+        one_error_line(invoke(copy, "pretrain", *TRAIN), "cannot write in")
+    finally:
+        os.chmod(copy.root / "models", 0o755)
+
+
+def test_usage_errors_are_one_line_exit_2_naming_the_option() -> None:
+    one_error_line(runner.invoke(app, ["overlap", "--no-such"]), "--no-such", "--help", code=2)
+    one_error_line(runner.invoke(app, ["pretrain", "--epochs", "0"]), "--epochs", code=2)
+    one_error_line(runner.invoke(app, ["prepare", "A", "B", "--t1", "5"]), "--t1", "timestamp", code=2)
+
+
+def test_version_and_workspace_after_the_command(trained: Workspace) -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == f"xdrec {xdrec.__version__}"
+    result = runner.invoke(app, ["overlap", "--json", "--workspace", str(trained.root)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["domains"].keys() == {SOURCE, TARGET}
+    result = runner.invoke(app, ["overlap", f"--workspace={trained.root}"])
+    assert result.exit_code == 0, result.output
+
+
+def test_prepare_quiet_prints_nothing(copy: Workspace) -> None:
+    result = invoke(copy, "prepare", SOURCE, TARGET, "-q")
+    assert result.exit_code == 0 and result.stdout == ""
+
+
+def test_json_error_text_reads_well(tmp_path: Path) -> None:
+    (tmp_path / "workspace.json").write_text("{")
+    line = one_error_line(invoke(tmp_path, "overlap"), "workspace.json", "is not valid JSON")
+    assert " at at " not in line
+
+
+# --- one writer per area ---------------------------------------------------------------------
+
+
+def test_a_second_writer_stops_naming_the_first_and_readers_go_on(copy: Workspace) -> None:
+    with copy.writing(["models"], "pretrain"):
+        line = one_error_line(invoke(copy, "pretrain", *TRAIN), "`xdrec pretrain`", f"pid {os.getpid()}")
+        assert "models/" in line
+        assert invoke(copy, "overlap").exit_code == 0  # readers take no lock
+        assert invoke(copy, "prepare", SOURCE, TARGET, "-q").exit_code == 0  # nor other areas' writers
+    assert invoke(copy, "embed", "--device", "cpu").exit_code == 0
+
+
+def test_the_lock_goes_with_its_holder(tmp_path: Path) -> None:
+    """flock: a killed holder's lock is released by the kernel; no stale lock file to delete by hand."""
+    ws = Workspace(tmp_path / "ws")
+    pid = os.fork()
+    if pid == 0:  # the child takes the lock and dies without letting go
+        with ws.writing(["models"], "pretrain"):
+            os.kill(os.getpid(), 9)
+    os.waitpid(pid, 0)
+    with ws.writing(["models"], "pretrain"):
+        pass
+
+
+# --- leftovers ---------------------------------------------------------------------
+
+
+def test_a_writer_sweeps_what_a_killed_writer_left(copy: Workspace) -> None:
+    raw = copy.raw_dir
+    leftovers = [raw / f".{SOURCE}.parquet.abc123.tmp", raw / f".{SOURCE}.k2j3"]  # fetch's temp + scratch
+    leftovers[0].write_bytes(b"x" * 100)
+    leftovers[1].mkdir()
+    (leftovers[1] / "staging.parquet").write_bytes(b"x")
+    dataset_tmp = copy.root / "datasets" / f".{SOURCE}+{TARGET}.x1y2.tmp"
+    dataset_tmp.mkdir()
+    with copy.writing(["raw", "datasets"], "run"):
+        assert not any(p.exists() for p in (*leftovers, dataset_tmp))
+    assert copy.raw(SOURCE).exists()
+
+
+def test_a_folder_moved_aside_and_never_replaced_is_put_back(tmp_path: Path) -> None:
+    folder = tmp_path / "models" / "fusion"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    folder.rename(tmp_path / "models" / ".fusion.old")  # a kill between atomic_path's two renames
+    sweep(tmp_path / "models")
+    assert (folder / "config.json").exists() and not (tmp_path / "models" / ".fusion.old").exists()
+
+
+def test_atomic_path_replaces_a_folder_whole(tmp_path: Path) -> None:
+    target = tmp_path / "d"
+    for version in ("old", "new"):
+        with atomic_path(target) as tmp:
+            tmp.mkdir()
+            (tmp / "v").write_text(version)
+    assert (target / "v").read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["d"]
+
+
+def test_demo_reuses_one_folder_in_the_temp_dir(monkeypatch, tmp_path: Path) -> None:
+    seen: list[Path] = []
+
+    def fake_demo(workspace: Workspace, **_kwargs):
+        seen.append(workspace.root)
+        raise XdrecError("stop here")
+
+    monkeypatch.setattr(xdrec.pipeline, "demo", fake_demo)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.delenv("XDREC_WORKSPACE", raising=False)
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    for _ in range(2):
+        one_error_line(runner.invoke(app, ["demo"]), "stop here")
+    assert seen[0] == seen[1] and seen[0].parent == tmp_path
+    assert [p.name for p in tmp_path.iterdir()] == [seen[0].name]
+
+
+def test_the_suite_keeps_temp_folders_of_failed_tests_only(pytestconfig: pytest.Config) -> None:
+    assert pytestconfig.getini("tmp_path_retention_policy") == "failed"
+
+
+# --- output for scripts ---------------------------------------------------------------------
+
+
+def test_tables_are_not_cut_to_80_columns_in_a_pipe(copy: Workspace) -> None:
+    result = invoke(copy, "evaluate", "--k", "10", "--k", "20", "--bootstrap", "20", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.stdout
+    header = next(line for line in result.stdout.splitlines() if "segment" in line)
+    assert {"HR@10", "NDCG@10", "HR@20", "NDCG@20", "Recall@20", "MRR"} <= set(header.split())
+    assert "*" in result.stdout and "marked *" in result.stdout  # "best in bold" means nothing in a file
+
+
+def test_plot_labels_every_bar_and_says_what_the_error_bars_are(copy: Workspace) -> None:
+    from xdrec.pipeline import evaluate
+    from xdrec.report import plot_figure
+
+    report, _ = evaluate(copy, bootstrap=20, device="cpu")
+    figure = plot_figure(report)
+    axes = figure.axes[0]
+    labels = [t.get_text() for t in axes.texts]
+    assert len(labels) == report.rows.height and all(labels)
+    assert "bootstrap CI" in axes.get_ylabel()
