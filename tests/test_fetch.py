@@ -182,6 +182,8 @@ class _RangeServer(ThreadingHTTPServer):
         self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
         self.honour_range = True
         self.cut_after: int | None = None  # send only this many bytes of the next response, then hang up
+        self.redirects: dict[str, str] = {}  # path -> Location of a 302
+        self.content_type = "application/octet-stream"
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}{path}"
@@ -193,6 +195,11 @@ class _RangeHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         srv = self.server
         srv.requests.append((self.path, self.headers.get("Range")))
+        if self.path in srv.redirects:
+            self.send_response(302)
+            self.send_header("Location", srv.redirects[self.path])
+            self.end_headers()
+            return
         body = srv.files.get(self.path)
         if body is None:
             self.send_error(404)
@@ -206,6 +213,7 @@ class _RangeHandler(BaseHTTPRequestHandler):
             self.send_response(200)
         self.send_header("Content-Length", str(len(body) - start))
         self.send_header("ETag", '"v1"')
+        self.send_header("Content-Type", srv.content_type)
         self.end_headers()
         payload = body[start:]
         if srv.cut_after is not None:
@@ -277,6 +285,55 @@ def test_an_interrupted_download_resumes(
 def test_a_missing_url_is_one_clear_line(ws: Workspace, server: _RangeServer) -> None:
     with pytest.raises(XdrecError, match=r"cannot download .*HTTP 404.*check the address"):
         fetch(ws, ["Books"], server.url("/nothing/Books.jsonl.gz"), progress=False)
+
+
+def test_redirects_only_to_http_are_followed_and_said(
+    tmp_path: Path, ws: Workspace, server: _RangeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server.files["/real/Books.jsonl.gz"] = jsonl_gz_bytes(tmp_path)
+    server.redirects["/moved/Books.jsonl.gz"] = server.url("/real/Books.jsonl.gz")
+    server.redirects["/ftp/Books.jsonl.gz"] = "ftp://127.0.0.1/Books.jsonl.gz"
+    [result] = fetch(ws, ["Books"], server.url("/moved/Books.jsonl.gz"), progress=False)
+    assert (
+        result.rows == 4 and "redirected to " + server.url("/real/Books.jsonl.gz") in capsys.readouterr().err
+    )
+    with pytest.raises(XdrecError, match=r"redirects to ftp://.*only redirects to https") as error:
+        fetch(ws, ["Books"], server.url("/ftp/Books.jsonl.gz"), progress=False)
+    assert "run the same command again" not in str(error.value)
+
+
+def test_an_html_page_is_not_cached_as_data(tmp_path: Path, ws: Workspace, server: _RangeServer) -> None:
+    url = server.url("/Books.jsonl.gz")
+    server.files["/Books.jsonl.gz"] = b"<!DOCTYPE html><html><body>Sign in</body></html>"
+    server.content_type = "text/html"
+    with pytest.raises(XdrecError, match="HTML page"):
+        fetch(ws, ["Books"], url, progress=False)
+    server.content_type = "application/octet-stream"  # a server that does not say so
+    with pytest.raises(XdrecError, match=r"did not send a Books\.jsonl\.gz file"):
+        fetch(ws, ["Books"], url, progress=False)
+    assert not list((ws.cache_dir / "downloads").iterdir())
+    server.files["/Books.jsonl.gz"] = jsonl_gz_bytes(tmp_path)  # fixed: the next fetch downloads again
+    assert fetch(ws, ["Books"], url, progress=False)[0].rows == 4
+
+
+def test_a_cached_html_page_from_an_older_version_is_fetched_again(
+    tmp_path: Path, ws: Workspace, server: _RangeServer
+) -> None:
+    url = server.url("/Books.jsonl.gz")
+    cached = amazon.url_cache_path(url, ws.cache_dir / "downloads")
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"<html>captive portal</html>")
+    server.files["/Books.jsonl.gz"] = jsonl_gz_bytes(tmp_path)
+    assert fetch(ws, ["Books"], url, progress=False)[0].rows == 4 and len(server.requests) == 1
+
+
+def test_a_file_url_is_a_local_path_and_other_schemes_are_refused(tmp_path: Path, ws: Workspace) -> None:
+    (tmp_path / "my data").mkdir()
+    path = write_jsonl(tmp_path / "my data" / "Books.jsonl.gz")
+    [result] = fetch(ws, ["Books"], path.as_uri(), progress=False)
+    assert result.rows == 4
+    with pytest.raises(XdrecError, match="ftp:// is not supported"):
+        fetch(ws, ["Books"], "ftp://example.org/Books.jsonl.gz", progress=False)
 
 
 # --- the hub (hf_hub_download mocked) -----------------------------------------------------------------

@@ -35,7 +35,7 @@ def explain(error: BaseException, workspace: Workspace) -> str | None:
                 f" ({len(damaged) - 1} more damaged file(s) in {workspace.root})" if len(damaged) > 1 else ""
             )
             return f"{path} is damaged (truncated or not the format its name says): {fix}{more}"
-        return f"could not read the data ({_first_line(error)}); a stage may have been interrupted: rerun it"
+        return f"could not read the data ({first_line(error)}); a stage may have been interrupted: rerun it"
     return None
 
 
@@ -53,9 +53,10 @@ def _os_error(error: OSError, workspace: Workspace) -> str:
         return f"{where}: a path inside it is a file, not a folder: pass a folder to --workspace"
     if error.errno == errno.ENOENT:
         return f"{where} does not exist"
-    return f"{where}: {error.strerror or _first_line(error)}"
+    return f"{where}: {error.strerror or first_line(error)}"
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (library messages can run to pages)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
