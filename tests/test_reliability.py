@@ -201,6 +201,7 @@ def test_demo_reuses_one_folder_in_the_temp_dir(monkeypatch, tmp_path: Path) -> 
 
     def fake_demo(workspace: Workspace, **_kwargs):
         seen.append(workspace.root)
+        workspace.raw_dir.mkdir(exist_ok=True)
         raise XdrecError("stop here")
 
     monkeypatch.setattr(xdrec.pipeline, "demo", fake_demo)
@@ -241,3 +242,39 @@ def test_plot_labels_every_bar_and_says_what_the_error_bars_are(copy: Workspace)
     labels = [t.get_text() for t in axes.texts]
     assert len(labels) == report.rows.height and all(labels)
     assert "bootstrap CI" in axes.get_ylabel()
+
+
+# --- a model folder is one unit -------------------------------------------------------------------------
+
+
+def test_a_killed_retrain_leaves_the_old_model_folder_whole(copy: Workspace, monkeypatch) -> None:
+    """The trainer logs into runs/<name>/; models/<name>/ changes only when the new one is complete."""
+    import xdrec.pretrain
+
+    folder = copy.model_dir("source-only")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    def killed(*_args, **_kwargs):
+        raise KeyboardInterrupt  # stands for the kill that ends the run before its checkpoint is written
+
+    monkeypatch.setattr(xdrec.pretrain, "save_checkpoint", killed)
+    result = invoke(copy, "pretrain", "--device", "cpu", "--epochs", "2", "--lr", "0.01")
+    assert result.exit_code == 130 and "interrupted" in result.stderr
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert (copy.run_dir("source-only") / "train_state").is_dir()  # what --resume continues
+
+
+def test_a_model_folder_is_replaced_in_one_step(tmp_path: Path) -> None:
+    import torch
+
+    from xdrec.checkpoint import read_checkpoint, run_dir, save_checkpoint
+
+    model = tmp_path / "models" / "m"
+    run_dir(model).mkdir(parents=True)
+    (run_dir(model) / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    save_checkpoint(model, {"w": torch.zeros(2)}, {"kind": "k", "dataset": {}})
+    assert {p.name for p in model.iterdir()} == {"model.safetensors", "config.json", "metrics.jsonl"}
+    (model / "stray").write_text("from an older layout")
+    save_checkpoint(model, {"w": torch.ones(2)}, {"kind": "k", "dataset": {}})
+    assert not (model / "stray").exists() and read_checkpoint(model).state_dict()["w"].sum() == 2
+    assert sorted(p.name for p in model.parent.iterdir()) == ["m"]  # no temp or .old folder left

@@ -3,6 +3,10 @@
     models/<name>/model.safetensors   the weights
     models/<name>/config.json         kind, hyper-parameters, domain, dataset name + manifest hash,
                                       vocabulary size, loss, epochs run, best validation metric, version
+    models/<name>/metrics.jsonl       the per-epoch log of the training that produced these weights
+
+The folder is written whole (a new folder swapped in): a kill leaves the old model or the new one. While
+training runs, its resumable state and live log are in runs/<name>/ (see `run_dir`).
 
 A checkpoint refuses a dataset whose manifest hash differs from the one it was trained on: item ids are
 only meaningful within one prepared dataset.
@@ -15,6 +19,7 @@ whose inputs were retrained since is stale: loading refuses it, and `xdrec run` 
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +38,7 @@ if TYPE_CHECKING:
     from xdrec.data.dataset import Dataset
 
 WEIGHTS = "model.safetensors"
+METRICS = "metrics.jsonl"  # the trainer's per-epoch log (training.METRICS)
 CONFIG = "config.json"
 BUILT_FROM = "built_from"  # config key: {model name: fingerprint} of the models this one was built from
 
@@ -107,14 +113,28 @@ class Checkpoint:
 
 
 def save_checkpoint(model_dir: Path, state: Mapping[str, Tensor], config: Mapping[str, Any]) -> Checkpoint:
-    """Write weights then config (each atomically); `config` must hold `kind` and `dataset`."""
+    """Write the model folder as one unit: weights, config and the training's metrics.jsonl (from
+    `run_dir(model_dir)`, where the trainer logs while it runs) in a new folder that replaces the old one
+    atomically. A kill at any instant leaves the previous model or this one, never a mix.
+
+    `config` must hold `kind` and `dataset`."""
     for key in ("kind", "dataset"):
         if key not in config:
             raise ValueError(f"checkpoint config needs {key!r}")
-    save_tensors(model_dir / WEIGHTS, state)
-    full = {**config, "xdrec_version": xdrec.__version__, "fingerprint": fingerprint(model_dir / WEIGHTS)}
-    write_json(model_dir / CONFIG, full)
+    with atomic_path(model_dir) as tmp:
+        tmp.mkdir()
+        save_tensors(tmp / WEIGHTS, state)
+        full = {**config, "xdrec_version": xdrec.__version__, "fingerprint": fingerprint(tmp / WEIGHTS)}
+        log = run_dir(model_dir) / METRICS
+        if log.exists():
+            shutil.copyfile(log, tmp / METRICS)
+        write_json(tmp / CONFIG, full)
     return Checkpoint(model_dir, json.loads(json.dumps(full)))
+
+
+def run_dir(model_dir: Path) -> Path:
+    """models/<name>/ -> runs/<name>/: the trainer's resumable state and live log (`out_dir` of train)."""
+    return model_dir.parent.parent / "runs" / model_dir.name
 
 
 def stale_inputs(config: Mapping[str, Any], current: Mapping[str, str | None]) -> list[str]:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from xdrec.checkpoint import Checkpoint, save_checkpoint
+from xdrec.checkpoint import Checkpoint, run_dir, save_checkpoint
 from xdrec.models.losses import LossFn
 from xdrec.training import Examples, TrainConfig, TrainResult, train
 from xdrec.validation import METRIC
@@ -60,7 +60,7 @@ def fit(
         config,
         validate=plan.validate,
         metric_name=METRIC,
-        out_dir=out_dir,
+        out_dir=run_dir(out_dir),  # state and live log; save_checkpoint then writes out_dir whole
         resume=resume,
         item_counts=plan.item_counts,
         loss_fn=plan.loss_fn,

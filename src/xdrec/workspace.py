@@ -4,7 +4,8 @@ Every stage reads what the previous one wrote by convention, so commands chain w
 
     raw/<Domain>.parquet                 fetch
     datasets/<Source>+<Target>/          prepare   (the most recent one is recorded in workspace.json)
-    models/<name>/                       pretrain, transfer
+    models/<name>/                       pretrain, transfer (written whole when training ends)
+    runs/<name>/                         pretrain, transfer: train_state/ and metrics.jsonl while training
     embeddings/<name>.safetensors        embed
     reports/                             evaluate
 
@@ -17,6 +18,7 @@ files of an interrupted writer (hidden `.name.*` entries) are swept by the next 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import hashlib
 import json
@@ -49,13 +51,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     try:
         yield tmp
         if tmp.is_dir() and path.exists():
-            # Directories cannot be replaced by one rename: move the old one aside first. A kill between
-            # the two renames leaves only `.<name>.old`, which `sweep` puts back.
-            old = _old_path(path)
-            shutil.rmtree(old, ignore_errors=True)
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
+            _replace_folder(tmp, path)
         else:
             os.replace(tmp, path)
     finally:
@@ -63,6 +59,31 @@ def atomic_path(path: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def _replace_folder(new: Path, path: Path) -> None:
+    """Put folder `new` in the place of folder `path`: one atomic exchange where the kernel offers it
+    (Linux renameat2), so a reader sees the old folder or the new one, never none; else two renames, and
+    a kill between them leaves `.<name>.old`, which `sweep` puts back."""
+    if _exchange(new, path):
+        shutil.rmtree(new, ignore_errors=True)  # now the old folder
+        return
+    old = _old_path(path)
+    shutil.rmtree(old, ignore_errors=True)
+    path.rename(old)
+    new.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, bytes(a), at_fdcwd, bytes(b), rename_exchange) == 0
 
 
 def _old_path(path: Path) -> Path:
@@ -232,15 +253,27 @@ class Workspace:
         naming the first (waiting could mean hours behind a training run); readers take no lock."""
         self.check_folder()
         for area in areas:
-            check_writable(self.root / area)
+            for folder in self.area_dirs(area):
+                check_writable(folder)
         with contextlib.ExitStack() as stack:
+            if not self.root.exists():  # a command that fails before writing anything leaves no workspace
+                stack.callback(self._remove_if_only_locks)
             for area in sorted(set(areas)):  # one order for everyone
                 stack.enter_context(_lock(self.root / ".locks" / f"{area}.lock", area, command))
-                sweep(self.root / area)
+                for folder in self.area_dirs(area):
+                    sweep(folder)
                 if area == "datasets":  # workspace.json is written by prepare
                     for tmp in self.root.glob(".workspace.json.*"):
                         tmp.unlink()
             yield
+
+    def _remove_if_only_locks(self) -> None:
+        if self.root.is_dir() and [p.name for p in self.root.iterdir()] == [".locks"]:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def area_dirs(self, area: Area) -> list[Path]:
+        """The folders an area's writer writes: models/ and the training runs behind them."""
+        return [self.root / area, *([self.runs_dir] if area == "models" else [])]
 
     def damaged_files(self) -> list[tuple[Path, str]]:
         """Files of the workspace that cannot be what their suffix says (truncated by a crash or a full
@@ -293,6 +326,14 @@ class Workspace:
     # --- pretrain / transfer / embed / evaluate ---
     def model_dir(self, name: str) -> Path:
         return self.root / "models" / name
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    def run_dir(self, name: str) -> Path:
+        """Where the training of models/<name>/ keeps its resumable state and live metrics until it ends."""
+        return self.runs_dir / name
 
     def embeddings(self, name: str) -> Path:
         return self.root / "embeddings" / f"{name}.safetensors"
