@@ -278,3 +278,39 @@ def test_a_model_folder_is_replaced_in_one_step(tmp_path: Path) -> None:
     save_checkpoint(model, {"w": torch.ones(2)}, {"kind": "k", "dataset": {}})
     assert not (model / "stray").exists() and read_checkpoint(model).state_dict()["w"].sum() == 2
     assert sorted(p.name for p in model.parent.iterdir()) == ["m"]  # no temp or .old folder left
+
+
+# --- the example script --------------------------------------------------------------------------------
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "books_to_movies.sh"
+
+
+def test_the_example_takes_other_domains_and_an_epoch_cap(tmp_path: Path) -> None:
+    """A stub `xdrec` records the commands: the domains, the epoch cap and a path with a space reach them."""
+    import subprocess
+
+    import polars as pl
+
+    log, bin_dir, ws = tmp_path / "calls.txt", tmp_path / "bin", tmp_path / "my ws"
+    bin_dir.mkdir()
+    (bin_dir / "xdrec").write_text(f'#!/bin/sh\necho "$@" >> "{log}"\n')
+    (bin_dir / "xdrec").chmod(0o755)
+    users = ws / "datasets" / "Food+Kitchen"
+    users.mkdir(parents=True)
+    pl.DataFrame({"user": ["u1", "u2"], "cold": [False, True]}).write_parquet(users / "users.parquet")
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SOURCE_DOMAIN": "Food",
+        "TARGET_DOMAIN": "Kitchen",
+        "EPOCHS": "3",
+        "SOURCE": str(tmp_path / "files"),
+        "XDREC_WORKSPACE": str(ws),
+    }
+    subprocess.run(["bash", str(EXAMPLE)], env=env, check=True, capture_output=True)
+    calls = log.read_text().splitlines()
+    assert calls[0] == f"fetch Food Kitchen --source {tmp_path / 'files'}"
+    assert calls[1].startswith("prepare Food Kitchen")
+    assert [c.split()[0] for c in calls if "--epochs 3" in c] == ["pretrain", "pretrain", "transfer"]
+    assert "pretrain --domain Kitchen --device auto --epochs 3" in calls
+    assert calls[-1] == "recommend u2 --k 10"
