@@ -314,3 +314,16 @@ def test_the_example_takes_other_domains_and_an_epoch_cap(tmp_path: Path) -> Non
     assert [c.split()[0] for c in calls if "--epochs 3" in c] == ["pretrain", "pretrain", "transfer"]
     assert "pretrain --domain Kitchen --device auto --epochs 3" in calls
     assert calls[-1] == "recommend u2 --k 10"
+
+
+def test_domains_without_a_shared_user_are_warned_about(tmp_path: Path) -> None:
+    from tests.conftest import random_raw
+
+    ws = Workspace(tmp_path / "ws")
+    ws.raw_dir.mkdir(parents=True)
+    random_raw("Src", 200, 100, 3000, seed=1, user_prefix="A").write_parquet(ws.raw("Src"))
+    random_raw("Tgt", 200, 100, 3000, seed=2, user_prefix="B").write_parquet(ws.raw("Tgt"))
+    for args in (("prepare", "Src", "Tgt", "--min-item", "2"), ("overlap",)):
+        result = invoke(ws, *args)
+        assert result.exit_code == 0, result.output
+        assert "warning: no user is active in both domains" in result.stderr

@@ -295,6 +295,7 @@ def prepare(
     result = prepare_dataset(_workspace(ctx), source, target, config)
     for note in result.notes:
         stderr.print(f"note: {note}", soft_wrap=True, markup=False, highlight=False)
+    _warn(result.manifest)
     if as_json:
         _print_json(result.manifest)
     elif not quiet:
@@ -311,6 +312,7 @@ def overlap(ctx: typer.Context, dataset: DatasetOpt = None, as_json: JsonOpt = F
     from xdrec.data.overlap import overlap_report
 
     report = overlap_report(Dataset.from_workspace(_workspace(ctx), dataset))
+    _warn(report)
     if as_json:
         _print_json(report)
     else:
@@ -725,6 +727,13 @@ def run(
     else:
         for report in reports:
             console.print(render_table(report, plain=not console.is_terminal))
+
+
+def _warn(counts: dict) -> None:
+    from xdrec.views import dataset_warnings
+
+    for warning in dataset_warnings(counts):
+        stderr.print(f"warning: {warning}", highlight=False, soft_wrap=True)
 
 
 def _stage_log(quiet: bool):

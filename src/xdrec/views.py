@@ -60,6 +60,16 @@ def prepare_table(manifest: dict) -> Table:
     return table
 
 
+def dataset_warnings(counts: dict) -> list[str]:
+    """What a prepared dataset (its manifest, or its overlap report) cannot support, in words."""
+    if counts["overlap_users"] == 0:
+        return [
+            "no user is active in both domains: a transfer has nothing to learn from and the cold-start "
+            "segment is empty (other domains, or a lower --min-user?)"
+        ]
+    return []
+
+
 def overlap_table(report: dict) -> Table:
     table = plain_table(f"user overlap: {report['dataset']}")
     table.add_column("domain", no_wrap=True)
