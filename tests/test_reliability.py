@@ -249,7 +249,7 @@ def test_plot_labels_every_bar_and_says_what_the_error_bars_are(copy: Workspace)
 
 def test_a_killed_retrain_leaves_the_old_model_folder_whole(copy: Workspace, monkeypatch) -> None:
     """The trainer logs into runs/<name>/; models/<name>/ changes only when the new one is complete."""
-    import xdrec.pretrain
+    import xdrec.fit
 
     folder = copy.model_dir("source-only")
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
@@ -257,7 +257,7 @@ def test_a_killed_retrain_leaves_the_old_model_folder_whole(copy: Workspace, mon
     def killed(*_args, **_kwargs):
         raise KeyboardInterrupt  # stands for the kill that ends the run before its checkpoint is written
 
-    monkeypatch.setattr(xdrec.pretrain, "save_checkpoint", killed)
+    monkeypatch.setattr(xdrec.fit, "save_checkpoint", killed)
     result = invoke(copy, "pretrain", "--device", "cpu", "--epochs", "2", "--lr", "0.01")
     assert result.exit_code == 130 and "interrupted" in result.stderr
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
