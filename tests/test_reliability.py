@@ -327,3 +327,73 @@ def test_domains_without_a_shared_user_are_warned_about(tmp_path: Path) -> None:
         result = invoke(ws, *args)
         assert result.exit_code == 0, result.output
         assert "warning: no user is active in both domains" in result.stderr
+
+
+# --- no silent fallbacks ---------------------------------------------------------------------------------
+
+EVAL = ("evaluate", "--device", "cpu", "--bootstrap", "0")
+
+
+def absent_of(ws: Workspace, *args: str) -> dict[str, dict]:
+    result = invoke(ws, *EVAL, "--json", *args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    return {a["model"]: a for a in report["absent"]}
+
+
+def test_evaluate_before_training_names_every_missing_model(copy: Workspace) -> None:
+    absent = absent_of(copy)
+    assert set(absent) == {"target-only", "mapping", "finetune", "fusion", "joint"}
+    assert absent["target-only"]["fix"] == f"xdrec pretrain --domain {TARGET}"
+    assert absent["fusion"] == {
+        "model": "fusion",
+        "reason": "not trained",
+        "fix": "xdrec transfer --strategy fusion",
+    }
+    table = invoke(copy, *EVAL)
+    assert "not shown: fusion, not trained (`xdrec transfer --strategy fusion`)" in table.stdout
+    saved = json.loads((copy.reports_dir / f"{SOURCE}+{TARGET}" / TARGET / "report.json").read_text())
+    assert {a["model"] for a in saved["absent"]} == set(absent)
+    one_error_line(invoke(copy, *EVAL, "--strict"), "--strict", "target-only: not trained")
+
+
+def test_evaluate_after_a_killed_training_says_how_to_resume(copy: Workspace) -> None:
+    (copy.run_dir("target-only") / "train_state").mkdir(parents=True)  # what a killed pretrain leaves
+    absent = absent_of(copy)
+    assert "interrupted" in absent["target-only"]["reason"] and absent["target-only"]["fix"].endswith(
+        "--resume"
+    )
+
+
+def test_evaluate_after_a_new_prepare_and_a_retrain_names_stale_models(copy: Workspace) -> None:
+    assert invoke(copy, "transfer", "--strategy", "fusion", *TRAIN, "-q").exit_code == 0
+    assert "fusion" not in absent_of(copy)
+    assert invoke(copy, "pretrain", *TRAIN, "--lr", "0.01", "-q").exit_code == 0
+    assert invoke(copy, "embed", "--device", "cpu").exit_code == 0  # the vectors fusion reads changed
+    assert absent_of(copy)["fusion"]["reason"].startswith("stale: ")
+    # explicitly asked for, the stale model is an error that names the right command
+    one_error_line(invoke(copy, *EVAL, "--model", "fusion"), "xdrec transfer --strategy fusion")
+    assert invoke(copy, "prepare", SOURCE, TARGET, "--min-item", "3", "-q").exit_code == 0
+    absent = absent_of(copy)
+    assert "another prepared dataset" in absent["fusion"]["reason"]
+    line = one_error_line(invoke(copy, *EVAL, "--model", "fusion"), "xdrec transfer --strategy fusion")
+    assert "xdrec pretrain" not in line
+
+
+def test_recommend_names_the_models_it_could_not_use(copy: Workspace) -> None:
+    import polars as pl
+
+    users = pl.read_parquet(copy.dataset_dir(f"{SOURCE}+{TARGET}") / "users.parquet")
+    cold_user = users.filter("cold")["user"][0]
+    result = invoke(copy, "recommend", cold_user, "--json")
+    assert result.exit_code == 0, result.output
+    rec = json.loads(result.stdout)
+    assert rec["model"] == "popularity" and rec["segment"] == "cold"
+    assert {a["model"] for a in rec["absent"]} == {
+        "mapping",
+        "fusion",
+        "joint",
+    }  # those that serve cold users
+    table = invoke(copy, "recommend", cold_user)
+    assert "not available: fusion, not trained" in table.stdout
+    one_error_line(invoke(copy, "recommend", cold_user, "--strict"), "fusion: not trained")

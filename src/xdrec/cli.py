@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-from xdrec.errors import XdrecError, explain
+from xdrec.errors import explain
 from xdrec.workspace import AREAS, WORKSPACE_ENV, Area, Workspace
 
 # What each command writes (it holds those areas' write locks while it runs); the others only read.
@@ -139,6 +139,9 @@ SeedOpt = Annotated[int, typer.Option(help="Random seed (same seed, same data: s
 DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")]
 DatasetOpt = Annotated[
     str | None, typer.Option(help="Prepared dataset (SOURCE+TARGET); default: the one `prepare` wrote last.")
+]
+StrictOpt = Annotated[
+    bool, typer.Option("--strict", help="Fail when a model the pipeline trains is missing or stale.")
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 
@@ -594,6 +597,7 @@ def evaluate(
     device: DeviceOpt = "auto",
     dataset: DatasetOpt = None,
     as_json: JsonOpt = False,
+    strict: StrictOpt = False,
 ) -> None:
     """Full-ranking HR@K, NDCG@K, MRR, Recall@K per model and user segment, with 95% CIs.
 
@@ -608,13 +612,23 @@ def evaluate(
 
     config = _evaluate_config(k, negatives, keep_seen, seed, bootstrap, device)
     results = evaluate_domains(
-        _workspace(ctx), config, dataset=dataset, models=model or (), domain=domain, both_domains=both_domains
+        _workspace(ctx),
+        config,
+        dataset=dataset,
+        models=model or (),
+        domain=domain,
+        both_domains=both_domains,
+        strict=strict,
     )
     if as_json:
         _print_json(reports_to_json([report for report, _ in results]))
     else:
+        from xdrec.views import absent_lines
+
         for report, paths in results:
             console.print(render_table(report, plain=not console.is_terminal))
+            for line in absent_lines(report.absent, "not shown"):
+                console.print(line, soft_wrap=True, highlight=False)
             console.print(f"saved {paths['json']} and {paths['plot']}", soft_wrap=True)
 
 
@@ -630,17 +644,24 @@ def recommend(
     device: DeviceOpt = "auto",
     dataset: DatasetOpt = None,
     as_json: JsonOpt = False,
+    strict: StrictOpt = False,
 ) -> None:
     """Top-K target items for one user, excluding items they already have."""
+    from dataclasses import asdict
+
     from xdrec.pipeline import recommend as recommend_items
 
-    rec = recommend_items(_workspace(ctx), user_id, k=k, strategy=strategy, dataset=dataset, device=device)
+    rec = recommend_items(
+        _workspace(ctx), user_id, k=k, strategy=strategy, dataset=dataset, device=device, strict=strict
+    )
     if as_json:
-        _print_json({"user": rec.user, "segment": rec.segment, "model": rec.model, "items": rec.items})
+        _print_json(asdict(rec))
     else:
-        from xdrec.views import recommend_table
+        from xdrec.views import absent_lines, recommend_table
 
         console.print(recommend_table(rec))
+        for line in absent_lines(rec.absent, "not available"):
+            console.print(line, soft_wrap=True, highlight=False)
 
 
 @app.command()

@@ -507,6 +507,7 @@ class Report:
     rows: pl.DataFrame
     confidence: float = 0.95
     bootstrap: int = 1000
+    absent: tuple[dict[str, str], ...] = ()  # models left out, each {"model", "reason", "fix"} (inventory.py)
 
     @property
     def protocol(self) -> str:

@@ -24,6 +24,7 @@ from xdrec.data.prepare import PrepareConfig, dataset_name, prepare
 from xdrec.embedding import embeddings_match
 from xdrec.errors import XdrecError
 from xdrec.evaluation import EvaluateConfig, Report, evaluate_scorers
+from xdrec.inventory import Absent, retrain_command, strict_error, untrained
 from xdrec.models.sasrec import SASRecConfig
 from xdrec.report import save_report
 from xdrec.scoring import pad_left
@@ -45,9 +46,12 @@ def evaluate(
     dataset: str | None = None,
     models: Sequence[str] = (),
     domain: str | None = None,
+    strict: bool = False,
 ) -> tuple[Report, dict[str, Path]]:
     """Evaluate `models` (default: every model trained for the domain) beside popularity on the test split.
 
+    By default the models the pipeline trains but the workspace lacks, or holds stale, are left out and
+    named in `report.absent`; `strict` makes that an error. Models named in `models` must all load.
     Writes reports/<dataset>/<domain>/report.json + .png (sampled: report-sampled-N.*) and returns them.
     """
     data = Dataset.from_workspace(workspace, dataset)
@@ -57,8 +61,20 @@ def evaluate(
     wrong = [name for name in names if model_domain(workspace, name) not in (None, domain)]
     if wrong:  # checked before loading anything; an unknown name fails in load_scorer with its own message
         raise XdrecError(f"model {wrong[0]} scores another domain than {domain}: pass --domain to match it")
-    scorers = [load_scorer(workspace, name, data, config.device) for name in names]
+    scorers, absent = [], []
+    for name in names:
+        try:
+            scorers.append(load_scorer(workspace, name, data, config.device))
+        except XdrecError as e:
+            if models:  # asked for by name: its problem is the answer
+                raise
+            absent.append(Absent(name, f"stale: {e}", retrain_command(data, name)))
+    if not models:
+        absent += untrained(workspace, data, domain, names)
+    if strict and absent:
+        raise strict_error(absent)
     report = evaluate_scorers(data, domain, scorers, config)
+    report = replace(report, absent=tuple(a.as_dict() for a in absent))
     return report, save_report(report, report_dir(workspace, data, domain))
 
 
@@ -70,6 +86,7 @@ def evaluate_domains(
     models: Sequence[str] = (),
     domain: str | None = None,
     both_domains: bool = False,
+    strict: bool = False,
 ) -> list[tuple[Report, dict[str, Path]]]:
     """`evaluate` on each of `evaluation_domains(...)`, every model in the domain it scores. Returns
     (report, paths) per domain, in the dataset's domain order."""
@@ -85,7 +102,14 @@ def evaluate_domains(
         # Given models: those of this domain (popularity alone where there is none); else every trained one.
         names = [m for m in models if model_domain(workspace, m) in (None, where)] or [POPULARITY]
         out.append(
-            evaluate(workspace, config, dataset=data.name, models=names if models else (), domain=where)
+            evaluate(
+                workspace,
+                config,
+                dataset=data.name,
+                models=names if models else (),
+                domain=where,
+                strict=strict,
+            )
         )
     return out
 
@@ -112,6 +136,7 @@ class Recommendation:
     segment: str
     model: str
     items: list[dict]  # {"rank", "item", "score"}
+    absent: tuple[dict[str, str], ...] = ()  # models that would serve the segment but are missing or stale
 
 
 def recommend(
@@ -122,6 +147,7 @@ def recommend(
     strategy: str | None = None,
     dataset: str | None = None,
     device: str = "auto",
+    strict: bool = False,
 ) -> Recommendation:
     """Top-k target items for a raw user id, never an item the user already has.
 
@@ -138,6 +164,9 @@ def recommend(
     has_source = rows.filter(pl.col("domain") == data.source).height > 0
     segment = "target-only" if not has_source else ("warm" if seen_now.height else "cold")
     name = strategy or _best_model(workspace, data, segment)
+    absent = [] if strategy else _absent_for(workspace, data, segment)
+    if strict and absent:
+        raise strict_error(absent)
     if name != POPULARITY and model_domain(workspace, name) != data.target:
         raise XdrecError(f"model {name} does not score {data.target} items: pick a target-domain model")
     scorer = load_scorer(workspace, name, data, device)
@@ -152,7 +181,18 @@ def recommend(
         {"rank": i + 1, "item": raw[j], "score": float(s)}
         for i, (s, j) in enumerate(zip(top.values.tolist(), top.indices.tolist(), strict=True))
     ]
-    return Recommendation(user, segment, name, items)
+    return Recommendation(user, segment, name, items, tuple(a.as_dict() for a in absent))
+
+
+def _absent_for(workspace: Workspace, data: Dataset, segment: str) -> list[Absent]:
+    """The expected models that would serve `segment` but are not trained (or not on this dataset)."""
+    present = trained_models(workspace, data, data.target)
+    return [
+        a
+        for a in untrained(workspace, data, data.target, present)
+        if a.model not in STRATEGIES or segment in STRATEGIES[a.model].serves
+        if a.model != "target-only" or segment != "cold"
+    ]
 
 
 def _best_model(workspace: Workspace, data: Dataset, segment: str) -> str:

@@ -133,6 +133,7 @@ def report_to_json(report: Report) -> dict:
         "bootstrap": report.bootstrap,
         "ties": TIE_RULE,
         "results": results,
+        "absent": list(report.absent),  # models left out: [{"model", "reason", "fix"}]
     } | ({"note": empty_note(report)} if report.empty else {})
 
 
@@ -174,9 +175,7 @@ def plot_figure(report: Report) -> Figure:
         figure = Figure(figsize=(6.0, 2.0), layout="constrained")
         FigureCanvasAgg(figure)
         figure.text(0.5, 0.5, f"{protocol_title(report)}\n{empty_note(report)}", ha="center", va="center")
-        with atomic_path(path) as tmp:
-            figure.savefig(tmp, format="png", dpi=120)
-        return
+        return figure
     width = 0.8 / max(len(models), 1)
     figure = Figure(figsize=(max(6.0, 2.0 + 0.6 * len(segments) * len(models)), 4.5), layout="constrained")
     FigureCanvasAgg(figure)

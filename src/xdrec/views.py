@@ -102,3 +102,8 @@ def recommend_table(rec) -> Table:
     for item in rec.items:
         table.add_row(str(item["rank"]), item["item"], f"{item['score']:.4f}")
     return table
+
+
+def absent_lines(absent: Sequence[dict[str, str]], heading: str) -> list[str]:
+    """One line per model left out of a report or a recommendation: why, and the command that makes it."""
+    return [f"{heading}: {a['model']}, {a['reason']} (`{a['fix']}`)" for a in absent]

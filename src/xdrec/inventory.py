@@ -1,0 +1,72 @@
+"""Which models a domain's report should have and does not, and why: named, never silently left out.
+
+`evaluate` and `recommend` show these beside their results (table caption, `--json` "absent"), and
+`--strict` turns them into an error. A model is absent when it was never trained, when its last training
+was interrupted before it wrote models/<name>/, when it was trained on another prepared dataset, or when
+a model it was built from was retrained since (stale lineage).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from xdrec.checkpoint import CONFIG, read_checkpoint
+from xdrec.data.dataset import Dataset
+from xdrec.errors import XdrecError
+from xdrec.strategies import STRATEGIES
+from xdrec.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class Absent:
+    model: str
+    reason: str  # what is wrong, in words
+    fix: str  # the command that makes it
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+    def line(self) -> str:
+        return f"{self.model}: {self.reason} (`{self.fix}`)"
+
+
+def expected_models(data: Dataset, domain: str) -> list[str]:
+    """The models a full pipeline trains for `domain`: its backbone, plus the strategies on the target."""
+    if domain == data.target:
+        return ["target-only", *STRATEGIES]
+    return ["source-only"]
+
+
+def retrain_command(data: Dataset, name: str) -> str:
+    if name in STRATEGIES:
+        return f"xdrec transfer --strategy {name}"
+    role = "target" if name == "target-only" else "source"
+    return f"xdrec pretrain --domain {data.target if role == 'target' else data.source}"
+
+
+def untrained(workspace: Workspace, data: Dataset, domain: str, present: list[str]) -> list[Absent]:
+    """Expected models of `domain` that are not among `present`, each with the reason and the fix."""
+    absent = []
+    for name in expected_models(data, domain):
+        if name in present:
+            continue
+        folder = workspace.model_dir(name)
+        fix = retrain_command(data, name)
+        if (workspace.run_dir(name) / "train_state").is_dir() and not (folder / CONFIG).exists():
+            resume = "" if name in STRATEGIES else " --resume"  # pretrain continues; transfer starts over
+            absent.append(Absent(name, "its training was interrupted before it finished", fix + resume))
+        elif (folder / CONFIG).exists():
+            try:
+                read_checkpoint(folder, data)
+                continue  # trained on this dataset, for another domain: not this report's
+            except XdrecError:
+                absent.append(Absent(name, "trained on another prepared dataset (re-prepared since)", fix))
+        else:
+            absent.append(Absent(name, "not trained", fix))
+    return absent
+
+
+def strict_error(absent: list[Absent]) -> XdrecError:
+    return XdrecError(
+        f"{len(absent)} model(s) missing or stale (--strict): " + "; ".join(a.line() for a in absent)
+    )
