@@ -262,6 +262,9 @@ def test_a_killed_retrain_leaves_the_old_model_folder_whole(copy: Workspace, mon
     assert result.exit_code == 130 and "interrupted" in result.stderr
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     assert (copy.run_dir("source-only") / "train_state").is_dir()  # what --resume continues
+    monkeypatch.undo()
+    rerun = invoke(copy, "pretrain", "--device", "cpu", "--epochs", "1", "-q")
+    assert rerun.exit_code == 0 and "note: starting source-only over" in rerun.stderr  # not silently
 
 
 def test_a_model_folder_is_replaced_in_one_step(tmp_path: Path) -> None:
@@ -397,3 +400,17 @@ def test_recommend_names_the_models_it_could_not_use(copy: Workspace) -> None:
     table = invoke(copy, "recommend", cold_user)
     assert "not available: fusion, not trained" in table.stdout
     one_error_line(invoke(copy, "recommend", cold_user, "--strict"), "fusion: not trained")
+
+
+def test_transfer_without_shared_users_refuses_mapping_instead_of_a_nan(tmp_path: Path) -> None:
+    from tests.conftest import random_raw
+
+    ws = Workspace(tmp_path / "ws")
+    ws.raw_dir.mkdir(parents=True)
+    random_raw("Src", 200, 60, 4000, seed=1, user_prefix="A").write_parquet(ws.raw("Src"))
+    random_raw("Tgt", 200, 60, 4000, seed=2, user_prefix="B").write_parquet(ws.raw("Tgt"))
+    for args in (("prepare", "Src", "Tgt", "--min-item", "2", "-q"), ("pretrain", *TRAIN, "-q"), ("embed",)):
+        assert invoke(ws, *args).exit_code == 0
+    result = invoke(ws, "transfer", "--strategy", "mapping", *TRAIN, "-q")
+    one_error_line(result, "no", "mapping learns from users active in both domains")
+    assert "nan" not in result.output

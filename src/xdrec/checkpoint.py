@@ -132,6 +132,20 @@ def save_checkpoint(model_dir: Path, state: Mapping[str, Tensor], config: Mappin
     return Checkpoint(model_dir, json.loads(json.dumps(full)))
 
 
+def interrupted_epoch(model_dir: Path) -> int | None:
+    """The last finished epoch of a training of `model_dir` that was interrupted (its state in
+    runs/<name>/ is newer than the model folder), or None when there is none."""
+    state = run_dir(model_dir) / "train_state" / "state.json"  # training.STATE_DIR
+    if not state.exists():
+        return None
+    try:
+        epoch = int(read_json(state)["epoch"])
+        config = read_json(model_dir / CONFIG) if (model_dir / CONFIG).exists() else {}
+    except (XdrecError, KeyError, TypeError, ValueError):
+        return None
+    return None if config.get("epochs_run") == epoch else epoch
+
+
 def run_dir(model_dir: Path) -> Path:
     """models/<name>/ -> runs/<name>/: the trainer's resumable state and live log (`out_dir` of train)."""
     return model_dir.parent.parent / "runs" / model_dir.name

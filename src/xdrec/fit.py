@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.console import Console
 from torch import nn
 
-from xdrec.checkpoint import Checkpoint, run_dir, save_checkpoint
+from xdrec.checkpoint import Checkpoint, interrupted_epoch, run_dir, save_checkpoint
 from xdrec.models.losses import LossFn
 from xdrec.training import Examples, TrainConfig, TrainResult, train
 from xdrec.validation import METRIC
@@ -52,6 +53,10 @@ def fit(
     progress: bool = True,
 ) -> Fitted:
     """Seed, build the plan, train it into `out_dir`, and save models/<name>/ with `record` + the plan's."""
+    if not resume and (epoch := interrupted_epoch(out_dir)):  # say so: its state is about to go
+        Console(stderr=True).print(
+            f"note: starting {out_dir.name} over; its interrupted run (epoch {epoch}) is dropped"
+        )
     torch.manual_seed(config.seed)  # the initial weights
     plan = build()
     result = train(

@@ -72,6 +72,11 @@ def transfer(
     target = target or data.target
     data.check_domain(target)
     config = directed(config, data, target)
+    if "mapping" in names and data.manifest.get("overlap_users") == 0:  # its validation would be nan
+        raise XdrecError(
+            f"mapping learns from users active in both domains, and dataset {data.name} has none: "
+            "leave mapping out (--strategy finetune --strategy fusion ...) or prepare other domains"
+        )
     device = config.train.device
     source = load_backbone(workspace, config.source_model, data, device)
     if not workspace.embeddings(config.source_model).exists():
