@@ -233,10 +233,11 @@ def test_tables_are_not_cut_to_80_columns_in_a_pipe(copy: Workspace) -> None:
 
 
 def test_plot_labels_every_bar_and_says_what_the_error_bars_are(copy: Workspace) -> None:
+    from xdrec.evaluation import EvaluateConfig
     from xdrec.pipeline import evaluate
     from xdrec.report import plot_figure
 
-    report, _ = evaluate(copy, bootstrap=20, device="cpu")
+    report, _ = evaluate(copy, EvaluateConfig(bootstrap=20, device="cpu"))
     figure = plot_figure(report)
     axes = figure.axes[0]
     labels = [t.get_text() for t in axes.texts]
