@@ -415,3 +415,21 @@ def test_transfer_without_shared_users_refuses_mapping_instead_of_a_nan(tmp_path
     result = invoke(ws, "transfer", "--strategy", "mapping", *TRAIN, "-q")
     one_error_line(result, "no", "mapping learns from users active in both domains")
     assert "nan" not in result.output
+
+
+def test_transfer_resumes_an_interrupted_strategy(copy: Workspace, monkeypatch) -> None:
+    import xdrec.fit
+
+    def killed(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(xdrec.fit, "save_checkpoint", killed)
+    args = ("transfer", "--strategy", "fusion", "--device", "cpu", "--epochs", "1", "-q")
+    assert invoke(copy, *args).exit_code == 130
+    assert absent_of(copy)["fusion"]["fix"] == "xdrec transfer --strategy fusion --resume"
+    monkeypatch.undo()
+    result = invoke(copy, *args[:-3], "--epochs", "2", "--resume")
+    assert result.exit_code == 0, result.output
+    assert "resumed after epoch 1" in result.stderr and "after 2 epochs" in result.stdout
+    metrics = (copy.model_dir("fusion") / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in metrics] == [1, 2]

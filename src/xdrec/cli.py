@@ -86,7 +86,7 @@ class _Group(TyperGroup):
 
 _RESUME_HINT = (
     "finished stages are kept; rerun the command to redo the interrupted one "
-    "(`xdrec pretrain --resume` continues training from its last finished epoch)"
+    "(`--resume` continues pretrain or transfer from the last finished epoch)"
 )
 
 
@@ -504,6 +504,9 @@ def transfer(
             "(from target-only and `embed --model target-only`) into models/<strategy>-reverse/."
         ),
     ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue each strategy's interrupted run from its last epoch.")
+    ] = False,
     dataset: DatasetOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -526,6 +529,7 @@ def transfer(
         dataset=dataset,
         config=config,
         target=domain,
+        resume=resume,
         progress=not quiet and not as_json,
     )
     rows = [

@@ -53,8 +53,7 @@ def untrained(workspace: Workspace, data: Dataset, domain: str, present: list[st
         folder = workspace.model_dir(name)
         fix = retrain_command(data, name)
         if (workspace.run_dir(name) / "train_state").is_dir() and not (folder / CONFIG).exists():
-            resume = "" if name in STRATEGIES else " --resume"  # pretrain continues; transfer starts over
-            absent.append(Absent(name, "its training was interrupted before it finished", fix + resume))
+            absent.append(Absent(name, "its training was interrupted before it finished", f"{fix} --resume"))
         elif (folder / CONFIG).exists():
             try:
                 read_checkpoint(folder, data)

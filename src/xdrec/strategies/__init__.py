@@ -56,6 +56,7 @@ def transfer(
     dataset: str | None = None,
     config: TransferConfig = TransferConfig(),
     target: str | None = None,
+    resume: bool = False,
     progress: bool = True,
 ) -> list[TransferResult]:
     """Train each strategy on the current dataset into models/<strategy>/.
@@ -102,7 +103,7 @@ def transfer(
                 )
             target_model = load_backbone(workspace, config.target_model, data, device)
         inputs = ScoringInputs(data, device, vectors=vectors, target_model=target_model)
-        results.append(fit_strategy(strategy, ctx, config, inputs, progress))
+        results.append(fit_strategy(strategy, ctx, config, inputs, progress, resume=resume))
     return results
 
 

@@ -137,6 +137,8 @@ def fit_strategy(
     config: TransferConfig,
     inputs: ScoringInputs,
     progress: bool = True,
+    *,
+    resume: bool = False,
 ) -> TransferResult:
     """seed -> build -> train -> save models/<name>/ (`model_name`) with what every strategy records.
 
@@ -162,5 +164,12 @@ def fit_strategy(
         built_from[config.target_model] = inputs.target_model.fingerprint
     record[BUILT_FROM] = built_from
     out = ctx.workspace.model_dir(name)
-    fitted = fit(lambda: strategy.build(ctx, config, inputs), config.train, out, record, progress=progress)
+    fitted = fit(
+        lambda: strategy.build(ctx, config, inputs),
+        config.train,
+        out,
+        record,
+        resume=resume,
+        progress=progress,
+    )
     return TransferResult(name, out, fitted.training, strategy.serves)
