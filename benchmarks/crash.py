@@ -6,7 +6,8 @@
 A small synthetic workspace is built once (fetch from a local file, prepare, pretrain source and target,
 embed, transfer fusion, evaluate): the "old" results. Then, for each stage, a copy of it runs the stage
 again with other options (so the "new" result differs) as `python -m xdrec ...`, killed with SIGKILL after
-a random delay drawn from [0, the stage's uninterrupted duration). After every kill:
+a random delay drawn from [start-up, the stage's uninterrupted duration), start-up being the time Python
+takes to import torch, polars and xdrec (a kill before that tests nothing). After every kill:
 
 1. every file a reader can open is whole (parquet, safetensors and JSON structure: `damaged_files`);
 2. what the stage writes is, file for file, the old result or the new one, never a mix (compared by
@@ -217,6 +218,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="xdrec-crash-") as tmp:
         root = Path(tmp)
         base, raw_b = build_base(root)
+        started_python = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import torch, polars, xdrec.cli"], check=True)
+        startup = time.perf_counter() - started_python
         failures, killed, finished = 0, 0, 0
         for stage in stages(raw_b):
             if args.stage and stage.name not in args.stage:
@@ -230,7 +234,7 @@ def main() -> None:
             for trial in range(args.kills):
                 ws = root / f"{stage.name}-{trial}"
                 shutil.copytree(base, ws)
-                delay = rng.uniform(0, duration)
+                delay = rng.uniform(min(startup, duration), duration)
                 process = xdrec(ws, *stage.again)
                 try:
                     process.wait(timeout=delay)
