@@ -133,8 +133,10 @@ def test_prepare_quiet_prints_nothing(copy: Workspace) -> None:
 
 
 def test_json_error_text_reads_well(tmp_path: Path) -> None:
-    (tmp_path / "workspace.json").write_text("{")
-    line = one_error_line(invoke(tmp_path, "overlap"), "workspace.json", "is not valid JSON")
+    (tmp_path / "workspace.json").write_text(
+        '{"dataset": "a\tb"}'
+    )  # json says "Invalid control character at"
+    line = one_error_line(invoke(tmp_path, "overlap"), "workspace.json", "is not valid JSON", "line 1 column")
     assert " at at " not in line
 
 

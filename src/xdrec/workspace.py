@@ -151,7 +151,7 @@ def read_json(path: Path) -> dict:
         raise XdrecError(f"{path} does not exist") from None
     except json.JSONDecodeError as e:
         raise XdrecError(
-            f"{path} is not valid JSON ({e.msg}, line {e.lineno}): rerun the stage that writes it"
+            f"{path} is not valid JSON ({e}): rerun the stage that writes it"  # str(e) says where
         ) from None
 
 
