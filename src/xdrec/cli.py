@@ -71,8 +71,8 @@ class _Group(TyperGroup):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (typer.TyperException, typer.Exit, typer.Abort):
-            raise
+        except (typer.TyperException, typer.Exit, typer.Abort, BrokenPipeError):
+            raise  # usage errors are worded in main; a closed pipe (`| head`) ends quietly in Typer
         except KeyboardInterrupt:
             click.echo(f"error: interrupted; {_RESUME_HINT}", err=True)
             raise typer.Exit(130) from None
