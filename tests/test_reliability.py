@@ -435,3 +435,24 @@ def test_transfer_resumes_an_interrupted_strategy(copy: Workspace, monkeypatch) 
     assert "resumed after epoch 1" in result.stderr and "after 2 epochs" in result.stdout
     metrics = (copy.model_dir("fusion") / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in metrics] == [1, 2]
+
+
+def test_demo_says_where_the_plot_is_and_quotes_the_workspace(
+    trained: Workspace, tmp_path: Path, monkeypatch
+) -> None:
+    from xdrec.evaluation import EvaluateConfig
+    from xdrec.pipeline import evaluate
+
+    ws = Workspace(tmp_path / "my ws")
+    shutil.copytree(trained.root, ws.root)
+
+    def fake_demo(workspace: Workspace, **_kwargs):
+        report, _ = evaluate(workspace, EvaluateConfig(bootstrap=0, device="cpu"))
+        return workspace, report
+
+    monkeypatch.setattr(xdrec.pipeline, "demo", fake_demo)
+    result = invoke(ws, "demo")
+    assert result.exit_code == 0, result.output
+    plot = ws.reports_dir / f"{SOURCE}+{TARGET}" / TARGET / "report.png"
+    assert f"plot: {plot}" in result.stdout and plot.exists()
+    assert f"--workspace '{ws.root}' overlap" in result.stdout  # pastes into a shell as it is
