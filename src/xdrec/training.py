@@ -10,12 +10,21 @@ and the training data are `Examples`: input sequences, label sequences (the next
 0 = no loss) and optional per-example tensors passed to forward by keyword (a source user vector for a
 prefix, domain ids, ...).
 
-The loop: AdamW; bf16 autocast, pinned batches and optional `torch.compile` on CUDA, every core on CPU;
-a validation callback after each epoch with early stopping by patience, keeping the best weights (chosen
-on validation, never test); a rich progress bar; one `metrics.jsonl` line per epoch; and, after each
-epoch, a resumable training state in `<out_dir>/train_state/` (weights, optimizer, RNG states, epoch:
+The loop: AdamW; bf16 autocast and optional `torch.compile` on CUDA, every core on CPU; on CUDA the
+examples are copied to the GPU once, so a step reads its batch there with no host copy; a validation
+callback after each epoch with early stopping by patience, keeping the best weights (chosen on
+validation, never test); a rich progress bar; one `metrics.jsonl` line per epoch; and, after each epoch,
+a resumable training state in `<out_dir>/train_state/` (weights, optimizer, RNG states, epoch:
 safetensors + JSON). Same seed, device and data give identical weights on CPU, and so does a run
 interrupted and resumed.
+
+Under `torchrun --nproc-per-node N` (see `xdrec.distributed`) the same loop is data-parallel: the model
+is wrapped in `DistributedDataParallel`, every rank cuts the same seeded global batches of
+N x batch_size examples and trains on its share of each (every N-th example), and each rank's loss is
+weighted by its share of the batch's labelled positions, so the averaged gradient is the one a single
+process would compute on the whole global batch (exactly, for the built-in losses, which are means over
+labelled positions; with dropout the masks differ). Rank 0 alone prints and writes metrics and state;
+validation is sharded by users and reduced (`xdrec.evaluation.validation_metric`).
 """
 
 from __future__ import annotations
@@ -23,39 +32,48 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
+from xdrec import distributed
 from xdrec.checkpoint import load_tensors, optimizer_from_tensors, optimizer_to_tensors, save_tensors
 from xdrec.devices import autocast, cpu_threads, resolve_device
+from xdrec.distributed import Ranks
 from xdrec.errors import XdrecError
 from xdrec.models.losses import LOSSES, LossChoice, LossFn, choose_loss, make_loss
 from xdrec.workspace import atomic_path, read_json, write_json
 
 STATE_DIR = "train_state"
 METRICS = "metrics.jsonl"
-# A resumed run must repeat these, or it would not be the same run continued.
 # Batches per pool of similar-length examples (see _length_bucketed_batches).
 BUCKET_BATCHES = 50
-RESUME_KEYS = ("batch_size", "lr", "weight_decay", "loss", "negatives", "seed")
+# The batch size the default learning rate is tuned for: `lr_scaling` scales lr from it.
+BASE_BATCH = 128
+# A resumed run must repeat these, or it would not be the same run continued.
+RESUME_KEYS = ("batch_size", "lr", "weight_decay", "loss", "negatives", "seed", "in_batch", "lr_scaling")
+LrScaling = Literal["none", "sqrt", "linear"]
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 50
-    batch_size: int = 128
+    batch_size: int = 128  # per process: under torchrun the global batch is world_size x batch_size
     lr: float = 1e-3
     weight_decay: float = 0.0  # the paper uses none; the embedding table is most of the weights
     loss: str = "auto"  # auto | ce | bce | sampled (see xdrec.models.losses)
     negatives: int = 256  # negatives per batch for `sampled`
+    in_batch: bool = False  # `sampled`: the batch's other labels are negatives too (mixed negatives)
+    # Larger batches take fewer steps per epoch: scale lr by (global batch / BASE_BATCH) ** 1/2 or 1.
+    lr_scaling: LrScaling = "none"
     patience: int = 5  # epochs without a better validation metric before stopping
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -70,6 +88,15 @@ class TrainConfig:
             raise XdrecError(f"learning rate must be positive, got {self.lr}")
         if self.loss != "auto" and self.loss not in LOSSES:
             raise XdrecError(f"unknown loss {self.loss!r}: choose auto, {', '.join(LOSSES)}")
+        if self.lr_scaling not in get_args(LrScaling):
+            raise XdrecError(
+                f"unknown lr scaling {self.lr_scaling!r}: choose {', '.join(get_args(LrScaling))}"
+            )
+
+    def effective_lr(self, world_size: int = 1) -> float:
+        """The learning rate the optimizer uses: `lr`, scaled for the global batch by `lr_scaling`."""
+        power = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}[self.lr_scaling]
+        return self.lr if power == 0.0 else self.lr * (self.batch_size * world_size / BASE_BATCH) ** power
 
 
 @dataclass(frozen=True)
@@ -110,6 +137,8 @@ class TrainResult:
     seconds: float  # this invocation's wall time
     device: str
     history: list[dict[str, Any]]  # the metrics.jsonl lines
+    world_size: int = 1  # processes that trained together (torchrun); 1 without
+    lr: float = 0.0  # the learning rate used (TrainConfig.effective_lr)
 
 
 @dataclass
@@ -145,107 +174,56 @@ def train(
     out_dir: where metrics.jsonl and the resumable train_state/ go (none written without it).
     resume: continue from out_dir/train_state/ if it exists (else start fresh).
     item_counts: training popularity per item id, for the `sampled` loss's negative distribution.
-    loss_fn: `loss(hidden, labels, table) -> scalar` replacing config.loss (e.g. a regression loss).
+    loss_fn: `loss(hidden, labels, table) -> scalar` replacing config.loss (e.g. a regression loss); under
+             torchrun it must be a mean over the labelled positions, like the built-in losses.
     """
     started = time.perf_counter()
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)  # dropout draws from the global generator
-    model.to(device)
-    n_items = model.item_embeddings().shape[0] - 1
-    shuffle_gen = torch.Generator().manual_seed(config.seed)
-    negatives_gen = torch.Generator().manual_seed(config.seed + 1)
-    if loss_fn is None:
-        choice = choose_loss(config.loss, n_items, config.batch_size, examples.inputs.shape[1])
-        loss_fn = make_loss(
-            choice.name, negatives_gen, negatives=config.negatives, item_counts=item_counts, n_items=n_items
-        )
-    else:
-        name = getattr(loss_fn, "__name__", "custom")
-        choice = LossChoice(name, f"{name}: the caller's own loss function")
-    optimizer = torch.optim.AdamW(
-        model.parameters(),
-        lr=config.lr,
-        betas=(0.9, 0.98),
-        weight_decay=config.weight_decay,
-        # One fused kernel instead of a dozen per tensor: ~10x faster updates of a large item table.
-        fused=_fused_adamw_supported(device),
+    run = _Run.start(model, examples, config, item_counts, loss_fn)
+    run.restore(out_dir, resume)
+    resumed_from = run.state.epoch
+    batches = _Batches(examples, config.batch_size, run.ranks, run.device)
+    console = Console(stderr=True, quiet=not (progress and run.ranks.main))
+    workers = f" x {run.ranks.world_size} processes" if run.ranks.distributed else ""
+    console.log(
+        f"training on {run.device}{workers}: {len(examples):,} sequences, {run.n_items:,} items, "
+        f"loss {run.choice.reason}"
     )
-
-    state, best = _State(), None
-    if not resume and out_dir is not None:
-        # A fresh run: a stale state must not be what a later --resume continues.
-        shutil.rmtree(out_dir / STATE_DIR, ignore_errors=True)
-    if resume and out_dir is not None and (out_dir / STATE_DIR).exists():
-        state, best = _load_state(
-            out_dir / STATE_DIR, config, choice, model, optimizer, shuffle_gen, negatives_gen
-        )
-    resumed_from = state.epoch
-    forward = torch.compile(model) if config.compile else model
-
-    console = Console(stderr=True, quiet=not progress)
-    console.log(f"training on {device}: {len(examples):,} sequences, {n_items:,} items, loss {choice.reason}")
     if resumed_from:
         console.log(f"resumed after epoch {resumed_from}")
-    with cpu_threads(config.threads), _progress_bar(console, progress) as bar:
-        for epoch in range(state.epoch + 1, config.epochs + 1):
-            if state.stopped_early or (config.max_steps is not None and state.step >= config.max_steps):
+    with cpu_threads(config.threads), _progress_bar(console, progress and run.ranks.main) as bar:
+        for epoch in range(run.state.epoch + 1, config.epochs + 1):
+            if run.finished():
                 break
-            steps = -(-len(examples) // config.batch_size)
-            task = bar.add_task(f"epoch {epoch}/{config.epochs}", total=steps, loss="", speed="", metric="")
-            t0 = time.perf_counter()
-            mean_loss, seen = _train_epoch(
-                model, forward, loss_fn, optimizer, examples, config, device, shuffle_gen, state, bar, task
+            task = bar.add_task(
+                f"epoch {epoch}/{config.epochs}", total=len(batches), loss="", speed="", metric=""
             )
+            t0 = time.perf_counter()
+            mean_loss, seen = run.train_epoch(batches, bar, task)
             seconds = time.perf_counter() - t0
-            metric = None
-            if validate is not None:
-                model.eval()
-                with torch.no_grad():
-                    metric = float(validate(model))
-                model.train()
-            state.epoch = epoch
-            improved = metric is None or state.best_metric is None or metric > state.best_metric
-            if improved:
-                state.best_metric, state.best_epoch, state.bad_epochs = metric, epoch, 0
-                best = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            else:
-                state.bad_epochs += 1
-                state.stopped_early = state.bad_epochs >= config.patience
+            metric = _validated(model, validate)
+            improved = run.end_epoch(epoch, metric)
             line = {
                 "epoch": epoch,
-                "step": state.step,
+                "step": run.state.step,
                 "loss": mean_loss,
                 "seconds": round(seconds, 3),
                 "sequences_per_s": round(seen / max(seconds, 1e-9), 1),
                 metric_name: metric,
                 "best": improved,
             }
-            state.history.append(line)
+            run.state.history.append(line)
             shown = "" if metric is None else f"{metric_name} {metric:.4f}" + (" *" if improved else "")
             bar.update(task, loss=f"{mean_loss:.4f}", speed=f"{line['sequences_per_s']:,.0f}", metric=shown)
-            if out_dir is not None:
-                _save_state(
-                    out_dir / STATE_DIR,
-                    config,
-                    choice,
-                    model,
-                    optimizer,
-                    shuffle_gen,
-                    negatives_gen,
-                    state,
-                    best,
-                )
-                _write_metrics(out_dir / METRICS, state.history)
+            run.save(out_dir)
             if on_epoch is not None:
                 on_epoch(line)
-    if state.stopped_early:
+    if run.state.stopped_early:
         console.log(f"stopped early: no better {metric_name} for {config.patience} epochs")
-    if best is not None:
-        model.load_state_dict(best)
-    model.eval()
+    run.finish()
+    state = run.state
     return TrainResult(
-        loss=choice.name,
-        loss_reason=choice.reason,
+        loss=run.choice.name,
+        loss_reason=run.choice.reason,
         epochs_run=state.epoch,
         best_epoch=state.best_epoch,
         best_metric=state.best_metric,
@@ -254,62 +232,302 @@ def train(
         resumed_from_epoch=resumed_from,
         steps=state.step,
         seconds=time.perf_counter() - started,
-        device=str(device),
+        device=str(run.device),
         history=list(state.history),
+        world_size=run.ranks.world_size,
+        lr=config.effective_lr(run.ranks.world_size),
     )
 
 
-def _train_epoch(
-    model: nn.Module,
-    forward: Callable[..., Tensor],
-    loss_fn: Callable[[Tensor, Tensor, Tensor], Tensor],
-    optimizer: torch.optim.Optimizer,
-    examples: Examples,
-    config: TrainConfig,
-    device: torch.device,
-    shuffle_gen: torch.Generator,
-    state: _State,
-    bar: Progress,
-    task: int,
-) -> tuple[float, int]:
-    """One pass over the shuffled examples; returns the mean batch loss and the sequences seen."""
+def _validated(model: nn.Module, validate: Callable[[nn.Module], float] | None) -> float | None:
+    """The validation metric of the model in eval mode (None without a callback); back to train mode."""
+    if validate is None:
+        return None
+    model.eval()
+    with torch.no_grad():
+        metric = float(validate(model))
     model.train()
-    # Summed on the device: calling .item() every step would wait for the GPU each time.
-    total, batches, seen = torch.zeros((), device=device), 0, 0
-    for idx in _length_bucketed_batches(examples.inputs, config.batch_size, shuffle_gen):
-        # Drop the columns that are padding in every row of the batch: left padding and positions counted
-        # from the most recent item make this exact (the model is padding-invariant), and most histories
-        # are much shorter than max_len. Widths are rounded up to a multiple of 8 to bound the number of
-        # shapes torch.compile and the GPU kernels see.
-        length = int((examples.inputs[idx] != 0).sum(1).max())
-        width = min(examples.inputs.shape[1], -(-max(length, 1) // 8) * 8)
-        inputs = _to_device(examples.inputs[idx, -width:], device)
-        labels = _to_device(examples.labels[idx, -width:], device)
-        extras = {k: _to_device(v[idx], device) for k, v in examples.extras.items()}
-        with autocast(device):
-            hidden = forward(inputs, **extras)  # (B, L, D)
-            loss = loss_fn(hidden, labels, model.item_embeddings())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total += loss.detach()
-        batches, seen, state.step = batches + 1, seen + len(idx), state.step + 1
-        if batches % 20 == 0:
-            bar.update(task, completed=batches, loss=f"{total.item() / batches:.4f}")
-        if config.max_steps is not None and state.step >= config.max_steps:
-            break
-    bar.update(task, completed=batches)
-    return (total.item() / max(batches, 1)), seen
+    return metric
 
 
-def _length_bucketed_batches(inputs: Tensor, batch_size: int, generator: torch.Generator) -> list[Tensor]:
+@dataclass
+class _Run:
+    """One call of `train`: the model and what updates it, and the resumable state it advances."""
+
+    model: nn.Module
+    config: TrainConfig
+    ranks: Ranks
+    device: torch.device
+    n_items: int
+    choice: LossChoice
+    loss_fn: LossFn
+    optimizer: torch.optim.Optimizer
+    shuffle_gen: torch.Generator  # the same on every rank: all ranks cut the same global batches
+    negatives_gen: torch.Generator  # on the training device: negatives are drawn where they are used
+    forward: Callable[..., Tensor] | None = None  # the model, wrapped for DDP / torch.compile
+    state: _State = field(default_factory=_State)
+    best: dict[str, Tensor] | None = None  # the best epoch's weights, on the CPU
+
+    @classmethod
+    def start(
+        cls,
+        model: nn.Module,
+        examples: Examples,
+        config: TrainConfig,
+        item_counts: np.ndarray | None,
+        loss_fn: LossFn | None,
+    ) -> _Run:
+        ranks, device = distributed.setup(resolve_device(config.device))
+        torch.manual_seed(config.seed + ranks.rank)  # dropout draws from the global generator
+        model.to(device)
+        n_items = model.item_embeddings().shape[0] - 1
+        shuffle_gen = torch.Generator().manual_seed(config.seed)
+        negatives_gen = torch.Generator(device=device if device.type == "cuda" else "cpu")
+        negatives_gen.manual_seed(config.seed + 1)
+        if loss_fn is None:
+            global_batch = config.batch_size * ranks.world_size
+            choice = choose_loss(config.loss, n_items, global_batch, examples.inputs.shape[1])
+            loss_fn = make_loss(
+                choice.name,
+                negatives_gen,
+                negatives=config.negatives,
+                item_counts=item_counts,
+                n_items=n_items,
+                in_batch=config.in_batch,
+            )
+        else:
+            name = getattr(loss_fn, "__name__", "custom")
+            choice = LossChoice(name, f"{name}: the caller's own loss function")
+        optimizer = torch.optim.AdamW(
+            model.parameters(),
+            lr=config.effective_lr(ranks.world_size),
+            betas=(0.9, 0.98),
+            weight_decay=config.weight_decay,
+            # One fused kernel instead of a dozen per tensor: ~10x faster updates of a large item table.
+            fused=_fused_adamw_supported(device),
+        )
+        return cls(
+            model, config, ranks, device, n_items, choice, loss_fn, optimizer, shuffle_gen, negatives_gen
+        )
+
+    def restore(self, out_dir: Path | None, resume: bool) -> None:
+        """Load out_dir's saved state when resuming (a fresh run deletes it); then wrap the model."""
+        if out_dir is not None and not resume and self.ranks.main:
+            # A fresh run: a stale state must not be what a later --resume continues.
+            shutil.rmtree(out_dir / STATE_DIR, ignore_errors=True)
+        if resume and out_dir is not None and (out_dir / STATE_DIR).exists():
+            self._load(out_dir / STATE_DIR)
+        forward: Callable[..., Tensor] = self.model
+        if self.ranks.distributed:  # after loading: DDP starts every rank from rank 0's weights
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            forward = DistributedDataParallel(self.model, device_ids=ids)
+        self.forward = torch.compile(forward) if self.config.compile else forward
+
+    def finished(self) -> bool:
+        limit = self.config.max_steps
+        return self.state.stopped_early or (limit is not None and self.state.step >= limit)
+
+    def train_epoch(self, batches: _Batches, bar: Progress, task: int) -> tuple[float, int]:
+        """One pass over the shuffled examples; returns the mean batch loss and the sequences seen."""
+        assert self.forward is not None
+        self.model.train()
+        # Summed on the device: calling .item() every step would wait for the GPU each time.
+        total, steps, seen = torch.zeros((), device=self.device), 0, 0
+        for batch in batches.epoch(self.shuffle_gen):
+            with autocast(self.device):
+                hidden = self.forward(batch.inputs, **batch.extras)  # (B, L, D)
+                loss = self.loss_fn(hidden, batch.labels, self.model.item_embeddings())
+            if batch.weight != 1.0:
+                loss = loss * batch.weight
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += loss.detach()
+            steps, seen, self.state.step = steps + 1, seen + batch.size, self.state.step + 1
+            if steps % 20 == 0:
+                bar.update(task, completed=steps, loss=f"{total.item() / steps:.4f}")
+            if self.finished():
+                break
+        bar.update(task, completed=steps)
+        if self.ranks.distributed:  # the weighted losses of the ranks sum to world_size x the batch's mean
+            return distributed.all_sum([total.item()])[0] / self.ranks.world_size / max(steps, 1), seen
+        return (total.item() / max(steps, 1)), seen
+
+    def end_epoch(self, epoch: int, metric: float | None) -> bool:
+        """Record the epoch's validation: keep the best weights, count epochs without improvement;
+        returns whether this epoch is the best so far."""
+        state = self.state
+        state.epoch = epoch
+        improved = metric is None or state.best_metric is None or metric > state.best_metric
+        if improved:
+            state.best_metric, state.best_epoch, state.bad_epochs = metric, epoch, 0
+            self.best = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        else:
+            state.bad_epochs += 1
+            state.stopped_early = state.bad_epochs >= self.config.patience
+        return improved
+
+    def finish(self) -> None:
+        if self.best is not None:
+            self.model.load_state_dict(self.best)
+        self.model.eval()
+
+    # ------------------------------------------------------------------------------ resumable state
+
+    def _rng_states(self) -> dict[str, Tensor]:
+        rng = {"negatives": self.negatives_gen.get_state(), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        return rng
+
+    def save(self, out_dir: Path | None) -> None:
+        """Write train_state/ and metrics.jsonl (rank 0; every rank's RNG states go into the state)."""
+        if out_dir is None:
+            return
+        rng = {"shuffle": self.shuffle_gen.get_state(), **self._rng_states()}
+        if self.ranks.distributed:  # each rank draws its own dropout masks (and bce negatives)
+            states = distributed.gather({k: v.numpy().tobytes() for k, v in self._rng_states().items()})
+            for rank, own in enumerate(states[1:], start=1):
+                rng |= {
+                    f"{k}.{rank}": torch.frombuffer(bytearray(v), dtype=torch.uint8) for k, v in own.items()
+                }
+        if not self.ranks.main:
+            return
+        opt_tensors, opt_meta = optimizer_to_tensors(self.optimizer)
+        model = self.model.state_dict()
+        meta = {"config": asdict(self.config), "loss": self.choice.name, "optimizer": opt_meta}
+        with atomic_path(out_dir / STATE_DIR) as tmp:  # the whole directory at once: never half a state
+            tmp.mkdir()
+            save_tensors(tmp / "weights.safetensors", model)
+            save_tensors(tmp / "best.safetensors", self.best if self.best is not None else model)
+            save_tensors(tmp / "optimizer.safetensors", opt_tensors)
+            save_tensors(tmp / "rng.safetensors", rng)
+            write_json(tmp / "state.json", meta | asdict(self.state) | {"world_size": self.ranks.world_size})
+        _write_metrics(out_dir / METRICS, self.state.history)
+
+    def _load(self, path: Path) -> None:
+        saved = read_json(path / "state.json")
+        defaults = TrainConfig()
+        changed = [
+            k for k in RESUME_KEYS if saved["config"].get(k, getattr(defaults, k)) != getattr(self.config, k)
+        ]
+        if saved.get("world_size", 1) != self.ranks.world_size:
+            changed.append("world_size")
+            saved["config"]["world_size"] = saved.get("world_size", 1)
+        if changed or saved["loss"] != self.choice.name:
+            what = (
+                ", ".join(f"{k} was {saved['config'].get(k)!r}" for k in changed)
+                or f"loss was {saved['loss']}"
+            )
+            raise XdrecError(
+                f"cannot resume: the interrupted run differs ({what}); repeat its options or drop --resume"
+            )
+        try:
+            self.model.load_state_dict(load_tensors(path / "weights.safetensors", self.device))
+            optimizer_from_tensors(
+                self.optimizer, load_tensors(path / "optimizer.safetensors", self.device), saved["optimizer"]
+            )
+        except (RuntimeError, ValueError) as e:
+            first = str(e).strip().splitlines()[0]
+            raise XdrecError(
+                f"cannot resume: the saved training state does not fit this model ({first}); drop --resume"
+            ) from None
+        rng = load_tensors(path / "rng.safetensors")
+        own = "" if self.ranks.main else f".{self.ranks.rank}"
+        self.shuffle_gen.set_state(rng["shuffle"])
+        self.negatives_gen.set_state(rng["negatives" + own])
+        torch.set_rng_state(rng["torch" + own])
+        if "cuda" + own in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda" + own])
+        fields = {
+            k: saved[k]
+            for k in ("epoch", "step", "best_metric", "best_epoch", "bad_epochs", "stopped_early", "history")
+        }
+        self.state, self.best = _State(**fields), load_tensors(path / "best.safetensors")
+
+
+# ---------------------------------------------------------------------------------------------- batches
+
+
+@dataclass(frozen=True)
+class _Batch:
+    inputs: Tensor  # (b, width) on the training device
+    labels: Tensor
+    extras: dict[str, Tensor]
+    size: int  # sequences in the global batch (all ranks together)
+    weight: float  # this rank's share of the global batch's labelled positions, x world_size
+
+
+class _Batches:
+    """The examples where the steps read them, cut into seeded global batches and each rank's share.
+
+    On CUDA the examples are copied to the GPU once and each epoch's batch order once per epoch, so a step
+    gathers its rows on the GPU with no host copy and no sync. On CPU the rows are gathered in place.
+    """
+
+    def __init__(self, examples: Examples, batch_size: int, ranks: Ranks, device: torch.device) -> None:
+        self.ranks = ranks
+        self.global_batch = batch_size * ranks.world_size
+        self.n = len(examples)
+        self.width = examples.inputs.shape[1]
+        self.device = device
+        store = device if device.type == "cuda" else torch.device("cpu")
+        self.inputs = examples.inputs.to(store)
+        self.labels = examples.labels.to(store)
+        self.extras = {k: v.to(store) for k, v in examples.extras.items()}
+        self.lengths = (examples.inputs != 0).sum(1)  # on the CPU: batch widths without a device sync
+        self.label_counts = (examples.labels != 0).sum(1) if ranks.distributed else None
+
+    def __len__(self) -> int:
+        return -(-self.n // self.global_batch)
+
+    def epoch(self, generator: torch.Generator) -> Iterator[_Batch]:
+        order = _length_bucketed_batches(self.lengths, self.global_batch, generator)
+        on_device = self.inputs.device.type == "cuda"
+        if on_device:  # one copy of the epoch's order instead of one per step
+            flat = torch.cat(order).to(self.device, non_blocking=True)
+            offsets = np.cumsum([0] + [len(b) for b in order])
+        for i, idx in enumerate(order):
+            # Drop the columns that are padding in every row of the (global) batch: left padding and
+            # positions counted from the most recent item make this exact (the model is padding-
+            # invariant), and most histories are much shorter than max_len. Widths are rounded up to a
+            # multiple of 8 to bound the number of shapes torch.compile and the GPU kernels see.
+            width = min(self.width, -(-max(int(self.lengths[idx].max()), 1) // 8) * 8)
+            rows = flat[offsets[i] : offsets[i + 1]] if on_device else idx
+            weight = 1.0
+            if self.ranks.distributed:
+                rows, weight = self._share(idx, rows)
+            yield _Batch(
+                inputs=self.inputs[rows, -width:],
+                labels=self.labels[rows, -width:],
+                extras={k: v[rows] for k, v in self.extras.items()},
+                size=len(idx),
+                weight=weight,
+            )
+
+    def _share(self, idx: Tensor, rows: Tensor) -> tuple[Tensor, float]:
+        """This rank's rows of a global batch (every world_size-th one) and its loss weight.
+
+        The weight is world_size x (its labelled positions / the batch's): DDP averages the ranks'
+        gradients, so the result is the gradient of the mean over the whole batch's labelled positions.
+        A rank left without a row (a last batch smaller than world_size) still steps, on one row weighted 0.
+        """
+        assert self.label_counts is not None
+        rank, world = self.ranks.rank, self.ranks.world_size
+        if rank >= len(idx):
+            return rows[:1], 0.0
+        total = int(self.label_counts[idx].sum())
+        own = int(self.label_counts[idx[rank::world]].sum())
+        return rows[rank::world], own * world / max(total, 1)
+
+
+def _length_bucketed_batches(lengths: Tensor, batch_size: int, generator: torch.Generator) -> list[Tensor]:
     """Shuffled batches of example indices, each drawn from examples of similar length.
 
     The shuffled order is cut into pools of BUCKET_BATCHES batches; each pool is sorted by length and cut
     into batches, and the batches are shuffled. Batches stay random (and seeded) but have little padding.
     """
-    order = torch.randperm(len(inputs), generator=generator)
-    lengths = (inputs != 0).sum(1)
+    order = torch.randperm(len(lengths), generator=generator)
     pool = batch_size * BUCKET_BATCHES
     batches: list[Tensor] = []
     for start in range(0, len(order), pool):
@@ -322,13 +540,6 @@ def _length_bucketed_batches(inputs: Tensor, batch_size: int, generator: torch.G
 def _fused_adamw_supported(device: torch.device) -> bool:
     major, minor = (int(p) for p in torch.__version__.split(".")[:2])
     return device.type == "cuda" or (major, minor) >= (2, 4)  # the CPU kernel arrived in torch 2.4
-
-
-def _to_device(t: Tensor, device: torch.device) -> Tensor:
-    # Pinned host memory lets the copy overlap with the GPU's work on the previous batch.
-    if device.type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
 
 
 def _progress_bar(console: Console, enabled: bool) -> Progress:
@@ -349,76 +560,3 @@ def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
     # Rewritten whole from the saved state, so after a resume it matches the weights exactly.
     with atomic_path(path) as tmp:
         tmp.write_text("".join(json.dumps(line) + "\n" for line in history))
-
-
-def _save_state(
-    path: Path,
-    config: TrainConfig,
-    choice: LossChoice,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    shuffle_gen: torch.Generator,
-    negatives_gen: torch.Generator,
-    state: _State,
-    best: Mapping[str, Tensor] | None,
-) -> None:
-    opt_tensors, opt_meta = optimizer_to_tensors(optimizer)
-    rng = {
-        "shuffle": shuffle_gen.get_state(),
-        "negatives": negatives_gen.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state()
-    with atomic_path(path) as tmp:  # the whole directory at once: never half a state
-        tmp.mkdir()
-        save_tensors(tmp / "weights.safetensors", model.state_dict())
-        save_tensors(tmp / "best.safetensors", best if best is not None else model.state_dict())
-        save_tensors(tmp / "optimizer.safetensors", opt_tensors)
-        save_tensors(tmp / "rng.safetensors", rng)
-        write_json(
-            tmp / "state.json",
-            {"config": asdict(config), "loss": choice.name, "optimizer": opt_meta, **asdict(state)},
-        )
-
-
-def _load_state(
-    path: Path,
-    config: TrainConfig,
-    choice: LossChoice,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    shuffle_gen: torch.Generator,
-    negatives_gen: torch.Generator,
-) -> tuple[_State, dict[str, Tensor]]:
-    saved = read_json(path / "state.json")
-    changed = [k for k in RESUME_KEYS if saved["config"].get(k) != getattr(config, k)]
-    if changed or saved["loss"] != choice.name:
-        what = (
-            ", ".join(f"{k} was {saved['config'].get(k)!r}" for k in changed) or f"loss was {saved['loss']}"
-        )
-        raise XdrecError(
-            f"cannot resume: the interrupted run differs ({what}); repeat its options or drop --resume"
-        )
-    device = next(model.parameters()).device
-    try:
-        model.load_state_dict(load_tensors(path / "weights.safetensors", device))
-        optimizer_from_tensors(
-            optimizer, load_tensors(path / "optimizer.safetensors", device), saved["optimizer"]
-        )
-    except (RuntimeError, ValueError) as e:
-        first = str(e).strip().splitlines()[0]
-        raise XdrecError(
-            f"cannot resume: the saved training state does not fit this model ({first}); drop --resume"
-        ) from None
-    rng = load_tensors(path / "rng.safetensors")
-    shuffle_gen.set_state(rng["shuffle"])
-    negatives_gen.set_state(rng["negatives"])
-    torch.set_rng_state(rng["torch"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state(rng["cuda"])
-    fields = {
-        k: saved[k]
-        for k in ("epoch", "step", "best_metric", "best_epoch", "bad_epochs", "stopped_early", "history")
-    }
-    return _State(**fields), load_tensors(path / "best.safetensors")

@@ -6,9 +6,13 @@
     sampled   softmax over the positive and N negatives shared by the batch, drawn by popularity, with
               the logQ correction (Bengio & Senécal 2008; Yi et al. 2019) so it estimates the full
               softmax; for catalogues where `ce` does not fit (Amazon Books 5-core: ~495K items).
+              With `in_batch`, the batch's other labelled positions' items are negatives too (mixed
+              negative sampling, Yang et al. 2020): M - 1 more candidates per position at the cost of
+              one (M, M) block of logits, M = labelled positions in the batch.
 
-Each loss is `loss(hidden (B, L, D), labels (B, L), table (V, D)) -> scalar`; the sampling losses draw
-from a seeded CPU `torch.Generator`, so a run is reproducible and its state can be checkpointed.
+Each loss is `loss(hidden (B, L, D), labels (B, L), table (V, D)) -> scalar`, the mean over the labelled
+positions; the sampling losses draw from a seeded `torch.Generator` on the training device (the CPU one
+on CPU), so a run is reproducible, its state can be checkpointed, and a GPU step draws with no host copy.
 """
 
 from __future__ import annotations
@@ -50,7 +54,8 @@ def uniform_negatives(y: Tensor, n_items: int, generator: torch.Generator) -> Te
     """One negative per label, uniform over the n_items - 1 items other than it: (M,) -> (M,)."""
     if n_items < 2:
         raise ValueError("bce needs at least two items to draw a negative from")
-    r = torch.randint(1, n_items, (y.shape[0],), generator=generator).to(y.device)  # draw from 1..n-1 ...
+    r = torch.randint(1, n_items, (y.shape[0],), generator=generator, device=generator.device)  # 1..n-1 ...
+    r = r.to(y.device)
     return r + (r >= y).long()  # ... and step over the positive
 
 
@@ -78,19 +83,30 @@ def popularity_negatives(log_q: Tensor, negatives: int, generator: torch.Generat
 
 
 def sampled_softmax_loss(
-    hidden: Tensor, labels: Tensor, table: Tensor, log_q: Tensor, negatives: int, generator: torch.Generator
+    hidden: Tensor,
+    labels: Tensor,
+    table: Tensor,
+    log_q: Tensor,
+    negatives: int,
+    generator: torch.Generator,
+    in_batch: bool = False,
 ) -> Tensor:
     h, y = _labelled(hidden, labels)
-    neg = popularity_negatives(log_q, negatives, generator)  # (N,) on CPU
-    # logQ correction: every candidate's logit minus the log of its expected count among the N draws,
-    # so sum(exp) over the candidates estimates the full softmax's normaliser and, as N grows, the
+    neg = popularity_negatives(log_q, negatives, generator).to(y.device)  # (N,)
+    # In-batch negatives: every other labelled position's item. Labels follow the training popularity
+    # that q is built from, so the M - 1 of them are (approximately) M - 1 more draws from q.
+    candidates = torch.cat([y, neg]) if in_batch else neg  # (C,)
+    draws = negatives + (len(y) - 1 if in_batch else 0)
+    # logQ correction: every candidate's logit minus the log of its expected count among the draws, so
+    # sum(exp) over the candidates estimates the full softmax's normaliser and, as the draws grow, the
     # gradient tends to full softmax's (popular items are not over-penalised). Draws of the positive
     # stay: they are its share of that estimate (masking them biases the gradient when it is popular).
-    log_expected = (log_q + np.log(negatives)).to(y.device)  # (V,)
-    neg = neg.to(y.device)
+    log_expected = log_q.to(y.device) + np.log(max(draws, 1))  # (V,)
     pos_logit = _wide((h * table[y]).sum(-1)) - log_expected[y]  # (M,)
-    neg_logit = _wide(h @ table[neg].T) - log_expected[neg]  # (M, N)
-    logits = torch.cat([pos_logit[:, None], neg_logit], dim=1)  # (M, 1 + N)
+    neg_logit = _wide(h @ table[candidates].T) - log_expected[candidates]  # (M, C)
+    if in_batch:  # a position's own label is its positive, not a draw
+        neg_logit[:, : len(y)].diagonal().fill_(float("-inf"))
+    logits = torch.cat([pos_logit[:, None], neg_logit], dim=1)  # (M, 1 + C)
     return F.cross_entropy(logits, torch.zeros_like(y))
 
 
@@ -121,8 +137,10 @@ def make_loss(
     negatives: int = 256,
     item_counts: np.ndarray | None = None,
     n_items: int | None = None,
+    in_batch: bool = False,
 ) -> LossFn:
-    """A `loss(hidden, labels, table)` closure; `n_items` (and `item_counts`) are needed by `sampled`."""
+    """A `loss(hidden, labels, table)` closure; `n_items` (and `item_counts`, `in_batch`) are for
+    `sampled`. Negatives are drawn on `generator`'s device."""
     if name == "ce":
         return ce_loss
     if name == "bce":
@@ -130,8 +148,8 @@ def make_loss(
     if name == "sampled":
         if n_items is None:
             raise ValueError("the sampled loss needs n_items")
-        log_q = sampling_log_q(item_counts, n_items)
+        log_q = sampling_log_q(item_counts, n_items).to(generator.device)
         return lambda hidden, labels, table: sampled_softmax_loss(
-            hidden, labels, table, log_q, negatives, generator
+            hidden, labels, table, log_q, negatives, generator, in_batch
         )
     raise ValueError(f"unknown loss {name!r}: choose one of {', '.join(LOSSES)}")

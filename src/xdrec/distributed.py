@@ -1,0 +1,112 @@
+"""Data-parallel training under `torchrun`: which process this is, and the few collectives xdrec needs.
+
+`torchrun --nproc-per-node N -m xdrec pretrain ...` starts N copies of the command with RANK, WORLD_SIZE
+and LOCAL_RANK in their environment. The trainer joins them into one `torch.distributed` process group
+(NCCL on CUDA, one GPU per process; gloo on CPU), wraps the model in `DistributedDataParallel`, and gives
+each rank its share of every batch; rank 0 alone prints and writes files. Without those variables (or with
+WORLD_SIZE=1) everything here is a no-op and the code runs as one process.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from xdrec.errors import XdrecError
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0  # the process's index on its machine: its GPU
+
+    @property
+    def main(self) -> bool:
+        """The one process that prints and writes."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def launched() -> Ranks:
+    """This process's place in a torchrun launch, from its environment (one process when not launched)."""
+    try:
+        return Ranks(
+            rank=int(os.environ.get("RANK", "0")),
+            world_size=int(os.environ.get("WORLD_SIZE", "1")),
+            local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        )
+    except ValueError:
+        raise XdrecError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (as torchrun sets them)") from None
+
+
+def is_main() -> bool:
+    return launched().main
+
+
+def setup(device: torch.device) -> tuple[Ranks, torch.device]:
+    """Join the process group of a torchrun launch (once per process) and pick this rank's device.
+
+    On CUDA each rank takes the GPU of its LOCAL_RANK; on CPU every rank uses the CPU. Returns the ranks
+    and the device to train on; for a single process, (Ranks(), device) unchanged.
+    """
+    ranks = launched()
+    if not ranks.distributed:
+        return ranks, device
+    if device.type == "cuda":
+        if ranks.local_rank >= torch.cuda.device_count():
+            raise XdrecError(
+                f"rank {ranks.rank} wants GPU {ranks.local_rank} but only {torch.cuda.device_count()} "
+                "are visible: start at most that many processes per node"
+            )
+        device = torch.device("cuda", ranks.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        atexit.register(_teardown)
+    return ranks, device
+
+
+def _teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def active() -> bool:
+    """True inside a process group of more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _collective_device() -> torch.device:
+    # NCCL reduces CUDA tensors only; gloo reduces CPU tensors.
+    return (
+        torch.device("cuda", torch.cuda.current_device())
+        if dist.get_backend() == "nccl"
+        else torch.device("cpu")
+    )
+
+
+def all_sum(values: list[float]) -> list[float]:
+    """Element-wise sum over the ranks (float64); the values themselves when not distributed."""
+    if not active():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def gather(obj: Any) -> list[Any]:
+    """Every rank's `obj` (picklable), in rank order, on every rank; [obj] when not distributed."""
+    if not active():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
