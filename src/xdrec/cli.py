@@ -80,7 +80,8 @@ class _Group(TyperGroup):
             message = explain(e, Workspace.at(ctx.params.get("workspace")))
             if message is None or os.environ.get("XDREC_DEBUG") == "1":
                 raise
-            click.echo(f"error: {message}", err=True)
+            if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
+                click.echo(f"error: {message}", err=True)
             raise typer.Exit(1) from None
 
 
@@ -95,6 +96,8 @@ def _holding_locks(invoke: Any, name: str, areas: tuple[Area, ...]) -> Any:
 
     @functools.wraps(invoke)
     def run(ctx: click.Context) -> Any:
+        if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 holds the locks and alone writes
+            return invoke(ctx)
         workspace = _demo_workspace(ctx) if name == "demo" else _workspace(ctx)
         with workspace.writing(areas, name):
             return invoke(ctx)
@@ -439,6 +442,7 @@ def pretrain(
         "valid_NDCG@10": t.best_metric,
         "seconds": round(t.seconds, 1),
         "device": t.device,
+        "world_size": t.world_size,
     }
     if as_json:
         _print_json(summary)
@@ -814,4 +818,10 @@ def main() -> None:
     # Idle OpenMP workers spin by default; on a busy machine (or one with few cores) that makes torch
     # several times slower than one thread. Set before torch is imported (the commands import it lazily).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    app()
+    if os.environ.get("RANK", "0") != "0":  # `torchrun -m xdrec ...`: rank 0 alone prints
+        console.quiet = stderr.quiet = True
+    try:
+        app()
+    finally:
+        if "xdrec.distributed" in sys.modules:  # only imported (with torch) by commands that train
+            sys.modules["xdrec.distributed"].shutdown()

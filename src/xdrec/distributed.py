@@ -71,11 +71,13 @@ def setup(device: torch.device) -> tuple[Ranks, torch.device]:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        atexit.register(_teardown)
+        atexit.register(shutdown)  # a fallback: shut down while the interpreter is whole, see shutdown()
     return ranks, device
 
 
-def _teardown() -> None:
+def shutdown() -> None:
+    """Leave the process group. Call it before the process exits: left to interpreter shutdown, a gloo
+    process group's threads can abort the process ("terminate called without an active exception")."""
     if dist.is_initialized():
         dist.destroy_process_group()
 
@@ -101,6 +103,12 @@ def all_sum(values: list[float]) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=_collective_device())
     dist.all_reduce(t)
     return t.tolist()
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op when not distributed)."""
+    if active():
+        dist.barrier()
 
 
 def gather(obj: Any) -> list[Any]:

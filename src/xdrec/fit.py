@@ -18,7 +18,8 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from xdrec.checkpoint import Checkpoint, interrupted_epoch, run_dir, save_checkpoint
+from xdrec import distributed
+from xdrec.checkpoint import Checkpoint, interrupted_epoch, read_checkpoint, run_dir, save_checkpoint
 from xdrec.models.losses import LossFn
 from xdrec.training import Examples, TrainConfig, TrainResult, train
 from xdrec.validation import METRIC
@@ -53,7 +54,7 @@ def fit(
     progress: bool = True,
 ) -> Fitted:
     """Seed, build the plan, train it into `out_dir`, and save models/<name>/ with `record` + the plan's."""
-    if not resume and (epoch := interrupted_epoch(out_dir)):  # say so: its state is about to go
+    if not resume and distributed.is_main() and (epoch := interrupted_epoch(out_dir)):  # its state goes
         Console(stderr=True).print(
             f"note: starting {out_dir.name} over; its interrupted run (epoch {epoch}) is dropped"
         )
@@ -71,6 +72,9 @@ def fit(
         loss_fn=plan.loss_fn,
         progress=progress,
     )
+    if not distributed.is_main():  # under torchrun every rank holds the same weights; rank 0 writes them
+        distributed.barrier()
+        return Fitted(plan.model, result, read_checkpoint(out_dir))
     checkpoint = save_checkpoint(
         out_dir,
         plan.model.state_dict(),
@@ -83,7 +87,9 @@ def fit(
             "best_epoch": result.best_epoch,
             "best_valid": {result.metric_name: result.best_metric},
             "stopped_early": result.stopped_early,
+            **({"world_size": result.world_size} if result.world_size > 1 else {}),
             **plan.record,
         },
     )
+    distributed.barrier()
     return Fitted(plan.model, result, checkpoint)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import polars as pl
 import torch
 
+from xdrec import distributed
 from xdrec.evaluation import per_user_metrics
 from xdrec.scoring import Scorer
 
@@ -31,7 +32,8 @@ def validation_metric(
     """The trainer's `validate` callback: mean full-ranking `metric` of the model, wrapped as a Scorer by
     `scorer_for`, on the validation `cases` (a seeded sample of `max_users`, the same every epoch).
 
-    None when there are no validation cases (the trainer then keeps the last weights).
+    None when there are no validation cases (the trainer then keeps the last weights). Under torchrun each
+    rank ranks every world_size-th user and the sums are reduced, so all ranks get the same mean.
     """
     if cases.height == 0:
         return None
@@ -40,6 +42,12 @@ def validation_metric(
     k = int(metric.split("@")[1])
 
     def validate(model: torch.nn.Module) -> float:
-        return float(per_user_metrics(scorer_for(model), cases, n_items, ks=(k,))[metric].mean())
+        ranks = distributed.launched() if distributed.active() else distributed.Ranks()
+        shard = cases.gather_every(ranks.world_size, offset=ranks.rank) if ranks.distributed else cases
+        values = per_user_metrics(scorer_for(model), shard, n_items, ks=(k,))[metric]
+        if not ranks.distributed:
+            return float(values.mean())
+        total, users = distributed.all_sum([float(values.sum()), float(len(values))])
+        return total / users
 
     return validate

@@ -1,0 +1,84 @@
+"""Run by tests/test_distributed.py under `torchrun --nproc-per-node 2`: train the same tiny SASRec on
+every loss with DistributedDataParallel (gloo, CPU) and let rank 0 write the weights, the training
+results and the sharded validation metric to OUT (argv[1])."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import polars as pl
+import torch
+from safetensors.torch import save_file
+
+from xdrec.backbone import SequenceScorer
+from xdrec.models.sasrec import SASRec, SASRecConfig
+from xdrec.training import Examples, TrainConfig, train
+from xdrec.validation import validation_metric
+
+N_ITEMS, MAX_LEN, N_EXAMPLES, BATCH = 40, 8, 49, 8  # 49: the last global batch leaves rank 1 empty
+
+
+def examples() -> Examples:
+    g = torch.Generator().manual_seed(0)
+    seqs = torch.randint(1, N_ITEMS + 1, (N_EXAMPLES, MAX_LEN + 1), generator=g)
+    lengths = torch.randint(2, MAX_LEN + 2, (N_EXAMPLES,), generator=g)
+    seqs[torch.arange(MAX_LEN + 1) < (MAX_LEN + 1 - lengths)[:, None]] = 0
+    inputs, labels = seqs[:, :-1].clone(), seqs[:, 1:].clone()
+    labels[inputs == 0] = 0
+    return Examples(inputs, labels)
+
+
+def cases() -> pl.DataFrame:
+    """31 validation users (an odd count: the two shards differ in size)."""
+    g = torch.Generator().manual_seed(1)
+    items = torch.randint(1, N_ITEMS + 1, (31, 6), generator=g).tolist()
+    return pl.DataFrame(
+        {
+            "user_id": list(range(31)),
+            "history": [row[: 1 + i % 5] for i, row in enumerate(items)],
+            "targets": [row[5:] for row in items],
+            "segment": ["warm"] * 31,
+        },
+        schema={
+            "user_id": pl.Int64,
+            "history": pl.List(pl.Int64),
+            "targets": pl.List(pl.Int64),
+            "segment": pl.String,
+        },
+    )
+
+
+def run(loss: str, batch_size: int, out: Path | None) -> tuple[SASRec, dict]:
+    torch.manual_seed(0)
+    model = SASRec(SASRecConfig(N_ITEMS, hidden=16, blocks=1, heads=2, max_len=MAX_LEN, dropout=0.0))
+    validate = validation_metric(cases(), N_ITEMS, lambda m: SequenceScorer(m))
+    config = TrainConfig(
+        epochs=3, batch_size=batch_size, lr=3e-3, loss=loss, negatives=8, device="cpu", threads=1, patience=10
+    )
+    result = train(model, examples(), config, validate=validate, out_dir=out, progress=False)
+    keep = ("loss", "world_size", "steps", "epochs_run", "best_metric", "history")
+    return model, {k: getattr(result, k) for k in keep}
+
+
+def main() -> None:
+    import torch.distributed as dist
+
+    from xdrec.distributed import shutdown
+
+    out = Path(sys.argv[1])
+    results = {}
+    for loss in ("ce", "sampled"):
+        model, results[loss] = run(loss, BATCH, out / f"run-{loss}")
+        if dist.get_rank() == 0:
+            save_file(
+                {k: v.contiguous() for k, v in model.state_dict().items()}, str(out / f"{loss}.safetensors")
+            )
+    if dist.get_rank() == 0:
+        (out / "results.json").write_text(json.dumps(results))
+    shutdown()
+
+
+if __name__ == "__main__":
+    main()

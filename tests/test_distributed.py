@@ -1,0 +1,87 @@
+"""Data-parallel training under torchrun (gloo on CPU): 2 processes == 1 process at the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from xdrec.distributed import launched
+
+sys.path.insert(0, str(Path(__file__).parent))
+import ddp_worker
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def torchrun(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = os.environ | {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])),
+        "OMP_NUM_THREADS": "1",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def test_two_gloo_processes_train_what_one_process_trains(tmp_path: Path) -> None:
+    done = torchrun(str(Path(ddp_worker.__file__)), str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranked = json.loads((tmp_path / "results.json").read_text())
+    for loss in ("ce", "sampled"):
+        # One process, batch 2 x 8: the same global batches, the same shared negatives.
+        single, expected = ddp_worker.run(loss, 2 * ddp_worker.BATCH, tmp_path / f"single-{loss}")
+        got = ranked[loss]
+        assert got["world_size"] == 2 and expected["world_size"] == 1
+        assert got["steps"] == expected["steps"] == 3 * 4  # ceil(49 / 16) global batches per epoch
+        weights = load_file(str(tmp_path / f"{loss}.safetensors"))
+        for name, value in single.state_dict().items():
+            torch.testing.assert_close(weights[name], value, rtol=1e-4, atol=1e-5, msg=f"{loss} {name}")
+        # The sharded validation metric reduces to the whole one; the losses are the global batches'.
+        assert got["best_metric"] == pytest.approx(expected["best_metric"], abs=1e-6)
+        for a, b in zip(got["history"], expected["history"], strict=True):
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+            assert a["NDCG@10"] == pytest.approx(b["NDCG@10"], abs=1e-6)
+        # Rank 0 alone wrote the state: three epochs of metrics, one state directory.
+        lines = (tmp_path / f"run-{loss}" / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+def test_ranks_come_from_the_torchrun_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert not launched().distributed  # a plain process is rank 0 of 1
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    ranks = launched()
+    assert (ranks.rank, ranks.world_size, ranks.local_rank, ranks.main) == (1, 2, 1, False)
+
+
+def test_torchrun_pretrain_prints_one_result_and_writes_one_checkpoint(small_workspace) -> None:
+    from typer.testing import CliRunner
+
+    from xdrec.cli import app
+
+    ws = str(small_workspace.root)
+    prepared = CliRunner().invoke(app, ["--workspace", ws, "prepare", "Src", "Tgt", "--min-item", "3"])
+    assert prepared.exit_code == 0, prepared.output
+    args = ("--epochs", "2", "--batch-size", "16", "--device", "cpu", "--json")
+    done = torchrun("-m", "xdrec", "--workspace", ws, "pretrain", *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)  # one JSON document: rank 1 printed nothing
+    assert summary["world_size"] == 2 and summary["epochs_run"] == 2
+    model_dir = small_workspace.model_dir("source-only")
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["world_size"] == 2 and (model_dir / "model.safetensors").exists()
+    lines = (model_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]  # one writer
