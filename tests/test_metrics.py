@@ -121,6 +121,46 @@ def test_full_ranking_matches_bruteforce(monkeypatch, keep_seen: bool, path: str
     np.testing.assert_allclose(got.select(metric_names(ks)).to_numpy(), expected, rtol=1e-12, atol=1e-12)
 
 
+class FactoredMatrix(MatrixScorer):
+    """Scores users @ items.T, also exposed as the factors (a FactoredScorer: chunked ranking)."""
+
+    def __init__(self, users: torch.Tensor, items: torch.Tensor) -> None:
+        super().__init__(users @ items.T, "factored")
+        self.users, self.items = users, items
+
+    def user_vectors(self, user_ids: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        return self.users[user_ids]
+
+    def item_vectors(self) -> torch.Tensor:
+        return self.items
+
+
+@pytest.mark.parametrize("keep_seen", [False, True])
+@pytest.mark.parametrize("path", ["compare", "bucket"])
+def test_ranking_in_item_chunks_matches_the_whole_matrix(monkeypatch, keep_seen: bool, path: str) -> None:
+    monkeypatch.setattr(evaluation, "_COMPARE_MAX_TARGETS", 100 if path == "compare" else 0)
+    _, cases = random_problem(3)
+    rng = np.random.default_rng(3)
+    # Small integer factors: exact integer scores with many ties, so tie handling is exercised.
+    users = torch.from_numpy(rng.integers(-2, 3, size=(40, 3)).astype(np.float32))
+    items = torch.from_numpy(rng.integers(-2, 3, size=(13, 3)).astype(np.float32))
+    ks = (1, 3, 5, 20)
+    whole = per_user_metrics(MatrixScorer(users @ items.T), cases, 12, ks, keep_seen=keep_seen, batch_size=16)
+    monkeypatch.setattr(evaluation, "_SCORE_ELEMENTS", 16 * 5)  # 16 users x 5 items: chunks 0-4, 5-9, 10-12
+    calls: list[int] = []
+    chunked = evaluation._count_above_chunked
+    monkeypatch.setattr(
+        evaluation,
+        "_count_above_chunked",
+        lambda *a: calls.append(1) or chunked(*a),  # type: ignore[func-returns-value]
+    )
+    got = per_user_metrics(FactoredMatrix(users, items), cases, 12, ks, keep_seen=keep_seen, batch_size=16)
+    assert len(calls) == 3  # every batch of 16 users went through the chunked path
+    assert_frame_equal(got, whole)
+    expected = reference_frame(users @ items.T, cases, 12, ks, keep_seen)
+    np.testing.assert_allclose(got.select(metric_names(ks)).to_numpy(), expected, rtol=1e-12, atol=1e-12)
+
+
 def test_constant_scorer_gets_nothing_from_ties() -> None:
     n_items = 50
     cases = make_cases([[1, 2]] * 4, [[3], [4, 5], [6], [7]])

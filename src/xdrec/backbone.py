@@ -81,9 +81,16 @@ class SequenceScorer:
     @torch.no_grad()
     def scores(self, user_ids: Tensor, history: Tensor) -> Tensor:
         """user_ids (B,) (unused: the history is the user), history (B, L) left-padded -> (B, n_items + 1)."""
+        return self.user_vectors(user_ids, history) @ self.item_vectors().T  # (B, n_items + 1)
+
+    @torch.no_grad()
+    def user_vectors(self, user_ids: Tensor, history: Tensor) -> Tensor:
+        """(B, D): the last position's hidden state (a `FactoredScorer`, for chunked evaluation)."""
         self.model.eval()  # type: ignore[attr-defined]
-        user = self.model.user_vector(history[:, -self.model.cfg.max_len :].to(self.device))  # (B, D)
-        return user @ self.model.item_embeddings().T  # (B, n_items + 1)
+        return self.model.user_vector(history[:, -self.model.cfg.max_len :].to(self.device))
+
+    def item_vectors(self) -> Tensor:
+        return self.model.item_embeddings().detach()
 
 
 def training_examples(sequences: pl.DataFrame, max_len: int) -> Examples:

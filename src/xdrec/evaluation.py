@@ -67,7 +67,7 @@ import torch
 from xdrec.data.dataset import Dataset
 from xdrec.errors import XdrecError
 from xdrec.popularity import PopularityScorer
-from xdrec.scoring import Scorer, pad_left
+from xdrec.scoring import FactoredScorer, Scorer, pad_left
 
 FULL = "full"
 # How a relevant item's rank treats candidates with the same score (every output states it).
@@ -85,6 +85,9 @@ _NEGATIVE_BLOCK_KEYS = 1 << 24
 # Draws per user for the rejection sampler: this x negatives + the block's largest excluded set. Twice the
 # need leaves few users short of distinct eligible items; those few take the exact (slower) path.
 _DRAW_FACTOR = 2
+# Full ranking of a FactoredScorer scores at most this many (user, item) pairs at a time: above it, the
+# items are taken in chunks (Amazon Books' 495K items x 512 users would be 1 GB of float32 scores per copy).
+_SCORE_ELEMENTS = 1 << 25
 # Elements of one bootstrap chunk (replicates x users x metrics, float64: 32 MiB).
 _BOOTSTRAP_ELEMENTS = 1 << 22
 
@@ -287,6 +290,45 @@ def _count_above_full(scores: torch.Tensor, target_scores: torch.Tensor) -> torc
     return torch.where(target_scores == -torch.inf, n_candidates, above)
 
 
+def _count_above_chunked(
+    users: torch.Tensor, items: torch.Tensor, history: torch.Tensor, targets: torch.Tensor, keep_seen: bool
+) -> torch.Tensor:
+    """`_count_above_full` for scores users @ items.T, a chunk of items at a time, in bounded memory.
+
+    Two passes over the same chunks: the first picks out the relevant items' scores, the second counts
+    the candidates at or above them (counts add up over chunks). Both take every score from the same
+    chunked product, so a relevant item and a candidate tied with it compare exactly as in one matrix.
+    """
+    batch, n_cols = users.shape[0], items.shape[0]
+    chunk = max(1, _SCORE_ELEMENTS // max(batch, 1))
+    dtype = torch.float64 if users.dtype == torch.float64 else torch.float32
+
+    def chunk_scores(first: int) -> torch.Tensor:  # as _rank_batches treats a whole score matrix
+        raw = users @ items[first : first + chunk].T
+        return raw.to(dtype).nan_to_num_(nan=-torch.inf, posinf=torch.inf, neginf=-torch.inf)
+
+    def inside(ids: torch.Tensor, first: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(row, slot, column in the chunk) of the ids that fall in the chunk starting at `first`."""
+        rows, slots = ((ids >= first) & (ids < first + chunk)).nonzero(as_tuple=True)
+        return rows, slots, ids[rows, slots] - first
+
+    target_scores = torch.empty(targets.shape, dtype=dtype, device=users.device)
+    for first in range(0, n_cols, chunk):
+        rows, slots, cols = inside(targets, first)
+        if len(rows):
+            target_scores[rows, slots] = chunk_scores(first)[rows, cols]
+    above = torch.zeros(targets.shape, dtype=torch.long, device=users.device)
+    for first in range(0, n_cols, chunk):
+        scores = chunk_scores(first)
+        if first == 0:
+            scores[:, 0] = torch.nan  # padding is never a candidate
+        for ids in (targets,) if keep_seen else (history, targets):
+            rows, _, cols = inside(ids, first)
+            scores[rows, cols] = torch.nan
+        above += _count_above_full(scores, target_scores)
+    return above
+
+
 def _positions(above: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """(B, T) 1-based ranks of the relevant items, best first (invalid slots after the valid ones).
 
@@ -333,6 +375,22 @@ def _rank_batches(
             batch = cases.slice(start, batch_size)
             user_ids = torch.from_numpy(batch["user_id"].to_numpy().astype(np.int64)).to(inputs_on)
             history = pad_left(batch["history"]).to(inputs_on)
+            if (
+                sampler is None
+                and isinstance(scorer, FactoredScorer)
+                and batch.height * (n_items + 1) > _SCORE_ELEMENTS
+            ):
+                users, items = scorer.user_vectors(user_ids, history), scorer.item_vectors()
+                if items.shape[0] != n_items + 1:
+                    raise XdrecError(
+                        f"model {scorer.name!r} scores {items.shape[0] - 1} items but the domain has "
+                        f"{n_items}: was it trained on this dataset and domain?"
+                    )
+                targets = pad_left(batch["targets"]).to(users.device)
+                above = _count_above_chunked(users, items, history.to(users.device), targets, keep_seen)
+                positions = _positions(above, targets > 0).cpu()
+                values.append(_metrics_from_positions(positions, (targets > 0).sum(1).cpu(), ks))
+                continue
             raw = scorer.scores(user_ids, history)
             if tuple(raw.shape) != (batch.height, n_items + 1):
                 raise XdrecError(

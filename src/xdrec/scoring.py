@@ -8,7 +8,7 @@ become the left-padded inputs it takes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import polars as pl
@@ -26,6 +26,20 @@ class Scorer(Protocol):
                   (the most recent item is in the last column); a model truncates to its own max length.
         returns:  (B, n_items + 1) float on any device; column 0 (padding) is ignored by the caller.
         """
+        ...
+
+
+@runtime_checkable
+class FactoredScorer(Scorer, Protocol):
+    """A Scorer whose scores are a product, `user_vectors(...) @ item_vectors().T`: evaluation can then
+    score a huge catalogue a chunk of items at a time instead of materialising (B, n_items + 1)."""
+
+    def user_vectors(self, user_ids: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        """(B,) and (B, L) as for `scores` -> (B, D)."""
+        ...
+
+    def item_vectors(self) -> torch.Tensor:
+        """(n_items + 1, D), on the device the user vectors come back on."""
         ...
 
 
