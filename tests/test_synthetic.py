@@ -258,3 +258,14 @@ def test_fractions_may_leave_no_target_only_users() -> None:
     assert config.target_only_fraction == 0.0
     data = generate(config)
     assert set(data[config.target_domain]["user"]) <= set(data[config.source_domain]["user"])
+
+
+def test_large_catalogue_path_draws_the_same_data(monkeypatch) -> None:
+    """Repeats found by comparing with the sequence so far (no users x items matrix) change nothing."""
+    config = SyntheticConfig(n_users=400, source_items=500, target_items=300, seed=5)
+    by_matrix = generate(config)
+    monkeypatch.setattr(synthetic, "_SEEN_MATRIX_MAX_ITEMS", 0)
+    monkeypatch.setattr(synthetic, "_COMPARE_BATCH", synthetic._SEEN_MATRIX_CELLS // 500)  # same batches
+    by_compare = generate(config)
+    for name in config.domains:
+        assert by_compare[name].equals(by_matrix[name])
