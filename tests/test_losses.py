@@ -95,6 +95,28 @@ def test_sampled_softmax_matches_brute_force_with_logq(batch) -> None:
     assert got == pytest.approx(np.mean(terms), rel=1e-5)
 
 
+def test_in_batch_negatives_match_brute_force_with_logq(batch) -> None:
+    """Mixed negatives: the other labelled positions' items and the shared draws, all logQ-corrected by
+    their expected count among the (M - 1) + n draws; a position's own label is only its positive."""
+    hidden, labels, table = batch
+    counts = np.array([0, 50, 1, 3, 0, 10, 7, 2, 30, 5])
+    log_q = sampling_log_q(counts, N_ITEMS)
+    n = 6
+    state = torch.Generator().manual_seed(3).get_state()
+    g = torch.Generator().set_state(state)
+    got = sampled_softmax_loss(hidden, labels, table, log_q, n, g, in_batch=True).item()
+    neg = popularity_negatives(log_q, n, torch.Generator().set_state(state)).tolist()
+    positions = labelled(labels)
+    draws = len(positions) - 1 + n
+    terms = []
+    for i, (b, t, y) in enumerate(positions):
+        corrected = (hidden[b, t] @ table.T - (log_q.double() + math.log(draws))).tolist()
+        others = [corrected[other] for j, (_, _, other) in enumerate(positions) if j != i]
+        candidates = [corrected[y], *others, *(corrected[j] for j in neg)]
+        terms.append(-candidates[0] + math.log(sum(math.exp(v) for v in candidates)))
+    assert got == pytest.approx(np.mean(terms), rel=1e-5)
+
+
 def test_logq_correction_makes_sampled_softmax_estimate_full_softmax(batch) -> None:
     """With many draws, sampled softmax's gradient approaches full softmax's; without logQ it does not."""
     hidden, labels, table = batch

@@ -262,3 +262,21 @@ def test_cuda_path_trains_with_bf16_autocast_and_resumes(tmp_path: Path) -> None
     eager = train(new_model(), examples(), config(device="cuda", epochs=1), progress=False)
     compiled = train(new_model(), examples(), config(device="cuda", epochs=1, compile=True), progress=False)
     assert compiled.history[0]["loss"] == pytest.approx(eager.history[0]["loss"], rel=1e-2)
+
+
+def test_lr_scaling_follows_the_global_batch() -> None:
+    assert config(batch_size=512).effective_lr() == 3e-3
+    assert config(batch_size=512, lr_scaling="sqrt").effective_lr() == pytest.approx(6e-3)
+    assert config(batch_size=512, lr_scaling="linear").effective_lr(world_size=2) == pytest.approx(3e-3 * 8)
+    with pytest.raises(XdrecError, match="lr scaling"):
+        config(lr_scaling="cubic")
+
+
+def test_in_batch_negatives_train_and_must_be_repeated_on_resume(tmp_path: Path) -> None:
+    cfg = config(loss="sampled", negatives=4, in_batch=True, lr_scaling="sqrt", epochs=4)
+    result = train(new_model(dropout=0.0), examples(), cfg, out_dir=tmp_path, progress=False)
+    assert result.lr == pytest.approx(3e-3 * (16 / 128) ** 0.5) and result.world_size == 1
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    with pytest.raises(XdrecError, match="in_batch was True"):
+        train(new_model(), examples(), config(loss="sampled", negatives=4, lr_scaling="sqrt", epochs=5),
+              out_dir=tmp_path, resume=True, progress=False)  # fmt: skip

@@ -422,23 +422,24 @@ class _Run:
             raise XdrecError(
                 f"cannot resume: the interrupted run differs ({what}); repeat its options or drop --resume"
             )
+        own = "" if self.ranks.main else f".{self.ranks.rank}"
         try:
             self.model.load_state_dict(load_tensors(path / "weights.safetensors", self.device))
             optimizer_from_tensors(
                 self.optimizer, load_tensors(path / "optimizer.safetensors", self.device), saved["optimizer"]
             )
+            rng = load_tensors(path / "rng.safetensors")
+            self.shuffle_gen.set_state(rng["shuffle"])
+            # A CPU generator's state does not fit a CUDA one (a run moved between devices).
+            self.negatives_gen.set_state(rng["negatives" + own])
+            torch.set_rng_state(rng["torch" + own])
+            if "cuda" + own in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state(rng["cuda" + own])
         except (RuntimeError, ValueError) as e:
             first = str(e).strip().splitlines()[0]
             raise XdrecError(
                 f"cannot resume: the saved training state does not fit this model ({first}); drop --resume"
             ) from None
-        rng = load_tensors(path / "rng.safetensors")
-        own = "" if self.ranks.main else f".{self.ranks.rank}"
-        self.shuffle_gen.set_state(rng["shuffle"])
-        self.negatives_gen.set_state(rng["negatives" + own])
-        torch.set_rng_state(rng["torch" + own])
-        if "cuda" + own in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state(rng["cuda" + own])
         fields = {
             k: saved[k]
             for k in ("epoch", "step", "best_metric", "best_epoch", "bad_epochs", "stopped_early", "history")
