@@ -15,7 +15,7 @@ leave-one-out, 20% cold-start hold-out), printing the counts and both timings.
 defaults) on the prepared source domain with the project's own `xdrec.training.train` for `--epochs`
 epochs, with no validation inside (the epoch time is training alone: the trainer's own clock, which ends
 each epoch with a device sync), after an untimed 10-step warm-up on a throwaway model. Then it ranks
-`--eval-users` test users against the whole catalogue with `xdrec.evaluation.validation_metric` (what
+`--eval-users` test users against the whole catalogue with `xdrec.validation.validation_metric` (what
 `pretrain` validates with: item-chunked full ranking, sharded over ranks under torchrun) and reports
 NDCG@10 and users/s. Peak GPU memory is the maximum over ranks of `torch.cuda.max_memory_allocated`.
 
@@ -41,14 +41,14 @@ import polars as pl
 import torch
 
 from xdrec import distributed
+from xdrec.backbone import SequenceScorer, training_examples
 from xdrec.data.dataset import Dataset
 from xdrec.data.prepare import PrepareConfig, prepare
 from xdrec.data.synthetic import books_scale, write_raw
 from xdrec.devices import resolve_device
-from xdrec.evaluation import validation_metric
 from xdrec.models.sasrec import SASRec, SASRecConfig
-from xdrec.pretrain import SASRecScorer, training_examples
 from xdrec.training import TrainConfig, train
+from xdrec.validation import validation_metric
 from xdrec.workspace import Workspace
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -149,7 +149,7 @@ def bench_setup(args: argparse.Namespace, setup: Setup, data: dict[str, Any], de
     result = train(model, data["examples"], config, item_counts=data["counts"], progress=False)
     train_peak = _peak_gib(device)
 
-    validate = validation_metric(data["cases"], data["n_items"], SASRecScorer, max_users=args.eval_users)
+    validate = validation_metric(data["cases"], data["n_items"], SequenceScorer, max_users=args.eval_users)
     assert validate is not None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

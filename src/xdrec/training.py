@@ -24,7 +24,7 @@ N x batch_size examples and trains on its share of each (every N-th example), an
 weighted by its share of the batch's labelled positions, so the averaged gradient is the one a single
 process would compute on the whole global batch (exactly, for the built-in losses, which are means over
 labelled positions; with dropout the masks differ). Rank 0 alone prints and writes metrics and state;
-validation is sharded by users and reduced (`xdrec.evaluation.validation_metric`).
+validation is sharded by users and reduced (`xdrec.validation.validation_metric`).
 """
 
 from __future__ import annotations
