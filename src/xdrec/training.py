@@ -344,7 +344,7 @@ class _Run:
             self.optimizer.step()
             total += loss.detach()
             steps, seen, self.state.step = steps + 1, seen + batch.size, self.state.step + 1
-            if steps % 20 == 0:
+            if steps % 20 == 0 and not bar.disable:  # .item() waits for the GPU: only for a shown bar
                 bar.update(task, completed=steps, loss=f"{total.item() / steps:.4f}")
             if self.finished():
                 break
