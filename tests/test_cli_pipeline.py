@@ -143,10 +143,10 @@ def test_pretrain_trains_the_source_by_default_with_json_summary(chain: Chain) -
     summary = chain.json("pretrain")
     assert set(summary) == {
         "model", "domain", "dataset", "path", "loss", "loss_reason", "epochs_run", "best_epoch",
-        "valid_NDCG@10", "seconds", "device",
+        "valid_NDCG@10", "seconds", "device", "world_size",
     }  # fmt: skip
     assert summary["model"] == "source-only" and summary["domain"] == SOURCE
-    assert summary["dataset"] == DATASET and summary["device"] == "cpu"
+    assert summary["dataset"] == DATASET and summary["device"] == "cpu" and summary["world_size"] == 1
     assert summary["epochs_run"] == 1 and summary["best_epoch"] == 1
     assert 0.0 <= summary["valid_NDCG@10"] <= 1.0
     assert Path(summary["path"]) == chain.ws.model_dir("source-only")
