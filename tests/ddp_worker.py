@@ -62,6 +62,15 @@ def run(loss: str, batch_size: int, out: Path | None) -> tuple[SASRec, dict]:
     return model, {k: getattr(result, k) for k in keep}
 
 
+def interrupted(out: Path, epochs: int, resume: bool) -> SASRec:
+    """bce with dropout: each rank draws its own negatives and masks, which a resume must restore."""
+    torch.manual_seed(0)
+    model = SASRec(SASRecConfig(N_ITEMS, hidden=16, blocks=1, heads=2, max_len=MAX_LEN, dropout=0.3))
+    config = TrainConfig(epochs=epochs, batch_size=BATCH, loss="bce", device="cpu", threads=1)
+    train(model, examples(), config, out_dir=out, resume=resume, progress=False)
+    return model
+
+
 def main() -> None:
     import torch.distributed as dist
 
@@ -69,13 +78,17 @@ def main() -> None:
 
     out = Path(sys.argv[1])
     results = {}
+    models = {}
     for loss in ("ce", "sampled"):
-        model, results[loss] = run(loss, BATCH, out / f"run-{loss}")
-        if dist.get_rank() == 0:
-            save_file(
-                {k: v.contiguous() for k, v in model.state_dict().items()}, str(out / f"{loss}.safetensors")
-            )
+        models[loss], results[loss] = run(loss, BATCH, out / f"run-{loss}")
+    models["whole"] = interrupted(out / "whole", 3, resume=False)
+    interrupted(out / "split", 2, resume=False)
+    torch.manual_seed(123)  # whatever the global RNG holds now must not matter
+    models["resumed"] = interrupted(out / "split", 3, resume=True)
     if dist.get_rank() == 0:
+        for name, model in models.items():
+            state = {k: v.contiguous() for k, v in model.state_dict().items()}
+            save_file(state, str(out / f"{name}.safetensors"))
         (out / "results.json").write_text(json.dumps(results))
     shutdown()
 

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from xdrec.distributed import launched
+from xdrec.errors import XdrecError
 
 sys.path.insert(0, str(Path(__file__).parent))
 import ddp_worker
@@ -56,6 +57,11 @@ def test_two_gloo_processes_train_what_one_process_trains(tmp_path: Path) -> Non
         # Rank 0 alone wrote the state: three epochs of metrics, one state directory.
         lines = (tmp_path / f"run-{loss}" / "metrics.jsonl").read_text().splitlines()
         assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+    # Interrupted after 2 epochs and resumed by both ranks == 3 epochs in one go (every rank's RNG saved).
+    whole, resumed = (load_file(str(tmp_path / f"{name}.safetensors")) for name in ("whole", "resumed"))
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    with pytest.raises(XdrecError, match="world_size was 2"):  # one process cannot continue a 2-rank run
+        ddp_worker.interrupted(tmp_path / "split", 4, resume=True)
 
 
 def test_ranks_come_from_the_torchrun_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -315,6 +315,7 @@ class _Run:
         if out_dir is not None and not resume and self.ranks.main:
             # A fresh run: a stale state must not be what a later --resume continues.
             shutil.rmtree(out_dir / STATE_DIR, ignore_errors=True)
+        distributed.barrier()  # a state being written or removed by rank 0 is never read half-way
         if resume and out_dir is not None and (out_dir / STATE_DIR).exists():
             self._load(out_dir / STATE_DIR)
         forward: Callable[..., Tensor] = self.model
@@ -381,7 +382,10 @@ class _Run:
         return rng
 
     def save(self, out_dir: Path | None) -> None:
-        """Write train_state/ and metrics.jsonl (rank 0; every rank's RNG states go into the state)."""
+        """Write train_state/ and metrics.jsonl (rank 0; every rank's RNG states go into the state).
+
+        Every rank returns once the state is on disk: a resume that follows reads the same epoch on all.
+        """
         if out_dir is None:
             return
         rng = {"shuffle": self.shuffle_gen.get_state(), **self._rng_states()}
@@ -391,8 +395,11 @@ class _Run:
                 rng |= {
                     f"{k}.{rank}": torch.frombuffer(bytearray(v), dtype=torch.uint8) for k, v in own.items()
                 }
-        if not self.ranks.main:
-            return
+        if self.ranks.main:
+            self._write(out_dir, rng)
+        distributed.barrier()
+
+    def _write(self, out_dir: Path, rng: dict[str, Tensor]) -> None:
         opt_tensors, opt_meta = optimizer_to_tensors(self.optimizer)
         model = self.model.state_dict()
         meta = {"config": asdict(self.config), "loss": self.choice.name, "optimizer": opt_meta}
