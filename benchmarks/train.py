@@ -66,8 +66,10 @@ def code_fingerprint() -> dict[str, Any]:
     src = REPO / "src" / "xdrec"
     modules = (
         "training.py",
+        "distributed.py",
         "evaluation.py",
-        "pretrain.py",
+        "validation.py",
+        "backbone.py",  # the training windows and the scorer (pretrain.py before Architecture 1/3)
         "devices.py",
         "models/sasrec.py",
         "models/losses.py",
