@@ -279,10 +279,12 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    clean = False
     try:
         data(args) if args.command == "data" else bench(args)
+        clean = True
     finally:
-        distributed.shutdown()
+        distributed.shutdown(wait=clean)  # after an error, leave without waiting for the other ranks
 
 
 if __name__ == "__main__":

@@ -820,8 +820,13 @@ def main() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if os.environ.get("RANK", "0") != "0":  # `torchrun -m xdrec ...`: rank 0 alone prints
         console.quiet = stderr.quiet = True
+    clean = False
     try:
         app()
+        clean = True
+    except SystemExit as e:
+        clean = e.code in (None, 0)
+        raise
     finally:
         if "xdrec.distributed" in sys.modules:  # only imported (with torch) by commands that train
-            sys.modules["xdrec.distributed"].shutdown()
+            sys.modules["xdrec.distributed"].shutdown(wait=clean)

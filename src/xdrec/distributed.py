@@ -71,14 +71,18 @@ def setup(device: torch.device) -> tuple[Ranks, torch.device]:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        atexit.register(shutdown)  # a fallback: shut down while the interpreter is whole, see shutdown()
+        atexit.register(shutdown, wait=False)  # a fallback, see shutdown()
     return ranks, device
 
 
-def shutdown() -> None:
-    """Leave the process group. Call it before the process exits: left to interpreter shutdown, a gloo
-    process group's threads can abort the process ("terminate called without an active exception")."""
+def shutdown(wait: bool = True) -> None:
+    """Leave the process group: call it before the process exits. Left to interpreter shutdown, or done by
+    one rank while another still uses the group, a gloo group's threads can abort the process
+    ("terminate called without an active exception"); `wait` (after a clean run, when every rank gets
+    here) first waits for all the ranks. After an error, leave without waiting: the others may never come."""
     if dist.is_initialized():
+        if wait and active():
+            dist.barrier()
         dist.destroy_process_group()
 
 
