@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every CUDA check for a session with a GPU, in one run, within 10 minutes (about 6 on one H100/H200):
+# Every CUDA check for a session with a GPU, in one run, within 10 minutes (estimated 6-7 on one H100/H200;
+# not run yet: the session that wrote it had no GPU):
 #   bash benchmarks/cuda_check.sh OUTDIR
 # 0. wheels:   where polars, typer, rich or safetensors are missing (a GPU machine without a package index),
 #              install them from benchmarks/wheels/ (git-ignored; BENCHMARKS.md says how to fill it);
