@@ -34,7 +34,8 @@ SYNTHETIC = SyntheticConfig(n_users=600)
 SOURCE, TARGET = SYNTHETIC.source_domain, SYNTHETIC.target_domain
 DATASET = f"{SOURCE}+{TARGET}"
 TRAIN = ("--device", "cpu", "--epochs", "1")  # what every training command gets here
-STRATEGIES = ["mapping", "finetune", "fusion", "joint"]  # `transfer --strategy all`, in its order
+STRATEGIES = ["mapping", "finetune", "fusion", "joint", "bag"]  # `transfer --strategy all`, in its order
+DEFAULT = ["mapping", "finetune", "bag"]  # what `run` (and `demo`) train
 METRICS_AT_10 = {"HR@10", "NDCG@10", "MRR", "Recall@10"}
 CUDA = torch.cuda.is_available()
 
@@ -516,14 +517,14 @@ def test_run_does_every_stage_and_prints_the_report(ran: Ran) -> None:
     report = json.loads(ran.first.stdout)
     assert report["protocol"] == "full" and report["domain"] == TARGET
     rows = report["results"]
-    assert {r["model"] for r in rows} == {"popularity", "target-only", *STRATEGIES}
+    assert {r["model"] for r in rows} == {"popularity", "target-only", *DEFAULT}
     assert {"warm", "cold", "all"} <= {r["segment"] for r in rows}
     assert all(set(r) >= METRICS_AT_10 for r in rows)
     assert ran.first.stderr == ""  # --json: no log, no progress
     ws = ran.ws
     assert ws.raw(SOURCE).exists() and ws.raw(TARGET).exists()
     assert (ws.dataset_dir(DATASET) / "manifest.json").exists()
-    assert all(model_files(ws, m) for m in ("source-only", "target-only", *STRATEGIES))
+    assert all(model_files(ws, m) for m in ("source-only", "target-only", *DEFAULT))
     assert ws.embeddings("source-only").exists()
     assert json.loads(ran.report_after_first) == report
     assert (ws.reports_dir / DATASET / TARGET / "report.png").exists()
@@ -533,7 +534,7 @@ def test_a_second_identical_run_reuses_every_stage(ran: Ran) -> None:
     log = [line.removeprefix("›").strip() for line in ran.second.stderr.strip().splitlines()]
     stages = [line.split(":")[0] for line in log]
     assert stages == [
-        "fetch", "prepare", "overlap", "pretrain", "pretrain", "embed", *["transfer"] * 4, "evaluate"
+        "fetch", "prepare", "overlap", "pretrain", "pretrain", "embed", *["transfer"] * 3, "evaluate"
     ]  # fmt: skip
     # overlap is a report, evaluate is always recomputed (cheap); every other stage is reused.
     assert all("reused" in line for line in log if not line.startswith(("overlap", "evaluate"))), log
@@ -590,7 +591,7 @@ def test_a_retrained_source_model_reruns_embed_and_every_strategy(ran: Ran, tmp_
     config.write_text(json.dumps(json.loads(config.read_text()) | {"fingerprint": "0123456789abcdef"}))
     assert _rerun_stages(ws, ran.downloads) == [
         "embed: source-only user vectors",
-        *(f"transfer: {s}" for s in STRATEGIES),
+        *(f"transfer: {s}" for s in DEFAULT),
     ]
     assert _rerun_stages(ws, ran.downloads) == []  # and now everything is current again
 
@@ -623,9 +624,9 @@ def test_demo_runs_everything_in_the_given_workspace(tmp_path: Path) -> None:
     assert flat("Synthetic data, not real reviews") in flat(result.stderr)
     assert "Full ranking" in result.stdout and flat(f"workspace: {ws.root}") in flat(result.stdout)
     assert ws.raw(SOURCE).exists() and ws.raw(TARGET).exists()
-    assert all(model_files(ws, m) for m in ("source-only", "target-only", *STRATEGIES))
+    assert all(model_files(ws, m) for m in ("source-only", "target-only", *DEFAULT))
     saved = json.loads((ws.reports_dir / DATASET / TARGET / "report.json").read_text())
-    assert {r["model"] for r in saved["results"]} == {"popularity", "target-only", *STRATEGIES}
+    assert {r["model"] for r in saved["results"]} == {"popularity", "target-only", *DEFAULT}
     # Again with --json: every stage reused, stdout exactly the saved report.
     again = ok(invoke(ws, "demo", *DEMO_SMALL, "--json"))
     shown = json.loads(again.stdout)

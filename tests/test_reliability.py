@@ -349,7 +349,7 @@ def absent_of(ws: Workspace, *args: str) -> dict[str, dict]:
 
 def test_evaluate_before_training_names_every_missing_model(copy: Workspace) -> None:
     absent = absent_of(copy)
-    assert set(absent) == {"target-only", "mapping", "finetune", "fusion", "joint"}
+    assert set(absent) == {"target-only", "mapping", "finetune", "fusion", "joint", "bag"}
     assert absent["target-only"]["fix"] == f"xdrec pretrain --domain {TARGET}"
     assert absent["fusion"] == {
         "model": "fusion",
@@ -399,6 +399,7 @@ def test_recommend_names_the_models_it_could_not_use(copy: Workspace) -> None:
         "mapping",
         "fusion",
         "joint",
+        "bag",
     }  # those that serve cold users
     table = invoke(copy, "recommend", cold_user)
     assert "not available: fusion, not trained" in table.stdout

@@ -20,7 +20,7 @@ from xdrec.evaluation import EvaluateConfig
 from xdrec.fit import Plan
 from xdrec.pipeline import evaluate, recommend
 from xdrec.pretraining import pretrain
-from xdrec.strategies import STRATEGIES, TransferConfig, parse_strategies, transfer
+from xdrec.strategies import DEFAULT, STRATEGIES, TransferConfig, parse_strategies, transfer
 from xdrec.strategies.base import ScoringInputs, Strategy, TransferContext
 from xdrec.training import Examples, TrainConfig
 from xdrec.workspace import Workspace
@@ -89,7 +89,7 @@ def test_sasrec_and_transfer_beat_the_baselines(trained: Workspace) -> None:
     report, _ = evaluate(trained, EvaluateConfig(bootstrap=0, device="cpu"))
     warm, cold = (_ndcg_by_model(report.rows, segment) for segment in ("warm", "cold"))
     assert warm["target-only"] > 2 * warm["popularity"], warm  # the sequential signal is learned
-    best = max(cold[s] for s in ("mapping", "fusion", "joint"))
+    best = max(cold[s] for s in ("mapping", "fusion", "joint", "bag"))
     assert best > cold["popularity"] and best > cold["target-only"], cold
 
 
@@ -120,6 +120,8 @@ def test_recommend_never_returns_an_item_the_user_has(trained: Workspace) -> Non
 
 def test_parse_strategies() -> None:
     assert parse_strategies(["all"]) == list(STRATEGIES)
+    assert parse_strategies([]) == parse_strategies(["default"]) == list(DEFAULT)
+    assert parse_strategies(["default", "joint"]) == [*DEFAULT, "joint"]
     assert parse_strategies(["joint", "fusion", "joint"]) == ["joint", "fusion"]
     with pytest.raises(XdrecError, match="unknown strategy"):
         parse_strategies(["nope"])

@@ -477,7 +477,10 @@ def embed(
 
 # --- transfer's options (also run's) ---
 MappingLossName = Literal["task", "mse"]  # xdrec.strategies.MappingLoss (a test keeps them equal)
-StrategyOpt = Annotated[list[str], typer.Option(help="mapping, finetune, fusion, joint or all (repeatable).")]
+StrategyOpt = Annotated[
+    list[str],
+    typer.Option(help="Strategies (repeatable): default (mapping, finetune, bag), all, or names."),
+]
 MappingLossOpt = Annotated[
     MappingLossName, typer.Option(help="mapping: task (likelihood of target items) or mse (EMCDR).")
 ]
@@ -486,7 +489,7 @@ MappingLossOpt = Annotated[
 @app.command()
 def transfer(
     ctx: typer.Context,
-    strategy: StrategyOpt = ["all"],  # noqa: B006
+    strategy: StrategyOpt = ["default"],  # noqa: B006
     device: DeviceOpt = "auto",
     epochs: EpochsOpt = 50,
     loss: LossOpt = "auto",
@@ -691,7 +694,7 @@ def run(
     one_pass: OnePassOpt = False,
     t1: T1Opt = None,
     t2: T2Opt = None,
-    strategy: StrategyOpt = ["all"],  # noqa: B006
+    strategy: StrategyOpt = ["default"],  # noqa: B006
     mapping_loss: MappingLossOpt = "task",
     reverse: Annotated[
         bool,

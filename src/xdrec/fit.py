@@ -35,6 +35,9 @@ class Plan:
     item_counts: np.ndarray | None = None  # training popularity, for the `sampled` loss's negatives
     loss_fn: LossFn | None = None  # replaces the configured loss (e.g. a regression loss)
     record: Mapping[str, Any] = field(default_factory=dict)  # config.json fields of this model's own
+    # Called with the trained model (best weights, eval mode) before saving; returns more config.json
+    # fields, e.g. a setting chosen on validation with the trained model (bag's blend weight).
+    finish: Callable[[nn.Module], Mapping[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ def fit(
     if not distributed.is_main():  # under torchrun every rank holds the same weights; rank 0 writes them
         distributed.barrier()
         return Fitted(plan.model, result, read_checkpoint(out_dir))
+    finished = plan.finish(plan.model) if plan.finish is not None else {}
     checkpoint = save_checkpoint(
         out_dir,
         plan.model.state_dict(),
@@ -89,6 +93,7 @@ def fit(
             "stopped_early": result.stopped_early,
             **({"world_size": result.world_size} if result.world_size > 1 else {}),
             **plan.record,
+            **finished,
         },
     )
     distributed.barrier()

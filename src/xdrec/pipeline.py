@@ -28,7 +28,7 @@ from xdrec.inventory import Absent, retrain_command, strict_error, untrained
 from xdrec.models.sasrec import SASRecConfig
 from xdrec.report import save_report
 from xdrec.scoring import pad_left
-from xdrec.strategies import STRATEGIES, MappingLoss, TransferConfig, model_name
+from xdrec.strategies import DEFAULT, STRATEGIES, MappingLoss, TransferConfig, model_name
 from xdrec.training import TrainConfig
 from xdrec.workspace import Workspace, file_sha256, read_json
 from xdrec.zoo import POPULARITY, load_scorer, model_domain, serves, trained_models
@@ -223,7 +223,7 @@ class RunConfig:
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     train: TrainConfig = field(default_factory=TrainConfig)  # every model's training (device included)
     model: ModelOptions = field(default_factory=ModelOptions)  # architecture over the backbone's defaults
-    strategies: tuple[str, ...] = tuple(STRATEGIES)
+    strategies: tuple[str, ...] = DEFAULT  # strategies.DEFAULT: what is never worse than the baselines
     mapping_loss: MappingLoss = "task"
     # Seeded like prepare's default. `negatives` adds the sampled protocol beside the full-ranking headline.
     reverse: bool = False  # also every strategy into the source domain (models/<strategy>-reverse/)
@@ -318,7 +318,8 @@ def run(
             own = STRATEGIES[strategy].options(transfer_config)
             model = model_name(strategy, data, into)
             strategy_models.append(model)
-            if _model_is_current(workspace, model, data, config.train, config.model.given(), **own):
+            train = STRATEGIES[strategy].train_config(transfer_config)
+            if _model_is_current(workspace, model, data, train, config.model.given(), **own):
                 log(f"transfer: {model} unchanged, reused")
             else:
                 log(f"transfer: {model}")

@@ -483,7 +483,10 @@ class _Batches:
         self.inputs = examples.inputs.to(store)
         self.labels = examples.labels.to(store)
         self.extras = {k: v.to(store) for k, v in examples.extras.items()}
-        self.lengths = (examples.inputs != 0).sum(1)  # on the CPU: batch widths without a device sync
+        # On the CPU: batch widths without a device sync. A row's inputs and labels are each right-aligned,
+        # so the columns they occupy together are as many as the wider of the two (a bag's labels, the
+        # whole target history, can be wider than its inputs).
+        self.lengths = torch.maximum((examples.inputs != 0).sum(1), (examples.labels != 0).sum(1))
         self.label_counts = (examples.labels != 0).sum(1) if ranks.distributed else None
 
     def __len__(self) -> int:

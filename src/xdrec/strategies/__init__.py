@@ -5,6 +5,8 @@ whatever target history they have. One module per strategy, each a `Strategy` (s
     finetune   target SASRec initialised from the source model's blocks          (warm users)
     fusion     target SASRec with the source vector as a prefix token            (warm and cold)
     joint      one SASRec over the merged source + target timeline               (warm and cold)
+    bag        softmax over target items from the source + target item bag,      (warm and cold)
+               blended with target-only for warm users
 
 A new strategy is one module with a `Strategy` subclass and one line in `STRATEGIES`.
 """
@@ -17,7 +19,9 @@ from xdrec.backbone import load_backbone
 from xdrec.data.dataset import Dataset
 from xdrec.embedding import load_user_vectors
 from xdrec.errors import XdrecError
+from xdrec.strategies.bag import Bag
 from xdrec.strategies.base import (
+    BagConfig,
     MappingLoss,
     ScoringInputs,
     Segment,
@@ -36,22 +40,30 @@ from xdrec.strategies.mapping import Mapping
 from xdrec.workspace import Workspace
 
 # The registry, in report order.
-STRATEGIES: dict[str, Strategy] = {s.name: s for s in (Mapping(), Finetune(), Fusion(), Joint())}
+STRATEGIES: dict[str, Strategy] = {s.name: s for s in (Mapping(), Finetune(), Fusion(), Joint(), Bag())}
+# What `run` and `transfer` train unless told otherwise: the strategies that are no worse than target-only
+# on warm users and than popularity on the cold users they serve (BENCHMARKS.md). `fusion` falls below
+# popularity on cold users and `joint` below target-only on warm ones, on the pairs measured so far.
+DEFAULT = ("mapping", "finetune", "bag")
 
 
 def parse_strategies(names: Sequence[str]) -> list[str]:
-    """`all` or strategy names -> the list to run, with a clear error for an unknown one."""
-    if not names or "all" in names:
+    """`default`, `all` or strategy names -> the list to run, with a clear error for an unknown one."""
+    if "all" in names:
         return list(STRATEGIES)
+    if not names or "default" in names:
+        names = [*DEFAULT, *(n for n in names if n != "default")]
     unknown = [n for n in names if n not in STRATEGIES]
     if unknown:
-        raise XdrecError(f"unknown strategy {unknown[0]!r}: choose from {', '.join(STRATEGIES)} or all")
+        raise XdrecError(
+            f"unknown strategy {unknown[0]!r}: choose from {', '.join(STRATEGIES)}, default or all"
+        )
     return list(dict.fromkeys(names))
 
 
 def transfer(
     workspace: Workspace,
-    strategies: Sequence[str] = ("all",),
+    strategies: Sequence[str] = ("default",),
     *,
     dataset: str | None = None,
     config: TransferConfig = TransferConfig(),
@@ -108,7 +120,9 @@ def transfer(
 
 
 __all__ = [
+    "DEFAULT",
     "STRATEGIES",
+    "BagConfig",
     "MappingLoss",
     "Segment",
     "Strategy",

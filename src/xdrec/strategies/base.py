@@ -37,10 +37,22 @@ MappingLoss = Literal["task", "mse"]
 
 
 @dataclass(frozen=True)
+class BagConfig:
+    """`bag`'s model (see xdrec.strategies.bag)."""
+
+    dim: int = 64
+    dropout: float = 0.3  # share of input items dropped in training
+    cold_rate: float = 0.5  # share of training users whose whole target input is dropped
+    target_input: bool = True  # False: source items only (the cold-start reference's softmax-bag)
+    weight_decay: float = 1.0  # AdamW's, for this model (replaces the training config's)
+
+
+@dataclass(frozen=True)
 class TransferConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     model: ModelOptions = field(default_factory=ModelOptions)  # over the source model's architecture
     mapping_loss: MappingLoss = "task"
+    bag: BagConfig = field(default_factory=BagConfig)
     source_model: str = "source-only"
     target_model: str = "target-only"
 
@@ -130,6 +142,10 @@ class Strategy(ABC):
         """The strategy's own knobs in `config`: recorded in config.json; `run` retrains on a change."""
         return {}
 
+    def train_config(self, config: TransferConfig) -> TrainConfig:
+        """How to train it: the configured training, unless the strategy adjusts it (bag: weight decay)."""
+        return config.train
+
 
 def fit_strategy(
     strategy: Strategy,
@@ -166,7 +182,7 @@ def fit_strategy(
     out = ctx.workspace.model_dir(name)
     fitted = fit(
         lambda: strategy.build(ctx, config, inputs),
-        config.train,
+        strategy.train_config(config),
         out,
         record,
         resume=resume,
