@@ -40,8 +40,9 @@ from xdrec.strategies.mapping import pseudo_cold_cases, split_pseudo_cold
 from xdrec.training import Examples, TrainConfig
 from xdrec.validation import VALIDATION_USERS, validation_metric
 
-# Most recent distinct items per domain a user's bag keeps (a bound on memory, far above typical users).
-MAX_ITEMS = 200
+# Most recent distinct items per domain a user's bag keeps: as SASRec's default max_len, so the training
+# examples take at most twice the memory of its windows (on food_kitchen no user has more than 43).
+MAX_ITEMS = 50
 # Blend weights and decays tried on the warm validation users; weight 0 is target-only alone.
 WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 DECAYS = (0.0, 0.5, 1.0)
