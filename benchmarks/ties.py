@@ -7,7 +7,7 @@ user's relevant item is ranked twice on the same scores and candidates as `xdrec
 every item of the domain but the user's history; sampled: the same seeded negatives): once with ties
 against the model (rank = 1 + candidates scoring >= it, xdrec's rule) and once with ties for it
 (1 + candidates scoring > it, ABXI's). Prints, per domain, model and protocol, how many users have any
-candidate tied with their item and NDCG@10 / HR@10 under both rules, as JSON lines. The pessimistic
+candidate tied with their item and NDCG@10 / HR@10 / MRR under both rules, as JSON lines. The pessimistic
 numbers are checked against `per_user_metrics`, so the script measures the evaluation as it is.
 Leave-one-out only (one relevant item per user), as under the mixed split.
 """
@@ -62,7 +62,8 @@ def counts(
 def metrics(above: np.ndarray) -> dict[str, float]:
     rank = 1 + above
     hit = rank <= 10
-    return {"NDCG@10": float(np.where(hit, 1 / np.log2(rank + 1), 0).mean()), "HR@10": float(hit.mean())}
+    ndcg = float(np.where(hit, 1 / np.log2(rank + 1), 0).mean())
+    return {"NDCG@10": ndcg, "HR@10": float(hit.mean()), "MRR": float((1 / rank).mean())}
 
 
 def main(argv: list[str] | None = None) -> None:
