@@ -457,3 +457,31 @@ def test_demo_says_where_the_plot_is_and_quotes_the_workspace(
     plot = ws.reports_dir / f"{SOURCE}+{TARGET}" / TARGET / "report.png"
     assert f"plot: {plot}" in result.stdout and plot.exists()
     assert f"--workspace '{ws.root}' overlap" in result.stdout  # pastes into a shell as it is
+
+
+def test_run_resumes_a_killed_training_only_when_started_the_same_way(copy: Workspace, monkeypatch) -> None:
+    """`run` passes resume=None: continue an interrupted training of the same record and options."""
+    import xdrec.fit
+    from xdrec.pretraining import pretrain
+    from xdrec.training import TrainConfig
+
+    train = TrainConfig(epochs=2, device="cpu", lr=0.004)
+    real_save = xdrec.fit.save_checkpoint
+
+    def killed(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(xdrec.fit, "save_checkpoint", killed)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(copy, train_config=train, resume=None, progress=False)
+    monkeypatch.setattr(xdrec.fit, "save_checkpoint", real_save)
+    other = pretrain(
+        copy, train_config=TrainConfig(epochs=2, device="cpu", lr=0.002), resume=None, progress=False
+    )
+    assert other.training.resumed_from_epoch == 0  # other options: started over
+    monkeypatch.setattr(xdrec.fit, "save_checkpoint", killed)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(copy, train_config=train, resume=None, progress=False)
+    monkeypatch.setattr(xdrec.fit, "save_checkpoint", real_save)
+    same = pretrain(copy, train_config=train, resume=None, progress=False)
+    assert same.training.resumed_from_epoch == 2 and same.training.epochs_run == 2

@@ -133,17 +133,37 @@ def save_checkpoint(model_dir: Path, state: Mapping[str, Tensor], config: Mappin
 
 
 def interrupted_epoch(model_dir: Path) -> int | None:
-    """The last finished epoch of a training of `model_dir` that was interrupted (its state in
-    runs/<name>/ is newer than the model folder), or None when there is none."""
-    state = run_dir(model_dir) / "train_state" / "state.json"  # training.STATE_DIR
-    if not state.exists():
-        return None
+    """The last finished epoch of a training of `model_dir` that was interrupted (runs/<name>/ holds its
+    state and its run.json says it never finished), or None when there is none."""
+    state, run = run_dir(model_dir) / "train_state" / "state.json", run_dir(model_dir) / RUN  # STATE_DIR
     try:
-        epoch = int(read_json(state)["epoch"])
-        config = read_json(model_dir / CONFIG) if (model_dir / CONFIG).exists() else {}
+        if not state.exists() or read_json(run).get("finished", True):
+            return None
+        return int(read_json(state)["epoch"])
     except (XdrecError, KeyError, TypeError, ValueError):
         return None
-    return None if config.get("epochs_run") == epoch else epoch
+
+
+RUN = "run.json"  # runs/<name>/run.json: what the training there was started with, and if it finished
+
+
+def start_run(model_dir: Path, identity: Mapping[str, Any], resume: bool | None) -> bool:
+    """Record what a training of `model_dir` starts with; return whether it resumes the interrupted one.
+
+    resume None: only if there is an interrupted run started with the same `identity` (the model's record
+    and training configuration), so a rerun continues where a kill stopped it and never continues another
+    run. True/False: as asked (the trainer refuses a state that does not fit)."""
+    path = run_dir(model_dir) / RUN
+    same = json.loads(json.dumps(identity, sort_keys=True, default=str))
+    if resume is None:
+        resume = interrupted_epoch(model_dir) is not None and read_json(path).get("identity") == same
+    write_json(path, {"identity": same, "finished": False})
+    return resume
+
+
+def finish_run(model_dir: Path) -> None:
+    path = run_dir(model_dir) / RUN
+    write_json(path, read_json(path) | {"finished": True})
 
 
 def run_dir(model_dir: Path) -> Path:

@@ -19,7 +19,15 @@ from rich.console import Console
 from torch import nn
 
 from xdrec import distributed
-from xdrec.checkpoint import Checkpoint, interrupted_epoch, read_checkpoint, run_dir, save_checkpoint
+from xdrec.checkpoint import (
+    Checkpoint,
+    finish_run,
+    interrupted_epoch,
+    read_checkpoint,
+    run_dir,
+    save_checkpoint,
+    start_run,
+)
 from xdrec.models.losses import LossFn
 from xdrec.training import Examples, TrainConfig, TrainResult, train
 from xdrec.validation import METRIC
@@ -53,11 +61,22 @@ def fit(
     out_dir: Path,
     record: Mapping[str, Any],
     *,
-    resume: bool = False,
+    resume: bool | None = False,
     progress: bool = True,
 ) -> Fitted:
-    """Seed, build the plan, train it into `out_dir`, and save models/<name>/ with `record` + the plan's."""
-    if not resume and distributed.is_main() and (epoch := interrupted_epoch(out_dir)):  # its state goes
+    """Seed, build the plan, train it into `out_dir`, and save models/<name>/ with `record` + the plan's.
+
+    resume: continue the interrupted training in runs/<name>/; None: when it was started the same way
+    (single process only: under torchrun the ranks could not agree on it before the process group
+    exists, so None means a fresh start there)."""
+    epoch = interrupted_epoch(out_dir)
+    if distributed.launched().distributed:
+        resume = bool(resume)
+        if distributed.is_main():
+            start_run(out_dir, {"record": record, "train": asdict(config)}, resume)
+    else:
+        resume = start_run(out_dir, {"record": record, "train": asdict(config)}, resume)
+    if epoch and not resume and distributed.is_main():  # say so: its state is about to go
         Console(stderr=True).print(
             f"note: starting {out_dir.name} over; its interrupted run (epoch {epoch}) is dropped"
         )
@@ -96,5 +115,6 @@ def fit(
             **finished,
         },
     )
+    finish_run(out_dir)
     distributed.barrier()
     return Fitted(plan.model, result, checkpoint)

@@ -292,7 +292,7 @@ def run(
             log(f"pretrain: {model} on {domain}")
             pretrain(
                 workspace, dataset=name, domain=domain, model=architecture, train_config=config.train,
-                progress=progress,
+                resume=None, progress=progress,  # a killed run continues where it stopped
             )  # fmt: skip
 
     if embeddings_match(workspace.embeddings("source-only"), data, _fingerprint(workspace, "source-only")):
@@ -329,6 +329,7 @@ def run(
                     dataset=name,
                     config=transfer_config,
                     target=into,
+                    resume=None,  # a killed run continues where it stopped
                     progress=progress,
                 )
 

@@ -49,7 +49,7 @@ def pretrain(
     model: BackboneConfig | None = None,
     train_config: TrainConfig = TrainConfig(),
     name: str | None = None,
-    resume: bool = False,
+    resume: bool | None = False,  # None: if an interrupted run was started the same way
     progress: bool = True,
     validate: Callable[[nn.Module], float] | None = None,
 ) -> PretrainResult:

@@ -68,7 +68,7 @@ def transfer(
     dataset: str | None = None,
     config: TransferConfig = TransferConfig(),
     target: str | None = None,
-    resume: bool = False,
+    resume: bool | None = False,  # None: if an interrupted run was started the same way
     progress: bool = True,
 ) -> list[TransferResult]:
     """Train each strategy on the current dataset into models/<strategy>/.

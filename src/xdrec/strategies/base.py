@@ -154,7 +154,7 @@ def fit_strategy(
     inputs: ScoringInputs,
     progress: bool = True,
     *,
-    resume: bool = False,
+    resume: bool | None = False,  # None: if an interrupted run was started the same way
 ) -> TransferResult:
     """seed -> build -> train -> save models/<name>/ (`model_name`) with what every strategy records.
 
