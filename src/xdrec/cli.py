@@ -23,7 +23,9 @@ from typer.core import TyperGroup
 from xdrec.errors import explain
 from xdrec.workspace import AREAS, WORKSPACE_ENV, Area, Workspace
 
-# What each command writes (it holds those areas' write locks while it runs); the others only read.
+# What each command writes (it holds those areas' write locks while it runs). A command in neither table
+# holds every area's lock: a new command is safe before it is listed here.
+_READS_ONLY = ("overlap", "recommend")
 _WRITES: dict[str, tuple[Area, ...]] = {
     "fetch": ("raw",),
     "prepare": ("datasets",),
@@ -61,7 +63,7 @@ class _Group(TyperGroup):
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         command = super().get_command(ctx, cmd_name)
-        areas = _WRITES.get(cmd_name, ())
+        areas = () if cmd_name in _READS_ONLY else _WRITES.get(cmd_name, AREAS)
         if command is not None and not hasattr(command, "_xdrec_locked"):
             # Wrapping invoke, not the callback: it runs after the options are parsed (--help takes none).
             command.invoke = _holding_locks(command.invoke, cmd_name, areas)  # type: ignore[method-assign]
