@@ -90,7 +90,7 @@ def _old_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.old")
 
 
-def sweep(folder: Path, *, recursive: bool = True) -> list[Path]:
+def sweep(folder: Path) -> list[Path]:
     """Remove what interrupted writers left in `folder` (hidden `.name.*` temp files and folders); put back
     a folder that was moved aside to `.<name>.old` and never replaced. Returns what was removed.
 
@@ -108,7 +108,7 @@ def sweep(folder: Path, *, recursive: bool = True) -> list[Path]:
         if entry.name.startswith("."):
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
             removed.append(entry)
-        elif recursive and entry.is_dir() and not entry.is_symlink():
+        elif entry.is_dir() and not entry.is_symlink():
             removed += sweep(entry)
     return removed
 
@@ -196,14 +196,19 @@ def _rewrite_hint(workspace: Workspace, path: Path) -> str:
         return f"rerun `xdrec --workspace {quoted} prepare SOURCE TARGET` with the options it was made with"
     if area == "models":
         model = rest[0]
-        command = "pretrain" if model in ("source-only", "target-only") else f"transfer --strategy {model}"
+        strategy = model.removesuffix("-reverse")
+        command = (
+            "pretrain"
+            if model in ("source-only", "target-only")
+            else f"transfer --strategy {strategy}" + (" --domain SOURCE" if strategy != model else "")
+        )
         return f"retrain it: `xdrec --workspace {quoted} {command}`"
     if area == "embeddings":
         return f"rerun `xdrec --workspace {quoted} embed`"
     return f"rerun `xdrec --workspace {quoted} evaluate`"
 
 
-# What each writing command writes; a reader (overlap, recommend) takes no lock.
+# The parts of a workspace a writing command locks (cli._WRITES says which); readers lock nothing.
 Area = Literal["raw", "datasets", "models", "embeddings", "reports"]
 AREAS: tuple[Area, ...] = ("raw", "datasets", "models", "embeddings", "reports")
 
