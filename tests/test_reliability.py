@@ -349,15 +349,11 @@ def absent_of(ws: Workspace, *args: str) -> dict[str, dict]:
 
 def test_evaluate_before_training_names_every_missing_model(copy: Workspace) -> None:
     absent = absent_of(copy)
-    assert set(absent) == {"target-only", "mapping", "finetune", "fusion", "joint", "bag"}
+    assert set(absent) == {"target-only", "mapping", "finetune", "bag"}  # what the default pipeline trains
     assert absent["target-only"]["fix"] == f"xdrec pretrain --domain {TARGET}"
-    assert absent["fusion"] == {
-        "model": "fusion",
-        "reason": "not trained",
-        "fix": "xdrec transfer --strategy fusion",
-    }
+    assert absent["bag"] == {"model": "bag", "reason": "not trained", "fix": "xdrec transfer --strategy bag"}
     table = invoke(copy, *EVAL)
-    assert "not shown: fusion, not trained (`xdrec transfer --strategy fusion`)" in table.stdout
+    assert "not shown: bag, not trained (`xdrec transfer --strategy bag`)" in table.stdout
     saved = json.loads((copy.reports_dir / f"{SOURCE}+{TARGET}" / TARGET / "report.json").read_text())
     assert {a["model"] for a in saved["absent"]} == set(absent)
     one_error_line(invoke(copy, *EVAL, "--strict"), "--strict", "target-only: not trained")
@@ -395,15 +391,10 @@ def test_recommend_names_the_models_it_could_not_use(copy: Workspace) -> None:
     assert result.exit_code == 0, result.output
     rec = json.loads(result.stdout)
     assert rec["model"] == "popularity" and rec["segment"] == "cold"
-    assert {a["model"] for a in rec["absent"]} == {
-        "mapping",
-        "fusion",
-        "joint",
-        "bag",
-    }  # those that serve cold users
+    assert {a["model"] for a in rec["absent"]} == {"mapping", "bag"}  # the default ones that serve cold users
     table = invoke(copy, "recommend", cold_user)
-    assert "not available: fusion, not trained" in table.stdout
-    one_error_line(invoke(copy, "recommend", cold_user, "--strict"), "fusion: not trained")
+    assert "not available: bag, not trained" in table.stdout
+    one_error_line(invoke(copy, "recommend", cold_user, "--strict"), "bag: not trained")
 
 
 def test_transfer_without_shared_users_refuses_mapping_instead_of_a_nan(tmp_path: Path) -> None:

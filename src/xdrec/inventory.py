@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from xdrec.checkpoint import CONFIG, read_checkpoint
+from xdrec.checkpoint import CONFIG, RUN, read_checkpoint
 from xdrec.data.dataset import Dataset
 from xdrec.errors import XdrecError
-from xdrec.strategies import STRATEGIES
-from xdrec.workspace import Workspace
+from xdrec.strategies import DEFAULT, STRATEGIES
+from xdrec.workspace import Workspace, read_json
 
 
 @dataclass(frozen=True)
@@ -30,11 +30,21 @@ class Absent:
         return f"{self.model}: {self.reason} (`{self.fix}`)"
 
 
-def expected_models(data: Dataset, domain: str) -> list[str]:
-    """The models a full pipeline trains for `domain`: its backbone, plus the strategies on the target."""
-    if domain == data.target:
-        return ["target-only", *STRATEGIES]
-    return ["source-only"]
+def expected_models(workspace: Workspace, data: Dataset, domain: str) -> list[str]:
+    """The models a default pipeline trains for `domain` (its backbone, plus the default strategies on the
+    target), and any other model trained, or being trained when interrupted, for a domain of that name."""
+    default = ["target-only", *DEFAULT] if domain == data.target else ["source-only"]
+    trained = [
+        config.parent.name
+        for config in sorted((workspace.root / "models").glob(f"*/{CONFIG}"))
+        if read_json(config).get("domain") == domain
+    ]
+    started = [
+        run.parent.name
+        for run in sorted(workspace.runs_dir.glob(f"*/{RUN}"))
+        if read_json(run).get("identity", {}).get("record", {}).get("domain") == domain
+    ]
+    return list(dict.fromkeys([*default, *trained, *started]))
 
 
 def retrain_command(data: Dataset, name: str) -> str:
@@ -47,7 +57,7 @@ def retrain_command(data: Dataset, name: str) -> str:
 def untrained(workspace: Workspace, data: Dataset, domain: str, present: list[str]) -> list[Absent]:
     """Expected models of `domain` that are not among `present`, each with the reason and the fix."""
     absent = []
-    for name in expected_models(data, domain):
+    for name in expected_models(workspace, data, domain):
         if name in present:
             continue
         folder = workspace.model_dir(name)
