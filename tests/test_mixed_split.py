@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
-import numpy as np
 import polars as pl
 import pytest
 from typer.testing import CliRunner
@@ -12,7 +9,7 @@ from typer.testing import CliRunner
 from conftest import FOOD, KITCHEN, random_raw
 from xdrec.cli import app
 from xdrec.data.dataset import Dataset
-from xdrec.data.prepare import PrepareConfig, build_tables, kcore, prepare
+from xdrec.data.prepare import PrepareConfig, build_tables, prepare
 from xdrec.workspace import Workspace
 
 
@@ -114,43 +111,6 @@ def test_same_timestamp_orders_source_first_then_target() -> None:
     )
     test = swapped["interactions"].filter(pl.col("split") == "test")
     assert test["domain"].to_list() == ["S"]
-
-
-def brute_force_kcore(rows: set[tuple[int, int, int]], min_user: int, min_item: int, each: int) -> set:
-    kept, changed = set(rows), True
-    while changed:
-        users = Counter(u for _, u, _ in kept)
-        per_domain = Counter((d, u) for d, u, _ in kept)
-        items = Counter((d, i) for d, _, i in kept)
-        bad = {
-            r
-            for r in kept
-            if users[r[1]] < min_user
-            or min(per_domain[(0, r[1])], per_domain[(1, r[1])]) < each
-            or items[(r[0], r[2])] < min_item
-        }
-        kept -= bad
-        changed = bool(bad)
-    return kept
-
-
-@pytest.mark.parametrize("seed", range(3))
-def test_kcore_with_a_minimum_per_domain_matches_brute_force(seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    n = 3000
-    domain = rng.integers(0, 2, n).astype(np.uint8)
-    events = pl.DataFrame(
-        {
-            "domain_code": domain,
-            "user_code": (rng.zipf(1.5, n) % 200).astype(np.uint32),
-            "item_code": (domain.astype(np.uint32) * 1000 + rng.zipf(1.3, n) % 150).astype(np.uint32),
-        }
-    ).unique()
-    got = kcore(events, 4, 2, min_per_domain=3)
-    assert {tuple(r) for r in got.iter_rows()} == brute_force_kcore(
-        {tuple(r) for r in events.iter_rows()}, 4, 2, 3
-    )
-    assert got.height > 0
 
 
 def test_mixed_drops_one_domain_users_and_says_so(small_workspace: Workspace) -> None:

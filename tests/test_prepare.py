@@ -17,24 +17,34 @@ from xdrec.workspace import Workspace
 
 
 def brute_force_kcore(
-    rows: list[tuple[int, int, int]], min_user: int, min_item: int
+    rows: list[tuple[int, int, int]], min_user: int, min_item: int, min_per_domain: int = 0
 ) -> set[tuple[int, int, int]]:
-    """Remove one violating row group at a time until nothing changes: the textbook fixed point."""
-    kept = set(rows)
-    changed = True
+    """Remove every violating row at once until nothing changes: the textbook fixed point.
+
+    Rows are (domain 0/1, user, item); `min_per_domain` asks for that many rows of a user in each domain.
+    """
+    kept, changed = set(rows), True
     while changed:
-        changed = False
         users = Counter(u for _, u, _ in kept)
+        per_domain = Counter((d, u) for d, u, _ in kept)
         items = Counter((d, i) for d, _, i in kept)
-        bad = {r for r in kept if users[r[1]] < min_user or items[(r[0], r[2])] < min_item}
-        if bad:
-            kept -= bad
-            changed = True
+        bad = {
+            r
+            for r in kept
+            if users[r[1]] < min_user
+            or min(per_domain[(0, r[1])], per_domain[(1, r[1])]) < min_per_domain
+            or items[(r[0], r[2])] < min_item
+        }
+        kept -= bad
+        changed = bool(bad)
     return kept
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_kcore_matches_brute_force_fixed_point(seed: int) -> None:
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize(("min_user", "min_item", "min_per_domain"), [(4, 3, 0), (4, 2, 3)])
+def test_kcore_matches_brute_force_fixed_point(
+    seed: int, min_user: int, min_item: int, min_per_domain: int
+) -> None:
     rng = np.random.default_rng(seed)
     n = 3000
     domain = rng.integers(0, 2, n).astype(np.uint8)
@@ -47,8 +57,8 @@ def test_kcore_matches_brute_force_fixed_point(seed: int) -> None:
         }
     ).unique()
     rows = [tuple(r) for r in events.iter_rows()]
-    expected = brute_force_kcore(rows, 4, 3)
-    got = kcore(events, 4, 3)
+    expected = brute_force_kcore(rows, min_user, min_item, min_per_domain)
+    got = kcore(events, min_user, min_item, min_per_domain=min_per_domain)
     assert {tuple(r) for r in got.iter_rows()} == expected
     assert got.height > 0  # the fixture is not trivially emptied
 
