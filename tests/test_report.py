@@ -208,3 +208,118 @@ def test_evaluate_scorers_user_errors(dataset: Dataset) -> None:
     report = evaluate_scorers(dataset, "Movies", [], EvaluateConfig(bootstrap=0))
     assert isinstance(report, Report) and report.models == ["popularity"]
     assert report_to_json(report)["results"][0]["ci"] == {}
+
+
+# ---------------------------------------------------------------------------------------------- paired
+
+
+def _per_user(values: np.ndarray, segments: list[str], metric: str = "NDCG@10") -> pl.DataFrame:
+    return pl.DataFrame(
+        {"user_id": np.arange(len(values)), "segment": segments, "protocol": "full", metric: values}
+    )
+
+
+def _bruteforce_delta(diff: np.ndarray, segment: str, replicates: int, seed: int) -> tuple[float, float]:
+    """One replicate at a time: resample users, mean their paired differences; percentile interval."""
+    import zlib
+
+    rng = np.random.default_rng([seed, zlib.crc32(segment.encode()), 1])
+    means = [diff[rng.integers(0, len(diff), size=len(diff))].mean() for _ in range(replicates)]
+    low, high = np.quantile(means, [0.025, 0.975])
+    return float(low), float(high)
+
+
+def test_paired_deltas_match_a_bruteforce_bootstrap() -> None:
+    from xdrec.evaluation import paired_deltas
+
+    rng = np.random.default_rng(7)
+    segments = list(rng.choice(["warm", "cold", "target-only"], size=60))
+    base, pop, model = rng.random(60), rng.random(60), rng.random(60)
+    per_user = {
+        "popularity": _per_user(pop, segments),
+        "target-only": _per_user(base, segments),
+        "fusion": _per_user(model, segments),
+    }
+    deltas = paired_deltas(per_user, "target", "NDCG@10", bootstrap=300, seed=3)
+    rows = {(r["model"], r["segment"]): r for r in deltas.iter_rows(named=True)}
+    seg = np.array(segments)
+    masks = {
+        "all": seg != "cold",
+        "warm": seg == "warm",
+        "cold": seg == "cold",
+        "target-only": seg == "target-only",
+    }
+    for segment, mask in masks.items():
+        against = "popularity" if segment == "cold" else "target-only"
+        reference = pop if segment == "cold" else base
+        row = rows[("fusion", segment)]
+        assert row["delta_against"] == against
+        diff = model[mask] - reference[mask]
+        assert row["delta"] == pytest.approx(model[mask].mean() - reference[mask].mean())
+        assert (row["delta_lo"], row["delta_hi"]) == pytest.approx(_bruteforce_delta(diff, segment, 300, 3))
+        # The base model against itself: exactly nothing.
+        own = rows[(against, segment)]
+        assert (own["delta"], own["delta_lo"], own["delta_hi"]) == (0.0, 0.0, 0.0)
+    # Seeded: the same call gives the same frame, another seed other intervals.
+    assert deltas.equals(paired_deltas(per_user, "target", "NDCG@10", bootstrap=300, seed=3))
+    other = paired_deltas(per_user, "target", "NDCG@10", bootstrap=300, seed=4)
+    assert not other["delta_lo"].equals(deltas["delta_lo"]) and other["delta"].equals(deltas["delta"])
+
+
+def test_paired_deltas_without_the_base_model_say_so() -> None:
+    from xdrec.evaluation import paired_deltas
+
+    per_user = {"fusion": _per_user(np.array([0.5, 0.2]), ["warm", "cold"])}
+    deltas = paired_deltas(per_user, "target", "NDCG@10", bootstrap=50)
+    assert deltas["delta"].is_null().all() and deltas["delta_lo"].is_null().all()
+    assert set(deltas["delta_against"]) == {"target-only", "popularity"}
+    shifted = {"a": _per_user(np.zeros(2), ["warm", "warm"]), "b": _per_user(np.zeros(3), ["warm"] * 3)}
+    with pytest.raises(XdrecError, match="same users"):
+        paired_deltas(shifted, "target", "NDCG@10")
+
+
+def test_report_marks_significant_wins_and_losses(dataset: Dataset) -> None:
+    best, worst = OracleScorer(dataset, "Movies"), ReverseOracle(dataset, "Movies")
+    best.name, worst.name = "target-only", "fusion"  # target-only: the base of the non-cold segments
+    report = evaluate_scorers(dataset, "Movies", [best, worst], ks=(1,), bootstrap=50)
+    doc = report_to_json(report)
+    rows = {(r["model"], r["segment"]): r for r in doc["results"]}
+    # Every warm user: fusion 0, target-only 1 -> delta -1 with the CI [-1, -1].
+    assert rows[("fusion", "warm")]["delta"] == {"against": "target-only", "NDCG@1": -1.0, "ci": [-1.0, -1.0]}
+    assert rows[("target-only", "all")]["delta"] == {
+        "against": "target-only",
+        "NDCG@1": 0.0,
+        "ci": [0.0, 0.0],
+    }
+    # Cold users are compared with popularity (which ranks a tied item first: NDCG@1 0).
+    assert rows[("target-only", "cold")]["delta"] == {
+        "against": "popularity",
+        "NDCG@1": 1.0,
+        "ci": [1.0, 1.0],
+    }
+    for (_, segment), row in rows.items():  # the delta is the difference of the two means
+        base = rows[(row["delta"]["against"], segment)]
+        assert row["delta"]["NDCG@1"] == pytest.approx(row["NDCG@1"] - base["NDCG@1"])
+    console = Console(record=True, width=80)
+    console.print(render_table(report))
+    text = console.export_text()
+    assert all(len(line) <= 80 for line in text.splitlines()) and "…" not in text
+    table = text.split("mean over users")[0]
+    assert table.count("▲") == 1 and "1.000▲" in table  # target-only over popularity on cold users
+    # fusion below target-only in all, warm and target-only; popularity too, but not significantly on the
+    # two warm users (it ties on one of them).
+    assert table.count("▼") == 5
+    assert "above / below target-only (cold: popularity)" in " ".join(text.split())
+
+
+def test_report_without_the_base_model_marks_nothing(dataset: Dataset) -> None:
+    report = evaluate_scorers(dataset, "Movies", [OracleScorer(dataset, "Movies")], bootstrap=20)
+    doc = report_to_json(report)
+    warm = next(r for r in doc["results"] if r["model"] == "oracle" and r["segment"] == "warm")
+    assert warm["delta"]["against"] == "target-only" and warm["delta"]["NDCG@10"] is None
+    assert "not in this report" in warm["delta"]["note"]
+    console = Console(record=True, width=120)
+    console.print(render_table(report))
+    text = console.export_text()
+    assert "no target-only in this report" in " ".join(text.split())
+    assert text.split("mean over users")[0].count("▲") == 1  # cold only: oracle vs popularity

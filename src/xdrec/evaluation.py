@@ -50,6 +50,16 @@ Domains
     A `Report` covers one domain. Under `prepare --split mixed` each user is tested once, in the domain of
     their last interaction, so each domain's report holds a different set of users. A domain where no user
     has anything to predict gives an empty report (`Report.empty`), said as such, never a row of zeros.
+
+Paired comparisons
+    In every segment each model's headline metric (NDCG at the first K) is compared with a baseline on the
+    same users: `<role>-only` (the single-domain SASRec of the evaluated domain, what a user gets without
+    transfer) for every segment but `cold`, where it is popularity (a single-domain model has nothing to
+    read). delta = mean over users of (model - baseline); its CI is a percentile bootstrap that resamples
+    users and takes the pair of values each resampled user has, so what the two models share (an easy
+    user, a hard one) cancels and the interval is much narrower than the two separate CIs suggest. Every
+    model of a segment is resampled with the same user draws (seeded by seed and segment name). A win or
+    loss is significant when the interval excludes 0. A report without the baseline model has no delta.
 """
 
 from __future__ import annotations
@@ -88,6 +98,8 @@ _DRAW_FACTOR = 2
 # Full ranking of a FactoredScorer scores at most this many (user, item) pairs at a time: above it, the
 # items are taken in chunks (Amazon Books' 495K items x 512 users would be 1 GB of float32 scores per copy).
 _SCORE_ELEMENTS = 1 << 25
+# The name each segment's paired delta is measured against; `<role>-only` is filled in per domain.
+COLD_BASELINE = PopularityScorer.name
 # Elements of one bootstrap chunk (replicates x users x metrics, float64: 32 MiB).
 _BOOTSTRAP_ELEMENTS = 1 << 22
 
@@ -519,12 +531,8 @@ def summarize(
     protocol = protocols[0] if protocols else FULL
     metrics = [c for c in per_user.columns if c not in KEY_COLUMNS]
 
-    groups = [(ALL_SEGMENT, per_user.filter(pl.col("segment") != COLD_SEGMENT))]
-    segments = sorted(per_user["segment"].drop_nulls().unique().to_list(), key=segment_sort_key)
-    groups += [(s, per_user.filter(pl.col("segment") == s)) for s in segments]
-
     rows = []
-    for segment, group in groups:
+    for segment, group in _segment_groups(per_user):
         if group.height == 0:
             continue
         values = group.select(metrics).to_numpy().astype(np.float64)
@@ -542,6 +550,64 @@ def summarize(
     return pl.DataFrame(rows, schema=schema, orient="row")
 
 
+def _segment_groups(per_user: pl.DataFrame) -> list[tuple[str, pl.DataFrame]]:
+    """(segment, its rows) for `all` (every user not cold) and each segment present, in report order."""
+    groups = [(ALL_SEGMENT, per_user.filter(pl.col("segment") != COLD_SEGMENT))]
+    segments = sorted(per_user["segment"].drop_nulls().unique().to_list(), key=segment_sort_key)
+    return groups + [(s, per_user.filter(pl.col("segment") == s)) for s in segments]
+
+
+def baseline_for(segment: str, role: str) -> str:
+    """The model a segment's paired delta is measured against (module docstring): popularity for cold
+    users, the evaluated domain's single-domain SASRec (`target-only` for the target) for the others."""
+    return COLD_BASELINE if segment == COLD_SEGMENT else f"{role}-only"
+
+
+def paired_deltas(
+    per_user: dict[str, pl.DataFrame],
+    role: str,
+    metric: str,
+    *,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> pl.DataFrame:
+    """Each model's paired difference in `metric` from its segment's baseline, with a bootstrap CI.
+
+    per_user: model name -> `per_user_metrics` output, every frame on the same cases (same users, same
+              order), as `evaluate_scorers` makes them.
+    returns:  model, segment, delta_against (the baseline's name), delta, delta_lo, delta_hi; delta is null
+              when the baseline is not among the models (nothing is invented in its place), lo/hi are
+              null with bootstrap=0. A model against itself has delta 0 and CI [0, 0].
+    """
+    if bootstrap < 0:
+        raise XdrecError(f"bootstrap must be a non-negative number of replicates, got {bootstrap}")
+    _check_seed(seed)
+    users = {name: frame["user_id"] for name, frame in per_user.items()}
+    if any(not u.equals(next(iter(users.values()))) for u in users.values()):
+        raise XdrecError("paired comparisons need every model's metrics on the same users, in one order")
+    rows = []
+    for name, frame in per_user.items():
+        for segment, group in _segment_groups(frame.select("user_id", "segment", metric)):
+            if group.height == 0:
+                continue  # as in `summarize`: a segment without users has no row
+            against = baseline_for(segment, role)
+            row = {"model": name, "segment": segment, "delta_against": against}
+            row |= {"delta": None, "delta_lo": None, "delta_hi": None}
+            if against in per_user:
+                base = per_user[against].join(group.select("user_id"), on="user_id", how="semi")
+                diff = (group[metric].to_numpy() - base[metric].to_numpy()).astype(np.float64)
+                row["delta"] = float(diff.mean())
+                if bootstrap:
+                    # Seeded by segment only: every model of a segment is resampled with the same users.
+                    rng = np.random.default_rng([seed, zlib.crc32(segment.encode()), 1])
+                    low, high = _bootstrap_ci(diff[:, None], bootstrap, rng, confidence)
+                    row |= {"delta_lo": float(low[0]), "delta_hi": float(high[0])}
+            rows.append(row)
+    schema = {"model": pl.String, "segment": pl.String, "delta_against": pl.String}
+    return pl.DataFrame(rows, schema=schema | {c: pl.Float64 for c in ("delta", "delta_lo", "delta_hi")})
+
+
 def _float(value: object) -> float | None:
     return None if value is None else float(value)  # type: ignore[arg-type]
 
@@ -553,8 +619,10 @@ def _float(value: object) -> float | None:
 class Report:
     """Every model's per-segment summary on one domain and split, under one protocol.
 
-    rows: model, domain, segment, users, protocol, then per metric M: M, M_lo, M_hi; segments in report
-          order, models in the order they were given within each segment.
+    rows: model, domain, segment, users, protocol, then per metric M: M, M_lo, M_hi, then the paired
+          comparison of the headline metric with the segment's baseline (`paired_deltas`): delta_against,
+          delta, delta_lo, delta_hi; segments in report order, models in the order they were given
+          within each segment.
     """
 
     domain: str
@@ -644,7 +712,8 @@ def evaluate_scorers(
 
     The popularity baseline is added first unless a scorer is already named 'popularity' or
     with_popularity=False, so every report shows how far the models are above it. All scorers see the same
-    cases and, under sampled-N, the same negatives.
+    cases and, under sampled-N, the same negatives, so each row also carries its paired delta of the
+    headline metric against the segment's baseline (`paired_deltas`).
     """
     dataset.check_domain(domain)
     ks, negatives, bootstrap, seed = config.ks, config.negatives, config.bootstrap, config.seed
@@ -658,17 +727,19 @@ def evaluate_scorers(
     n_items = dataset.n_items(domain)
     cases = dataset.eval_cases(domain, stage)  # none at all: every summary is empty, so is the report
 
-    summaries = []
+    summaries, per_users = [], {}
     for scorer in scorers:
         per_user = per_user_metrics(
             scorer, cases, n_items, ks, keep_seen=config.keep_seen, negatives=negatives, seed=seed,
             batch_size=config.batch_size, device=device,
         )  # fmt: skip
+        per_users[scorer.name] = per_user
         summary = summarize(per_user, bootstrap=bootstrap, seed=seed)
         summaries.append(
             summary.select(pl.lit(scorer.name).alias("model"), pl.lit(domain).alias("domain"), pl.all())
         )
-    rows = pl.concat(summaries)
+    deltas = paired_deltas(per_users, dataset.role(domain), f"NDCG@{ks[0]}", bootstrap=bootstrap, seed=seed)
+    rows = pl.concat(summaries).join(deltas, on=("model", "segment"), how="left", maintain_order="left")
     # Group by segment, keeping the given model order inside each group.
     order = {segment: i for i, segment in enumerate(sorted(rows["segment"].unique(), key=segment_sort_key))}
     rows = (

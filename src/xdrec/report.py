@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 BEST_STYLE = "bold green"
+WIN, LOSS = "▲", "▼"  # the paired CI of the headline delta is above / below zero
 
 
 def protocol_title(report: Report) -> str:
@@ -51,10 +52,34 @@ def _number(value: float) -> str:
     return f"{value:.3f}" if value >= 1 else f"{value:.4f}".removeprefix("0")
 
 
+def _mark(row: dict) -> str:
+    """▲ / ▼ when the paired CI of the headline delta against the segment's base model excludes zero."""
+    lo, hi = row["delta_lo"], row["delta_hi"]
+    if lo is not None and lo > 0:
+        return WIN
+    return LOSS if hi is not None and hi < 0 else ""
+
+
+def _bases(report: Report) -> str:
+    """The base models, e.g. "target-only (cold: popularity)"."""
+    bases = dict(report.rows.select("segment", "delta_against").unique("segment").iter_rows())
+    cold = bases.pop(COLD_SEGMENT, None)
+    warm = sorted(set(bases.values()))
+    return " / ".join(warm) + (f" ({COLD_SEGMENT}: {cold})" if cold and warm else (cold or ""))
+
+
+def _missing_bases(report: Report) -> list[str]:
+    """Base models some segment is compared with but that are not in the report."""
+    missing = report.rows.filter(pl.col("delta").is_null())["delta_against"].drop_nulls()
+    return sorted(set(missing.to_list()))
+
+
 def render_table(report: Report, *, plain: bool = False) -> Table:
     """One line per model, segments grouped (one section each): the means of every metric, the headline
-    metric's (NDCG at the first K) bootstrap CI, the best value per segment and metric in bold green, and
-    the segment's winner on the headline marked with ★. `--json` carries every metric's CI.
+    metric's (NDCG at the first K) bootstrap CI, ▲ / ▼ after it for a significant win / loss against the
+    segment's base model (paired bootstrap, `xdrec.evaluation.paired_deltas`), the best value per segment
+    and metric in bold green, and the segment's winner on the headline marked with ★. `--json` carries
+    every metric's CI and each delta with its CI.
 
     plain: for a file or a pipe, where bold means nothing: the best values carry a `*` instead.
     An empty report (no user to rank in the domain) is a one-row table that says so."""
@@ -71,6 +96,13 @@ def render_table(report: Report, *, plain: bool = False) -> Table:
             f"mean over users; best per segment {'marked *' if plain else 'in bold'}, "
             f"★ = best {report.headline}"
             + (f"; CI = {percent}% bootstrap interval of {report.headline}" if with_ci else "")
+            + (
+                f"; {WIN} / {LOSS} = {report.headline} above / below {_bases(report)}, paired "
+                f"{percent}% CI clear of 0"
+                if with_ci
+                else ""
+            )
+            + "".join(f"; no {base} in this report: no comparison with it" for base in _missing_bases(report))
             + f"; '{ALL_SEGMENT}' = every user except '{COLD_SEGMENT}'; {TIE_RULE}"
         ),
         title_style="bold red" if report.sampled else "bold",
@@ -98,7 +130,11 @@ def render_table(report: Report, *, plain: bool = False) -> Table:
             for metric in report.metrics:
                 top = row[metric] == best[metric]
                 mark = "*" if top and plain else " " if plain else ""
-                cells.append(Text(_number(row[metric]) + mark, style=BEST_STYLE if top else ""))
+                cell = Text(_number(row[metric]) + mark, style=BEST_STYLE if top else "")
+                if metric == report.headline:
+                    significant = _mark(row)
+                    cell.append(significant, style="green" if significant == WIN else "red")
+                cells.append(cell)
                 if metric == report.headline and with_ci:
                     lo, hi = row[f"{metric}_lo"], row[f"{metric}_hi"]
                     cells.append(f"{_number(lo)}-{_number(hi)}" if lo is not None else "")
@@ -109,7 +145,9 @@ def render_table(report: Report, *, plain: bool = False) -> Table:
 def report_to_json(report: Report) -> dict:
     """{"protocol", "domain", "stage", "n_items", "negatives", "ks", "metrics", "confidence", "bootstrap",
     "ties", "results": [{"model", "domain", "segment", "users", "protocol", <metric>: mean, ..., "ci":
-    {<metric>: [lo, hi]}}]}; "ci" is empty when the report was made without bootstrap. A domain with no
+    {<metric>: [lo, hi]}, "delta": {"against": <baseline>, <headline>: d, "ci": [lo, hi]}}]}; "ci" is
+    empty (and the delta's null) when the report was made without bootstrap. When the segment's baseline
+    model is not in the report, the delta's value and CI are null and "note" says why. A domain with no
     user to rank has "results": [] and a "note" that says so."""
     results = []
     for row in report.rows.iter_rows(named=True):
@@ -120,6 +158,7 @@ def report_to_json(report: Report) -> dict:
             for metric in report.metrics
             if row[f"{metric}_lo"] is not None
         }
+        result["delta"] = _delta_json(report, row)
         results.append(result)
     return {
         "protocol": report.protocol,
@@ -142,6 +181,15 @@ def reports_to_json(reports: list[Report]) -> dict:
     if len(reports) == 1:
         return report_to_json(reports[0])
     return {"reports": [report_to_json(report) for report in reports]}
+
+
+def _delta_json(report: Report, row: dict) -> dict:
+    delta = {"against": row["delta_against"], report.headline: row["delta"], "ci": None}
+    if row["delta_lo"] is not None:
+        delta["ci"] = [row["delta_lo"], row["delta_hi"]]
+    if row["delta"] is None:
+        delta["note"] = f"{row['delta_against']} is not in this report: no paired comparison"
+    return delta
 
 
 def save_report(report: Report, directory: Path) -> dict[str, Path]:
