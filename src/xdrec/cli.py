@@ -646,6 +646,54 @@ def evaluate(
 
 
 @app.command()
+def tune(
+    ctx: typer.Context,
+    model: Annotated[
+        str,
+        typer.Argument(help="What to tune: target-only, source-only, mapping, finetune, fusion or joint."),
+    ] = "target-only",
+    trials: Annotated[
+        int, typer.Option(help="Finished trials in all, counting those of an interrupted earlier run.")
+    ] = 20,
+    timeout: Annotated[
+        float | None, typer.Option(help="Seconds; no trial starts after it (the running one finishes).")
+    ] = None,
+    epochs: Annotated[
+        int, typer.Option(help="Maximum epochs per trial (early stopping on validation).")
+    ] = 30,
+    patience: PatienceOpt = 3,
+    restart: Annotated[bool, typer.Option(help="Discard an earlier search instead of resuming it.")] = False,
+    seed: SeedOpt = 42,
+    device: DeviceOpt = "auto",
+    dataset: DatasetOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Search a model's hyper-parameters on the VALIDATION split (never test); resumable.
+
+    The best settings go to tuning/<dataset>/<model>.json, which pretrain, transfer and run use unless an
+    option overrides them.
+    """
+    from xdrec.tune import TuneConfig
+    from xdrec.tune import tune as search
+
+    config = TuneConfig(
+        trials=trials, timeout=timeout, epochs=epochs, patience=patience, seed=seed, device=device
+    )
+    result = search(
+        _workspace(ctx), model, config, dataset=dataset, restart=restart, progress=not quiet and not as_json
+    )  # type: ignore[arg-type]
+    if as_json:
+        from dataclasses import asdict
+
+        _print_json(asdict(result))
+    else:
+        from xdrec.views import tune_table
+
+        console.print(tune_table(result))
+
+
+@app.command()
 def recommend(
     ctx: typer.Context,
     user_id: Annotated[str, typer.Argument(help="Raw user id (e.g. an Amazon reviewer id).")],

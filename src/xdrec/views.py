@@ -107,3 +107,56 @@ def recommend_table(rec) -> Table:
 def absent_lines(absent: Sequence[dict[str, str]], heading: str) -> list[str]:
     """One line per model left out of a report or a recommendation: why, and the command that makes it."""
     return [f"{heading}: {a['model']}, {a['reason']} (`{a['fix']}`)" for a in absent]
+
+
+# Short column names for the searched settings, so a trial fits one 80-column line (legend in the caption).
+_PARAM_HEADERS = {
+    "hidden": "dim",
+    "blocks": "blk",
+    "heads": "hd",
+    "dropout": "drop",
+    "max_len": "len",
+    "lr": "lr",
+    "weight_decay": "wd",
+    "batch_size": "bs",
+    "mapping_loss": "loss",
+}
+
+
+def _param(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}".removeprefix("0") if 0.01 <= value < 1 else f"{value:.0e}".replace("e-0", "e-")
+    return str(value)
+
+
+def tune_table(result) -> Table:
+    """`xdrec tune`'s trials, in order, the stored best one starred (`result` is a tune.TuneResult)."""
+    best = result.best.trial if result.best else None
+    params = list(dict.fromkeys(p for t in result.trials for p in t.params))
+    legend = ", ".join(f"{_PARAM_HEADERS[p]} = {p}" for p in params if _PARAM_HEADERS.get(p, p) != p)
+    caption = (
+        f"validation NDCG@10 (test never read); ★ = best, stored in {result.settings} and used by "
+        f"pretrain / transfer / run unless an option overrides it; {legend}"
+    )
+    table = plain_table(
+        f"tune {result.model} on {result.dataset}: {len(result.trials)} trials", caption=caption
+    )
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("NDCG@10", justify="right", no_wrap=True)
+    table.add_column("ep", justify="right", no_wrap=True)
+    table.add_column("sec", justify="right", no_wrap=True)
+    for p in params:
+        table.add_column(_PARAM_HEADERS.get(p, p), justify="right", no_wrap=True)
+    for t in result.trials:
+        star = t.number == best
+        table.add_row(
+            f"★{t.number}" if star else str(t.number),
+            t.state,
+            "-" if t.value is None else f"{t.value:.4f}".removeprefix("0"),
+            "-" if t.epochs is None else str(t.epochs),
+            "-" if t.seconds is None else f"{t.seconds:.0f}",
+            *(_param(t.params[p]) if p in t.params else "-" for p in params),
+            style="bold green" if star else None,
+        )
+    return table

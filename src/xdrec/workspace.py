@@ -8,6 +8,7 @@ Every stage reads what the previous one wrote by convention, so commands chain w
     runs/<name>/                         pretrain, transfer: train_state/ and metrics.jsonl while training
     embeddings/<name>.safetensors        embed
     reports/                             evaluate
+    tuning/<dataset>/<model>.{journal,json}  tune (the search, and the settings it chose)
 
 One writer at a time per area: a command that writes raw/, datasets/, models/, embeddings/ or reports/
 holds an advisory lock on it (`Workspace.writing`), so a second writer stops with a clear message while
@@ -346,6 +347,10 @@ class Workspace:
     @property
     def reports_dir(self) -> Path:
         return self.root / "reports"
+
+    # --- tune ---
+    def tuning_dir(self, dataset: str) -> Path:
+        return self.root / "tuning" / dataset
 
     def _state(self) -> dict:
         path = self.root / "workspace.json"

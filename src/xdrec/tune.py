@@ -1,0 +1,422 @@
+"""`xdrec tune`: a hyper-parameter search for one model, judged on the validation split only.
+
+Each trial trains the model from scratch on the training split with settings Optuna's TPE sampler proposes,
+and scores it by its best validation NDCG@10: the early-stopped metric `pretrain` and `transfer` record
+(for `mapping`, its pseudo-cold hold-out of training users). The test split is never read, so the test
+report stays an honest estimate of the chosen settings. Trials of a SASRec model report every epoch to a
+median pruner, which stops a trial whose validation score is below the median of earlier trials at the
+same epoch. Trials train into a scratch directory: the models in models/ are never touched.
+
+The search space (`SPACE`): the SASRec architecture (hidden, blocks, heads, dropout, max_len) for the
+single-domain models (`source-only`, `target-only`); the training settings (lr, weight_decay, batch_size)
+for every model; a strategy's own knobs where it has some (`mapping`: its loss). The strategies build on
+the source model's architecture, so tune `source-only` to change theirs.
+
+Files (tuning/<dataset>/ in the workspace):
+    <model>.journal   the study, Optuna's JournalStorage (one append-only file, no database): an
+                      interrupted search resumes where it stopped, and --trials N means N finished
+                      trials in all, however many runs it took
+    <model>.json      the best finished trial's settings and score, rewritten after every trial;
+                      `pretrain`, `transfer` and `run` use them unless an option overrides them
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args
+
+import optuna
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from xdrec.data.dataset import Dataset
+from xdrec.errors import XdrecError
+from xdrec.models.sasrec import SASRec, SASRecConfig
+from xdrec.training import TrainConfig, train
+from xdrec.workspace import Workspace, read_json, write_json
+
+Model = Literal["source-only", "target-only", "mapping", "finetune", "fusion", "joint"]
+MODELS: tuple[str, ...] = get_args(Model)
+METRIC = "NDCG@10"
+JOURNAL, SETTINGS = ".journal", ".json"
+
+Param = int | float | str
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One dimension of the search: `values` to choose from, or a (low, high) range (`log`: log-uniform)."""
+
+    values: tuple[Param, ...] = ()
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+
+    def suggest(self, trial: optuna.Trial, name: str) -> Param:
+        if self.values:
+            return trial.suggest_categorical(name, self.values)  # type: ignore[return-value]
+        return trial.suggest_float(name, self.low, self.high, log=self.log)
+
+
+# The names are the config fields they set (SASRecConfig, TrainConfig, TransferConfig): no mapping table.
+ARCHITECTURE = {
+    "hidden": Choice((32, 64, 128, 256)),
+    "blocks": Choice((1, 2, 3)),
+    "heads": Choice((1, 2, 4)),  # every hidden size above is a multiple of 4
+    "dropout": Choice(low=0.0, high=0.6),
+    "max_len": Choice((25, 50, 100, 200)),
+}
+TRAINING = {
+    "lr": Choice(low=1e-4, high=1e-2, log=True),
+    "weight_decay": Choice(low=1e-6, high=3.0, log=True),  # up to ABXI's 2-3 (AdamW decoupled decay)
+    "batch_size": Choice((64, 128, 256, 512)),
+}
+SPACE: dict[str, dict[str, Choice]] = {
+    "source-only": ARCHITECTURE | TRAINING,
+    "target-only": ARCHITECTURE | TRAINING,
+    "mapping": TRAINING | {"mapping_loss": Choice(("task", "mse"))},
+    "finetune": TRAINING,
+    "fusion": TRAINING,
+    "joint": TRAINING,
+}
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """What stays fixed across the trials of one search (a resumed search must repeat it)."""
+
+    trials: int = 20  # finished trials in all, counting those of earlier runs of the same search
+    timeout: float | None = None  # seconds; no trial starts after it (a running one finishes)
+    epochs: int = 30  # per trial, with early stopping on validation
+    patience: int = 3
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.trials < 1:
+            raise XdrecError(f"--trials must be at least 1, got {self.trials}")
+        if self.timeout is not None and self.timeout <= 0:
+            raise XdrecError(f"--timeout must be a positive number of seconds, got {self.timeout}")
+        if self.epochs < 1 or self.patience < 1:
+            raise XdrecError("--epochs and --patience must be at least 1")
+
+    def fixed(self) -> dict[str, Any]:
+        """What a resumed search must repeat for its trials to be comparable."""
+        return {"epochs": self.epochs, "patience": self.patience, "seed": self.seed}
+
+
+@dataclass(frozen=True)
+class Trial:
+    number: int
+    state: str  # complete | pruned | fail | running
+    value: float | None  # best validation NDCG@10 of the trial
+    params: dict[str, Param]
+    epochs: int | None  # epochs trained (fewer when early-stopped or pruned)
+    seconds: float | None
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """The settings a search chose, as stored in tuning/<dataset>/<model>.json."""
+
+    model: str
+    dataset: str
+    manifest_hash: str
+    metric: str
+    value: float  # the best trial's validation score
+    trial: int  # its number
+    trials: int  # finished trials when it was written
+    params: dict[str, Param] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    model: str
+    dataset: str
+    study: Path  # the journal
+    settings: Path  # where the best settings are stored
+    best: Tuned | None  # None when no trial finished
+    trials: list[Trial]  # every trial of the study, this run's and earlier ones
+    ran: int  # trials started by this run
+    seconds: float
+
+
+def study_path(workspace: Workspace, dataset: str, model: str) -> Path:
+    return workspace.tuning_dir(dataset) / f"{model}{JOURNAL}"
+
+
+def settings_path(workspace: Workspace, dataset: str, model: str) -> Path:
+    return workspace.tuning_dir(dataset) / f"{model}{SETTINGS}"
+
+
+def load_tuned(workspace: Workspace, data: Dataset, model: str) -> Tuned | None:
+    """The stored settings for `model` on `data`; None when there are none or they were chosen on
+    another version of the dataset (its manifest changed since)."""
+    path = settings_path(workspace, data.name, model)
+    if not path.exists():
+        return None
+    tuned = Tuned(**read_json(path))
+    return tuned if tuned.manifest_hash == data.manifest_hash else None
+
+
+C = TypeVar("C")
+
+
+def with_params(config: C, params: Mapping[str, Param], given: Collection[str] = ()) -> C:
+    """`config` (a config dataclass) with the values `params` has for its fields, except those named in
+    `given` (the options the user set explicitly, which always win over tuned settings)."""
+    names = {f.name for f in fields(config)}  # type: ignore[arg-type]
+    changes = {k: v for k, v in params.items() if k in names and k not in given}
+    return replace(config, **changes) if changes else config  # type: ignore[type-var]
+
+
+def tune(
+    workspace: Workspace,
+    model: Model = "target-only",
+    config: TuneConfig = TuneConfig(),
+    *,
+    dataset: str | None = None,
+    restart: bool = False,
+    progress: bool = True,
+) -> TuneResult:
+    """Search `model`'s hyper-parameters on `dataset` (default: the current one) for `config.trials`
+    finished trials in all (module docstring); store and return the best settings.
+
+    restart: discard an earlier search of this model on this dataset instead of resuming it.
+    """
+    if model not in MODELS:
+        raise XdrecError(f"cannot tune {model!r}: choose from {', '.join(MODELS)}")
+    started = time.perf_counter()
+    data = Dataset.from_workspace(workspace, dataset)
+    objective = _objective(workspace, data, model, config)  # checks what the model needs first
+    journal = study_path(workspace, data.name, model)
+    if restart:
+        journal.unlink(missing_ok=True)
+        settings_path(workspace, data.name, model).unlink(missing_ok=True)
+    study = _open_study(journal, model, data, config)
+    finished = sum(t.state in (_COMPLETE, _PRUNED) for t in study.trials)
+    remaining = max(0, config.trials - finished)
+
+    console = Console(stderr=True, quiet=not progress)
+    if finished:
+        console.log(f"resuming the search in {journal}: {finished} trial(s) finished")
+    ran = 0
+    with _progress_bar(console, progress) as bar:
+        task = bar.add_task(f"tune {model}", total=config.trials, completed=finished, best=_best_text(study))
+
+        def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            nonlocal ran
+            ran += 1
+            if any(t.state == _COMPLETE for t in study.trials):
+                _store(workspace, data, model, study)
+            bar.update(task, advance=1 if trial.state in (_COMPLETE, _PRUNED) else 0, best=_best_text(study))
+
+        if remaining:
+            # Scratch models live in a temporary directory; TrialPruned and our own errors end a trial,
+            # anything else (a bug, out of memory) ends the search and is re-raised.
+            with tempfile.TemporaryDirectory(prefix="xdrec-tune-") as scratch:
+                study.optimize(
+                    lambda trial: objective(trial, Path(scratch)),
+                    n_trials=remaining,
+                    timeout=config.timeout,
+                    callbacks=[after_trial],
+                    gc_after_trial=True,
+                )
+    trials = [_trial(t) for t in study.trials]
+    best = load_tuned(workspace, data, model)
+    return TuneResult(
+        model=model,
+        dataset=data.name,
+        study=journal,
+        settings=settings_path(workspace, data.name, model),
+        best=best,
+        trials=trials,
+        ran=ran,
+        seconds=time.perf_counter() - started,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- study
+
+_COMPLETE, _PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
+
+
+def _open_study(journal: Path, model: str, data: Dataset, config: TuneConfig) -> optuna.Study:
+    """The search in `journal`, created or resumed; refuses one made on another dataset or budget."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own progress display says what matters
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    existing = optuna.load_study(study_name=model, storage=storage) if journal.stat().st_size else None
+    if existing is not None:
+        attrs = existing.user_attrs
+        if attrs.get("manifest_hash") != data.manifest_hash:
+            raise XdrecError(
+                f"the search in {journal} was run on another version of dataset {data.name}: "
+                "pass --restart to start a new one"
+            )
+        if attrs.get("fixed") != config.fixed():
+            options = " ".join(f"--{k} {v}" for k, v in attrs.get("fixed", {}).items())
+            raise XdrecError(
+                f"the search in {journal} trained its trials with {options}: repeat those options to "
+                "resume it, or pass --restart"
+            )
+        # A trial still marked running was cut off with its process: it did not finish.
+        for trial in existing.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            existing.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    # Seeded by the trials so far, so a resumed search does not propose the same settings again.
+    sampler = optuna.samplers.TPESampler(seed=config.seed + len(existing.trials if existing else []))
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)
+    study = optuna.create_study(
+        storage=storage,
+        study_name=model,
+        direction="maximize",
+        sampler=sampler,
+        pruner=pruner,
+        load_if_exists=True,
+    )
+    if existing is None:
+        study.set_user_attr("manifest_hash", data.manifest_hash)
+        study.set_user_attr("fixed", config.fixed())
+    return study
+
+
+def _store(workspace: Workspace, data: Dataset, model: str, study: optuna.Study) -> None:
+    best = study.best_trial
+    tuned = Tuned(
+        model=model,
+        dataset=data.name,
+        manifest_hash=data.manifest_hash,
+        metric=METRIC,
+        value=float(best.value),  # type: ignore[arg-type]
+        trial=best.number,
+        trials=sum(t.state in (_COMPLETE, _PRUNED) for t in study.trials),
+        params=dict(best.params),
+    )
+    write_json(settings_path(workspace, data.name, model), asdict(tuned))
+
+
+def _trial(t: optuna.trial.FrozenTrial) -> Trial:
+    seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None
+    return Trial(
+        number=t.number,
+        state=t.state.name.lower(),
+        value=t.value,
+        params=dict(t.params),
+        epochs=t.user_attrs.get("epochs"),
+        seconds=None if seconds is None else round(seconds, 1),
+    )
+
+
+def _best_text(study: optuna.Study) -> str:
+    done = [t for t in study.trials if t.state == _COMPLETE]
+    return f"{METRIC} {max(t.value for t in done):.4f}" if done else ""  # type: ignore[type-var]
+
+
+def _progress_bar(console: Console, enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("trials  best {task.fields[best]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not enabled,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- trials
+
+Objective = Callable[[optuna.Trial, Path], float]
+
+
+def _objective(workspace: Workspace, data: Dataset, model: str, config: TuneConfig) -> Objective:
+    """A trial: sample the model's space, train it on train, return its best validation score."""
+    space = SPACE[model]
+    train_fixed = TrainConfig(
+        epochs=config.epochs,
+        patience=config.patience,
+        seed=config.seed,
+        device=config.device,
+        threads=config.threads,
+    )
+    if model in ("source-only", "target-only"):
+        domain = data.source if model == "source-only" else data.target
+        fit = _sasrec_trial(data, domain)
+    else:
+        fit = _strategy_trial(workspace, data, model, train_fixed)
+
+    def objective(trial: optuna.Trial, scratch: Path) -> float:
+        params = {name: choice.suggest(trial, name) for name, choice in space.items()}
+        train_config = with_params(train_fixed, params)
+        value, epochs = fit(trial, params, train_config, scratch)
+        trial.set_user_attr("epochs", epochs)
+        if value is None or math.isnan(value):
+            raise XdrecError(f"trial {trial.number} had no validation score: the dataset has no valid split")
+        return value
+
+    return objective
+
+
+Fit = Callable[[optuna.Trial, Mapping[str, Param], TrainConfig, Path], tuple[float | None, int]]
+
+
+def _sasrec_trial(data: Dataset, domain: str) -> Fit:
+    from xdrec.pretrain import ndcg_validator, training_examples
+
+    sequences = data.train_sequences(domain)
+    validate = ndcg_validator(data, domain)
+    if validate is None:
+        raise XdrecError(f"{domain} has no validation users in {data.name}: nothing to tune on")
+    counts = data.item_counts(domain)
+
+    def fit(
+        trial: optuna.Trial, params: Mapping[str, Param], train_config: TrainConfig, scratch: Path
+    ) -> tuple[float | None, int]:
+        cfg = with_params(SASRecConfig(n_items=data.n_items(domain)), params)
+        torch.manual_seed(train_config.seed)
+        net = SASRec(cfg)
+
+        def report(line: dict[str, Any]) -> None:
+            if line.get(METRIC) is not None:
+                trial.report(line[METRIC], line["epoch"])
+                if trial.should_prune():
+                    trial.set_user_attr("epochs", line["epoch"])
+                    raise optuna.TrialPruned()
+
+        result = train(
+            net,
+            training_examples(sequences, cfg.max_len),
+            train_config,
+            validate=validate,
+            item_counts=counts,
+            progress=False,
+            on_epoch=report,
+        )
+        return result.best_metric, result.epochs_run
+
+    return fit
+
+
+def _strategy_trial(workspace: Workspace, data: Dataset, model: str, train_fixed: TrainConfig) -> Fit:
+    from xdrec.transfer import STRATEGIES, TransferConfig, prepare_context
+
+    ctx = prepare_context(workspace, data, TransferConfig(train=train_fixed))
+
+    def fit(
+        trial: optuna.Trial, params: Mapping[str, Param], train_config: TrainConfig, scratch: Path
+    ) -> tuple[float | None, int]:
+        config = with_params(TransferConfig(train=train_config), params)
+        out = scratch / f"trial-{trial.number}"
+        result = STRATEGIES[model].fit(replace(ctx, scratch=out), config, progress=False)
+        shutil.rmtree(out, ignore_errors=True)
+        return result.training.best_metric, result.training.epochs_run
+
+    return fit

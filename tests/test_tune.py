@@ -1,0 +1,170 @@
+"""`xdrec tune`: a short search on tiny synthetic data that resumes, never reads test, and is picked up."""
+
+from __future__ import annotations
+
+import numpy as np
+import optuna
+import polars as pl
+import pytest
+
+from xdrec.data.dataset import Dataset
+from xdrec.data.prepare import PrepareConfig, prepare
+from xdrec.errors import XdrecError
+from xdrec.training import TrainConfig
+from xdrec.tune import TuneConfig, load_tuned, settings_path, study_path, tune, with_params
+from xdrec.workspace import Workspace
+
+FAST = TuneConfig(trials=2, epochs=2, patience=1, seed=3)
+
+
+@pytest.fixture
+def prepared(small_workspace: Workspace) -> Workspace:
+    prepare(small_workspace, "Src", "Tgt", PrepareConfig())
+    return small_workspace
+
+
+def _values(result) -> list[float | None]:
+    return [t.value for t in result.trials]
+
+
+def test_tune_stores_the_best_trial_and_resumes(prepared: Workspace) -> None:
+    first = tune(prepared, "target-only", FAST, progress=False)
+    assert first.ran == 2 and [t.state for t in first.trials] == ["complete", "complete"]
+    assert all(0.0 <= v <= 1.0 for v in _values(first))
+    best = max(first.trials, key=lambda t: t.value or 0.0)
+    data = Dataset.from_workspace(prepared)
+    stored = load_tuned(prepared, data, "target-only")
+    assert stored == first.best and stored is not None
+    assert (stored.trial, stored.value, stored.params) == (best.number, best.value, best.params)
+    assert set(stored.params) == {
+        "hidden",
+        "blocks",
+        "heads",
+        "dropout",
+        "max_len",
+        "lr",
+        "weight_decay",
+        "batch_size",
+    }
+    assert first.study == study_path(prepared, data.name, "target-only") and first.study.exists()
+
+    # --trials counts every finished trial: asking for 3 runs one more, asking again runs none.
+    more = tune(prepared, "target-only", TuneConfig(trials=3, epochs=2, patience=1, seed=3), progress=False)
+    assert more.ran == 1 and len(more.trials) == 3 and _values(more)[:2] == _values(first)
+    assert (
+        tune(prepared, "target-only", TuneConfig(trials=3, epochs=2, patience=1, seed=3), progress=False).ran
+        == 0
+    )
+    assert more.best is not None and more.best.value == max(v or 0.0 for v in _values(more))
+
+    # A resumed search must train its trials the same way; --restart starts over.
+    with pytest.raises(XdrecError, match="repeat those options"):
+        tune(prepared, "target-only", TuneConfig(trials=4, epochs=3, patience=1, seed=3), progress=False)
+    again = tune(prepared, "target-only", FAST, restart=True, progress=False)
+    assert again.ran == 2 and len(again.trials) == 2 and _values(again) == _values(first)  # seeded
+
+
+def test_a_trial_cut_off_by_a_crash_is_not_counted(prepared: Workspace) -> None:
+    tune(prepared, "target-only", TuneConfig(trials=1, epochs=1, patience=1), progress=False)
+    path = study_path(prepared, "Src+Tgt", "target-only")
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    optuna.load_study(study_name="target-only", storage=storage).ask()  # started, never finished
+    result = tune(prepared, "target-only", TuneConfig(trials=2, epochs=1, patience=1), progress=False)
+    assert [t.state for t in result.trials] == ["complete", "fail", "complete"] and result.ran == 1
+
+
+def test_tune_never_reads_the_test_split(prepared: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    stages: list[str] = []
+    for method in ("eval_cases", "history_sequences"):
+        original = getattr(Dataset, method)
+
+        def spy(self, domain, stage, _original=original):  # type: ignore[no-untyped-def]
+            stages.append(stage)
+            return _original(self, domain, stage)
+
+        monkeypatch.setattr(Dataset, method, spy)
+    before = tune(prepared, "target-only", FAST, progress=False)
+    assert stages and set(stages) == {"valid"}
+
+    # Stronger: scramble every test-split item; the search must score every trial exactly the same.
+    path = Dataset.from_workspace(prepared).path / "interactions.parquet"
+    table = pl.read_parquet(path)
+    rng = np.random.default_rng(0)
+    scrambled = table.with_columns(
+        item_id=pl.when(pl.col("split") == "test")
+        .then(pl.Series(rng.integers(1, 100, table.height), dtype=pl.Int32))
+        .otherwise(pl.col("item_id"))
+    )
+    assert not scrambled.equals(table)
+    scrambled.write_parquet(path)
+    after = tune(prepared, "target-only", FAST, restart=True, progress=False)
+    assert _values(after) == _values(before)
+
+
+def test_stored_settings_apply_unless_given(prepared: Workspace) -> None:
+    tune(prepared, "target-only", TuneConfig(trials=1, epochs=1, patience=1), progress=False)
+    data = Dataset.from_workspace(prepared)
+    tuned = load_tuned(prepared, data, "target-only")
+    assert tuned is not None
+    config = with_params(TrainConfig(), tuned.params)
+    assert (config.lr, config.weight_decay, config.batch_size) == (
+        tuned.params["lr"],
+        tuned.params["weight_decay"],
+        tuned.params["batch_size"],
+    )
+    assert with_params(TrainConfig(), tuned.params, given={"lr"}).lr == TrainConfig().lr
+    # Settings chosen on another version of the dataset are not used.
+    path = settings_path(prepared, data.name, "target-only")
+    path.write_text(path.read_text().replace(data.manifest_hash, "0" * 16))
+    assert load_tuned(prepared, data, "target-only") is None
+
+
+def test_tune_user_errors(prepared: Workspace) -> None:
+    with pytest.raises(XdrecError, match="cannot tune"):
+        tune(prepared, "popularity", FAST, progress=False)  # type: ignore[arg-type]
+    with pytest.raises(XdrecError, match="trials"):
+        TuneConfig(trials=0)
+    with pytest.raises(XdrecError, match="source-only"):  # a strategy needs the source model first
+        tune(prepared, "fusion", FAST, progress=False)
+
+
+def test_tune_a_strategy_trains_in_scratch_space(prepared: Workspace) -> None:
+    from xdrec.embed import embed
+    from xdrec.pretrain import pretrain
+
+    quick = TrainConfig(epochs=1, seed=1)
+    pretrain(prepared, domain="Src", train_config=quick, progress=False)
+    pretrain(prepared, domain="Tgt", train_config=quick, progress=False)
+    embed(prepared)
+    models = sorted(p.name for p in (prepared.root / "models").iterdir())
+    result = tune(prepared, "mapping", TuneConfig(trials=1, epochs=1, patience=1), progress=False)
+    assert result.best is not None and set(result.best.params) == {
+        "lr",
+        "weight_decay",
+        "batch_size",
+        "mapping_loss",
+    }
+    assert sorted(p.name for p in (prepared.root / "models").iterdir()) == models  # models/ untouched
+
+
+def test_tune_cli_json_table_and_errors(prepared: Workspace) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from xdrec.cli import app
+
+    def invoke(*args: str):
+        return CliRunner().invoke(app, ["--workspace", str(prepared.root), "tune", *args])
+
+    result = invoke("--trials", "1", "--epochs", "1", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["model"] == "target-only" and len(doc["trials"]) == 1 and doc["ran"] == 1
+    assert doc["best"]["value"] == doc["trials"][0]["value"] and doc["settings"].endswith("target-only.json")
+    table = invoke("--trials", "1", "--epochs", "1")  # resumes: nothing left to run, prints the trials
+    assert table.exit_code == 0 and "★0" in table.stdout and "test never read" in table.stdout
+    wrong = invoke("--trials", "2", "--epochs", "2")
+    assert wrong.exit_code == 1 and wrong.stderr.startswith("error:") and "--epochs 1" in wrong.stderr
+    unknown = invoke("popularity")
+    assert unknown.exit_code == 1 and "cannot tune 'popularity'" in unknown.stderr
