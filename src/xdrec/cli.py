@@ -700,14 +700,14 @@ def recommend(
     k: Annotated[int, typer.Option(help="How many items.")] = 10,
     strategy: Annotated[
         str | None,
-        typer.Option(help="Model to use; default the best for the user's segment in the last report."),
+        typer.Option(help="Model to use; default the best for the user's segment on the validation split."),
     ] = None,
     device: DeviceOpt = "auto",
     dataset: DatasetOpt = None,
     as_json: JsonOpt = False,
     strict: StrictOpt = False,
 ) -> None:
-    """Top-K target items for one user, excluding items they already have."""
+    """Top-K target items for one user, from their whole history, excluding items they already have."""
     from dataclasses import asdict
 
     from xdrec.pipeline import recommend as recommend_items

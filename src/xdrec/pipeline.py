@@ -28,10 +28,11 @@ from xdrec.inventory import Absent, retrain_command, strict_error, untrained
 from xdrec.models.sasrec import SASRecConfig
 from xdrec.report import save_report
 from xdrec.scoring import pad_left
+from xdrec.selection import select_models
 from xdrec.strategies import DEFAULT, STRATEGIES, MappingLoss, TransferConfig, model_name
 from xdrec.training import TrainConfig
 from xdrec.workspace import Workspace, file_sha256, read_json
-from xdrec.zoo import POPULARITY, load_scorer, model_domain, serves, trained_models
+from xdrec.zoo import POPULARITY, load_scorer, model_domain, trained_models
 
 if TYPE_CHECKING:
     from xdrec.data.synthetic import SyntheticConfig
@@ -149,28 +150,30 @@ def recommend(
     device: str = "auto",
     strict: bool = False,
 ) -> Recommendation:
-    """Top-k target items for a raw user id, never an item the user already has.
+    """Top-k target items for a raw user id, ranked from their whole history, never an item they have.
 
-    The model is `strategy` if given, else the one that scored best on the user's segment in the last
-    saved report, else the first available of fusion, joint, mapping (cold) / finetune, target-only (warm).
+    The history is every target interaction the dataset holds for the user, test split included: the
+    splits exist to evaluate, a user being served has all of it. Their segment follows from it (warm:
+    target and source history, cold: source only, target-only: no source). The model is `strategy` if
+    given, else the one that ranked the segment's users best on the validation split
+    (`xdrec.selection`; never the test report).
     """
     if k < 1:
         raise XdrecError("--k must be at least 1")
     data = Dataset.from_workspace(workspace, dataset)
     user_id = data.user_id(user)
     rows = data.interactions().filter(pl.col("user_id") == user_id).collect()
-    target = rows.filter(pl.col("domain") == data.target)
-    seen_now = target.filter(pl.col("split") != "test")  # what the models may use as history
+    target = rows.filter(pl.col("domain") == data.target).sort("timestamp", maintain_order=True)
     has_source = rows.filter(pl.col("domain") == data.source).height > 0
-    segment = "target-only" if not has_source else ("warm" if seen_now.height else "cold")
-    name = strategy or _best_model(workspace, data, segment)
+    segment = "target-only" if not has_source else ("warm" if target.height else "cold")
+    name = strategy or select_models(workspace, data, device).model_for(segment)
     absent = [] if strategy else _absent_for(workspace, data, segment)
     if strict and absent:
         raise strict_error(absent)
     if name != POPULARITY and model_domain(workspace, name) != data.target:
         raise XdrecError(f"model {name} does not score {data.target} items: pick a target-domain model")
     scorer = load_scorer(workspace, name, data, device)
-    history = pad_left([seen_now["item_id"].to_numpy()])
+    history = pad_left([target["item_id"].to_list()])
     with torch.no_grad():
         scores = scorer.scores(torch.tensor([user_id]), history)[0].float().cpu()
     owned = torch.tensor([0, *target["item_id"].to_list()], dtype=torch.long)  # padding + all they have
@@ -193,24 +196,6 @@ def _absent_for(workspace: Workspace, data: Dataset, segment: str) -> list[Absen
         if a.model not in STRATEGIES or segment in STRATEGIES[a.model].serves
         if a.model != "target-only" or segment != "cold"
     ]
-
-
-def _best_model(workspace: Workspace, data: Dataset, segment: str) -> str:
-    """The model that scored best on `segment` in the last report among those that serve it; without a
-    report, the first trained strategy that serves it (registry order), then target-only, then popularity."""
-    available = [m for m in trained_models(workspace, data, data.target) if serves(workspace, m, segment)]
-    report_path = report_dir(workspace, data, data.target) / "report.json"
-    if report_path.exists():
-        rows = [
-            r
-            for r in read_json(report_path)["results"]
-            if r["segment"] == segment and r["model"] in available
-        ]
-        headline = next((m for m in read_json(report_path)["metrics"] if m.startswith("NDCG@")), None)
-        if rows and headline:
-            return max(rows, key=lambda r: r[headline] or 0.0)["model"]
-    preference = [*STRATEGIES, "target-only"]
-    return next((m for m in preference if m in available), POPULARITY)
 
 
 # ------------------------------------------------------------------------------------------------ run
