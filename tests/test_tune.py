@@ -11,7 +11,8 @@ from xdrec.data.dataset import Dataset
 from xdrec.data.prepare import PrepareConfig, prepare
 from xdrec.errors import XdrecError
 from xdrec.training import TrainConfig
-from xdrec.tune import TuneConfig, load_tuned, settings_path, study_path, tune, with_params
+from xdrec.transfer import TransferConfig
+from xdrec.tune import TuneConfig, load_tuned, settings_path, study_path, tune, tuned_config, with_params
 from xdrec.workspace import Workspace
 
 FAST = TuneConfig(trials=2, epochs=2, patience=1, seed=3)
@@ -112,7 +113,13 @@ def test_stored_settings_apply_unless_given(prepared: Workspace) -> None:
         tuned.params["weight_decay"],
         tuned.params["batch_size"],
     )
-    assert with_params(TrainConfig(), tuned.params, given={"lr"}).lr == TrainConfig().lr
+    assert with_params(TrainConfig(), tuned.params, keep={"lr"}).lr == TrainConfig().lr
+    nested = with_params(
+        TransferConfig(mapping_loss="task"), {"lr": 0.5, "mapping_loss": "mse"}, keep={"mapping_loss"}
+    )
+    assert nested.train.lr == 0.5 and nested.mapping_loss == "task"
+    same, found = tuned_config(prepared, data, "fusion", TransferConfig())  # nothing tuned for fusion
+    assert found is None and same == TransferConfig()
     # Settings chosen on another version of the dataset are not used.
     path = settings_path(prepared, data.name, "target-only")
     path.write_text(path.read_text().replace(data.manifest_hash, "0" * 16))

@@ -27,7 +27,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
@@ -170,12 +170,29 @@ def load_tuned(workspace: Workspace, data: Dataset, model: str) -> Tuned | None:
 C = TypeVar("C")
 
 
-def with_params(config: C, params: Mapping[str, Param], given: Collection[str] = ()) -> C:
-    """`config` (a config dataclass) with the values `params` has for its fields, except those named in
-    `given` (the options the user set explicitly, which always win over tuned settings)."""
-    names = {f.name for f in fields(config)}  # type: ignore[arg-type]
-    changes = {k: v for k, v in params.items() if k in names and k not in given}
+def with_params(config: C, params: Mapping[str, Param], keep: Collection[str] = ()) -> C:
+    """`config` (a config dataclass) with the values `params` has for its fields, nested config dataclasses
+    included (a TransferConfig's `train`), except the fields named in `keep` (the options the user set
+    explicitly, which always win over tuned settings)."""
+    changes: dict[str, Any] = {}
+    for f in fields(config):  # type: ignore[arg-type]
+        value = getattr(config, f.name)
+        if is_dataclass(value) and not isinstance(value, type):
+            nested = with_params(value, params, keep)
+            if nested is not value:
+                changes[f.name] = nested
+        elif f.name in params and f.name not in keep and params[f.name] != value:
+            changes[f.name] = params[f.name]
     return replace(config, **changes) if changes else config  # type: ignore[type-var]
+
+
+def tuned_config(
+    workspace: Workspace, data: Dataset, model: str, config: C, keep: Collection[str] = ()
+) -> tuple[C, Tuned | None]:
+    """`config` with `model`'s stored settings on `data` (if any) applied, except the fields in `keep`;
+    and those settings (None: none stored for this dataset, `config` unchanged)."""
+    tuned = load_tuned(workspace, data, model)
+    return (with_params(config, tuned.params, keep) if tuned else config), tuned
 
 
 def tune(
