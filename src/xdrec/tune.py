@@ -227,23 +227,31 @@ def tune(
         console.log(f"resuming the search in {journal}: {finished} trial(s) finished")
     ran = 0
     with _progress_bar(console, progress) as bar:
-        task = bar.add_task(f"tune {model}", total=config.trials, completed=finished, best=_best_text(study))
+        task = bar.add_task(
+            f"tune {model}", total=config.trials, completed=finished, best=_best_text(study), now=""
+        )
 
         def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
             nonlocal ran
             ran += 1
             if any(t.state == _COMPLETE for t in study.trials):
                 _store(workspace, data, model, study)
-            bar.update(task, advance=1 if trial.state in (_COMPLETE, _PRUNED) else 0, best=_best_text(study))
+            done = 1 if trial.state in (_COMPLETE, _PRUNED) else 0
+            bar.update(task, advance=done, best=_best_text(study), now="")
+
+        def show(trial: int, epoch: int, value: float) -> None:
+            bar.update(task, now=f"(trial {trial}: epoch {epoch}, {METRIC} {value:.4f})")
 
         if remaining:
-            # Scratch models live in a temporary directory; TrialPruned and our own errors end a trial,
-            # anything else (a bug, out of memory) ends the search and is re-raised.
+            # Trials train into a temporary directory. A pruned trial ends early; a trial out of (GPU)
+            # memory fails and the search goes on; any other error ends the search (the journal keeps
+            # every finished trial, so the same command resumes it).
             with tempfile.TemporaryDirectory(prefix="xdrec-tune-") as scratch:
                 study.optimize(
-                    lambda trial: objective(trial, Path(scratch)),
+                    lambda trial: objective(trial, Path(scratch), show),
                     n_trials=remaining,
                     timeout=config.timeout,
+                    catch=(torch.cuda.OutOfMemoryError,),
                     callbacks=[after_trial],
                     gc_after_trial=True,
                 )
@@ -344,6 +352,7 @@ def _progress_bar(console: Console, enabled: bool) -> Progress:
         MofNCompleteColumn(),
         TextColumn("trials  best {task.fields[best]}"),
         TimeElapsedColumn(),
+        TextColumn("{task.fields[now]}"),
         console=console,
         disable=not enabled,
     )
@@ -351,7 +360,8 @@ def _progress_bar(console: Console, enabled: bool) -> Progress:
 
 # ---------------------------------------------------------------------------------------------- trials
 
-Objective = Callable[[optuna.Trial, Path], float]
+Show = Callable[[int, int, float], None]  # (trial, epoch, validation score) for the progress display
+Objective = Callable[[optuna.Trial, Path, Show], float]
 
 
 def _objective(workspace: Workspace, data: Dataset, model: str, config: TuneConfig) -> Objective:
@@ -370,10 +380,10 @@ def _objective(workspace: Workspace, data: Dataset, model: str, config: TuneConf
     else:
         fit = _strategy_trial(workspace, data, model, train_fixed)
 
-    def objective(trial: optuna.Trial, scratch: Path) -> float:
+    def objective(trial: optuna.Trial, scratch: Path, show: Show) -> float:
         params = {name: choice.suggest(trial, name) for name, choice in space.items()}
         train_config = with_params(train_fixed, params)
-        value, epochs = fit(trial, params, train_config, scratch)
+        value, epochs = fit(trial, params, train_config, scratch, show)
         trial.set_user_attr("epochs", epochs)
         if value is None or math.isnan(value):
             raise XdrecError(f"trial {trial.number} had no validation score: the dataset has no valid split")
@@ -382,7 +392,7 @@ def _objective(workspace: Workspace, data: Dataset, model: str, config: TuneConf
     return objective
 
 
-Fit = Callable[[optuna.Trial, Mapping[str, Param], TrainConfig, Path], tuple[float | None, int]]
+Fit = Callable[[optuna.Trial, Mapping[str, Param], TrainConfig, Path, Show], tuple[float | None, int]]
 
 
 def _sasrec_trial(data: Dataset, domain: str) -> Fit:
@@ -395,7 +405,7 @@ def _sasrec_trial(data: Dataset, domain: str) -> Fit:
     counts = data.item_counts(domain)
 
     def fit(
-        trial: optuna.Trial, params: Mapping[str, Param], train_config: TrainConfig, scratch: Path
+        trial: optuna.Trial, params: Mapping[str, Param], train_config: TrainConfig, scratch: Path, show: Show
     ) -> tuple[float | None, int]:
         cfg = with_params(SASRecConfig(n_items=data.n_items(domain)), params)
         torch.manual_seed(train_config.seed)
@@ -403,6 +413,7 @@ def _sasrec_trial(data: Dataset, domain: str) -> Fit:
 
         def report(line: dict[str, Any]) -> None:
             if line.get(METRIC) is not None:
+                show(trial.number, line["epoch"], line[METRIC])
                 trial.report(line[METRIC], line["epoch"])
                 if trial.should_prune():
                     trial.set_user_attr("epochs", line["epoch"])
@@ -428,7 +439,7 @@ def _strategy_trial(workspace: Workspace, data: Dataset, model: str, train_fixed
     ctx = prepare_context(workspace, data, TransferConfig(train=train_fixed))
 
     def fit(
-        trial: optuna.Trial, params: Mapping[str, Param], train_config: TrainConfig, scratch: Path
+        trial: optuna.Trial, params: Mapping[str, Param], train_config: TrainConfig, scratch: Path, show: Show
     ) -> tuple[float | None, int]:
         config = with_params(TransferConfig(train=train_config), params)
         out = scratch / f"trial-{trial.number}"
