@@ -12,7 +12,16 @@ from xdrec.data.prepare import PrepareConfig, prepare
 from xdrec.errors import XdrecError
 from xdrec.training import TrainConfig
 from xdrec.transfer import TransferConfig
-from xdrec.tune import TuneConfig, load_tuned, settings_path, study_path, tune, tuned_config, with_params
+from xdrec.tune import (
+    TuneConfig,
+    defaults,
+    load_tuned,
+    settings_path,
+    study_path,
+    tune,
+    tuned_config,
+    with_params,
+)
 from xdrec.workspace import Workspace
 
 FAST = TuneConfig(trials=2, epochs=2, patience=1, seed=3)
@@ -32,6 +41,7 @@ def test_tune_stores_the_best_trial_and_resumes(prepared: Workspace) -> None:
     first = tune(prepared, "target-only", FAST, progress=False)
     assert first.ran == 2 and [t.state for t in first.trials] == ["complete", "complete"]
     assert all(0.0 <= v <= 1.0 for v in _values(first))
+    assert first.trials[0].params == defaults("target-only")  # the defaults are always tried first
     best = max(first.trials, key=lambda t: t.value or 0.0)
     data = Dataset.from_workspace(prepared)
     stored = load_tuned(prepared, data, "target-only")

@@ -5,7 +5,8 @@ and scores it by its best validation NDCG@10: the early-stopped metric `pretrain
 (for `mapping`, its pseudo-cold hold-out of training users). The test split is never read, so the test
 report stays an honest estimate of the chosen settings. Trials of a SASRec model report every epoch to a
 median pruner, which stops a trial whose validation score is below the median of earlier trials at the
-same epoch. Trials train into a scratch directory: the models in models/ are never touched.
+same epoch. The first trial of a search is the model's defaults, so the stored settings are never worse
+than the defaults on validation. Trials train into a scratch directory: models/ is never touched.
 
 The search space (`SPACE`): the SASRec architecture (hidden, blocks, heads, dropout, max_len) for the
 single-domain models (`source-only`, `target-only`); the training settings (lr, weight_decay, batch_size)
@@ -40,6 +41,7 @@ from xdrec.data.dataset import Dataset
 from xdrec.errors import XdrecError
 from xdrec.models.sasrec import SASRec, SASRecConfig
 from xdrec.training import TrainConfig, train
+from xdrec.transfer.base import TransferConfig
 from xdrec.workspace import Workspace, read_json, write_json
 
 Model = Literal["source-only", "target-only", "mapping", "finetune", "fusion", "joint"]
@@ -310,7 +312,19 @@ def _open_study(journal: Path, model: str, data: Dataset, config: TuneConfig) ->
     if existing is None:
         study.set_user_attr("manifest_hash", data.manifest_hash)
         study.set_user_attr("fixed", config.fixed())
+        # The first trial is today's defaults, so the search can only keep them or find better.
+        study.enqueue_trial(defaults(model))
     return study
+
+
+def defaults(model: str) -> dict[str, Param]:
+    """The model's untuned settings, in its search space (a weight decay of 0 as the space's smallest)."""
+    configs = (SASRecConfig(n_items=1), TrainConfig(), TransferConfig())
+    values = {f.name: getattr(c, f.name) for c in configs for f in fields(c)}  # type: ignore[arg-type]
+    out = {name: values[name] for name in SPACE[model]}
+    if "weight_decay" in out:
+        out["weight_decay"] = max(float(out["weight_decay"]), TRAINING["weight_decay"].low)
+    return out
 
 
 def _store(workspace: Workspace, data: Dataset, model: str, study: optuna.Study) -> None:
@@ -434,7 +448,7 @@ def _sasrec_trial(data: Dataset, domain: str) -> Fit:
 
 
 def _strategy_trial(workspace: Workspace, data: Dataset, model: str, train_fixed: TrainConfig) -> Fit:
-    from xdrec.transfer import STRATEGIES, TransferConfig, prepare_context
+    from xdrec.transfer import STRATEGIES, prepare_context
 
     ctx = prepare_context(workspace, data, TransferConfig(train=train_fixed))
 
