@@ -25,13 +25,8 @@ import polars as pl
 from xdrec.checkpoint import CONFIG
 from xdrec.data.dataset import Dataset
 from xdrec.errors import XdrecError
-from xdrec.evaluation import (
-    ALL_SEGMENT,
-    COLD_SEGMENT,
-    VALIDATION_USERS,
-    per_user_metrics,
-    segment_sort_key,
-)
+from xdrec.evaluation import ALL_SEGMENT, COLD_SEGMENT, per_user_metrics, segment_sort_key
+from xdrec.validation import VALIDATION_USERS
 from xdrec.workspace import Workspace, read_json, write_json
 from xdrec.zoo import POPULARITY, load_scorer, serves, trained_models
 

@@ -6,7 +6,8 @@ and scores it by its best validation NDCG@10: the early-stopped metric `pretrain
 report stays an honest estimate of the chosen settings. Trials of a SASRec model report every epoch to a
 median pruner, which stops a trial whose validation score is below the median of earlier trials at the
 same epoch. The first trial of a search is the model's defaults, so the stored settings are never worse
-than the defaults on validation. Trials train into a scratch directory: models/ is never touched.
+than the defaults on validation. A trial trains the same `Plan` that `pretrain` or `transfer` would fit,
+but saves nothing: models/ is never touched.
 
 The search space (`SPACE`): the SASRec architecture (hidden, blocks, heads, dropout, max_len) for the
 single-domain models (`source-only`, `target-only`); the training settings (lr, weight_decay, batch_size)
@@ -24,8 +25,6 @@ Files (tuning/<dataset>/ in the workspace):
 from __future__ import annotations
 
 import math
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
@@ -37,9 +36,12 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from xdrec.backbone import ndcg_validator, training_examples
 from xdrec.data.dataset import Dataset
 from xdrec.errors import XdrecError
-from xdrec.models.sasrec import SASRec, SASRecConfig
+from xdrec.fit import Plan
+from xdrec.models import build_backbone
+from xdrec.models.sasrec import SASRecConfig
 from xdrec.training import TrainConfig, train
 from xdrec.transfer.base import TransferConfig
 from xdrec.workspace import Workspace, read_json, write_json
@@ -245,18 +247,17 @@ def tune(
             bar.update(task, now=f"(trial {trial}: epoch {epoch}, {METRIC} {value:.4f})")
 
         if remaining:
-            # Trials train into a temporary directory. A pruned trial ends early; a trial out of (GPU)
-            # memory fails and the search goes on; any other error ends the search (the journal keeps
-            # every finished trial, so the same command resumes it).
-            with tempfile.TemporaryDirectory(prefix="xdrec-tune-") as scratch:
-                study.optimize(
-                    lambda trial: objective(trial, Path(scratch), show),
-                    n_trials=remaining,
-                    timeout=config.timeout,
-                    catch=(torch.cuda.OutOfMemoryError,),
-                    callbacks=[after_trial],
-                    gc_after_trial=True,
-                )
+            # A pruned trial ends early; a trial out of (GPU) memory fails and the search goes on; any
+            # other error ends the search (the journal keeps every finished trial: the same command
+            # resumes it).
+            study.optimize(
+                lambda trial: objective(trial, show),
+                n_trials=remaining,
+                timeout=config.timeout,
+                catch=(torch.cuda.OutOfMemoryError,),
+                callbacks=[after_trial],
+                gc_after_trial=True,
+            )
     trials = [_trial(t) for t in study.trials]
     best = load_tuned(workspace, data, model)
     return TuneResult(
@@ -375,11 +376,14 @@ def _progress_bar(console: Console, enabled: bool) -> Progress:
 # ---------------------------------------------------------------------------------------------- trials
 
 Show = Callable[[int, int, float], None]  # (trial, epoch, validation score) for the progress display
-Objective = Callable[[optuna.Trial, Path, Show], float]
+Objective = Callable[[optuna.Trial, Show], float]
+# What to train for a trial's settings: the same `Plan` that `pretrain` / `transfer` would fit.
+Planner = Callable[[Mapping[str, Param], TrainConfig], Plan]
 
 
 def _objective(workspace: Workspace, data: Dataset, model: str, config: TuneConfig) -> Objective:
-    """A trial: sample the model's space, train it on train, return its best validation score."""
+    """A trial: sample the model's space, train its plan on train (nothing saved), return its best
+    validation score; every epoch's score goes to the pruner."""
     space = SPACE[model]
     train_fixed = TrainConfig(
         epochs=config.epochs,
@@ -389,76 +393,63 @@ def _objective(workspace: Workspace, data: Dataset, model: str, config: TuneConf
         threads=config.threads,
     )
     if model in ("source-only", "target-only"):
-        domain = data.source if model == "source-only" else data.target
-        fit = _sasrec_trial(data, domain)
+        planner = _backbone_planner(data, data.source if model == "source-only" else data.target)
     else:
-        fit = _strategy_trial(workspace, data, model, train_fixed)
+        planner = _strategy_planner(workspace, data, model, train_fixed)
 
-    def objective(trial: optuna.Trial, scratch: Path, show: Show) -> float:
+    def objective(trial: optuna.Trial, show: Show) -> float:
         params = {name: choice.suggest(trial, name) for name, choice in space.items()}
         train_config = with_params(train_fixed, params)
-        value, epochs = fit(trial, params, train_config, scratch, show)
-        trial.set_user_attr("epochs", epochs)
-        if value is None or math.isnan(value):
+
+        def report(line: dict[str, Any]) -> None:
+            trial.set_user_attr("epochs", line["epoch"])
+            if line.get(METRIC) is not None:
+                show(trial.number, line["epoch"], line[METRIC])
+                trial.report(line[METRIC], line["epoch"])
+                if trial.should_prune():
+                    raise optuna.TrialPruned()
+
+        torch.manual_seed(train_config.seed)  # as `fit` does: the initial weights depend on the seed alone
+        plan = planner(params, train_config)
+        result = train(
+            plan.model,
+            plan.examples,
+            train_config,
+            validate=plan.validate,
+            item_counts=plan.item_counts,
+            loss_fn=plan.loss_fn,
+            progress=False,
+            on_epoch=report,
+        )
+        if result.best_metric is None or math.isnan(result.best_metric):
             raise XdrecError(f"trial {trial.number} had no validation score: the dataset has no valid split")
-        return value
+        return result.best_metric
 
     return objective
 
 
-Fit = Callable[[optuna.Trial, Mapping[str, Param], TrainConfig, Path, Show], tuple[float | None, int]]
-
-
-def _sasrec_trial(data: Dataset, domain: str) -> Fit:
-    from xdrec.pretrain import ndcg_validator, training_examples
-
+def _backbone_planner(data: Dataset, domain: str) -> Planner:
     sequences = data.train_sequences(domain)
     validate = ndcg_validator(data, domain)
     if validate is None:
         raise XdrecError(f"{domain} has no validation users in {data.name}: nothing to tune on")
     counts = data.item_counts(domain)
 
-    def fit(
-        trial: optuna.Trial, params: Mapping[str, Param], train_config: TrainConfig, scratch: Path, show: Show
-    ) -> tuple[float | None, int]:
+    def plan(params: Mapping[str, Param], train_config: TrainConfig) -> Plan:
         cfg = with_params(SASRecConfig(n_items=data.n_items(domain)), params)
-        torch.manual_seed(train_config.seed)
-        net = SASRec(cfg)
+        examples = training_examples(sequences, cfg.max_len)
+        return Plan(build_backbone(cfg), examples, validate, item_counts=counts)  # type: ignore[arg-type]
 
-        def report(line: dict[str, Any]) -> None:
-            if line.get(METRIC) is not None:
-                show(trial.number, line["epoch"], line[METRIC])
-                trial.report(line[METRIC], line["epoch"])
-                if trial.should_prune():
-                    trial.set_user_attr("epochs", line["epoch"])
-                    raise optuna.TrialPruned()
-
-        result = train(
-            net,
-            training_examples(sequences, cfg.max_len),
-            train_config,
-            validate=validate,
-            item_counts=counts,
-            progress=False,
-            on_epoch=report,
-        )
-        return result.best_metric, result.epochs_run
-
-    return fit
+    return plan
 
 
-def _strategy_trial(workspace: Workspace, data: Dataset, model: str, train_fixed: TrainConfig) -> Fit:
-    from xdrec.transfer import STRATEGIES, prepare_context
+def _strategy_planner(workspace: Workspace, data: Dataset, model: str, train_fixed: TrainConfig) -> Planner:
+    from xdrec.transfer import STRATEGIES, strategy_inputs
 
-    ctx = prepare_context(workspace, data, TransferConfig(train=train_fixed))
+    strategy = STRATEGIES[model]
+    ctx, inputs = strategy_inputs(workspace, data, strategy, TransferConfig(train=train_fixed))
 
-    def fit(
-        trial: optuna.Trial, params: Mapping[str, Param], train_config: TrainConfig, scratch: Path, show: Show
-    ) -> tuple[float | None, int]:
-        config = with_params(TransferConfig(train=train_config), params)
-        out = scratch / f"trial-{trial.number}"
-        result = STRATEGIES[model].fit(replace(ctx, scratch=out), config, progress=False)
-        shutil.rmtree(out, ignore_errors=True)
-        return result.training.best_metric, result.training.epochs_run
+    def plan(params: Mapping[str, Param], train_config: TrainConfig) -> Plan:
+        return strategy.build(ctx, with_params(TransferConfig(train=train_config), params), inputs)
 
-    return fit
+    return plan

@@ -84,12 +84,31 @@ def transfer(
     data = Dataset.from_workspace(workspace, dataset)
     target = target or data.target
     data.check_domain(target)
-    config = directed(config, data, target)
     if "mapping" in names and data.manifest.get("overlap_users") == 0:  # its validation would be nan
         raise XdrecError(
             f"mapping learns from users active in both domains, and dataset {data.name} has none: "
             "leave mapping out (--strategy finetune --strategy fusion ...) or prepare other domains"
         )
+    config = directed(config, data, target)
+    results = []
+    for name in names:
+        ctx, inputs = strategy_inputs(workspace, data, STRATEGIES[name], config, target)
+        results.append(fit_strategy(STRATEGIES[name], ctx, config, inputs, progress, resume=resume))
+    return results
+
+
+def strategy_inputs(
+    workspace: Workspace,
+    data: Dataset,
+    strategy: Strategy,
+    config: TransferConfig = TransferConfig(),
+    target: str | None = None,
+) -> tuple[TransferContext, ScoringInputs]:
+    """What `strategy.build` needs: the source model with its user vectors (checked to belong together),
+    and the target model when the strategy `needs` it (checked to exist). `config` is the one for a
+    transfer into `target` (`directed`: into the dataset's source, the single-domain models swap roles)."""
+    target = target or data.target
+    data.check_domain(target)
     device = config.train.device
     source = load_backbone(workspace, config.source_model, data, device)
     if not workspace.embeddings(config.source_model).exists():
@@ -103,20 +122,15 @@ def transfer(
             f"{config.source_model} model: re-run `xdrec embed` first"
         )
     ctx = TransferContext(workspace=workspace, dataset=data, source=source, vectors=vectors, target=target)
-    results = []
-    for name in names:
-        strategy = STRATEGIES[name]
-        target_model = None
-        if "target_model" in strategy.needs:
-            if not workspace.model_dir(config.target_model).exists():
-                raise XdrecError(
-                    f"{name} needs the target model {config.target_model!r}: "
-                    f"run `xdrec pretrain --domain {target}` first"
-                )
-            target_model = load_backbone(workspace, config.target_model, data, device)
-        inputs = ScoringInputs(data, device, vectors=vectors, target_model=target_model)
-        results.append(fit_strategy(strategy, ctx, config, inputs, progress, resume=resume))
-    return results
+    target_model = None
+    if "target_model" in strategy.needs:
+        if not workspace.model_dir(config.target_model).exists():
+            raise XdrecError(
+                f"{strategy.name} needs the target model {config.target_model!r}: "
+                f"run `xdrec pretrain --domain {target}` first"
+            )
+        target_model = load_backbone(workspace, config.target_model, data, device)
+    return ctx, ScoringInputs(data, device, vectors=vectors, target_model=target_model)
 
 
 __all__ = [
@@ -131,5 +145,6 @@ __all__ = [
     "TransferResult",
     "model_name",
     "parse_strategies",
+    "strategy_inputs",
     "transfer",
 ]
