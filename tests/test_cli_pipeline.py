@@ -153,7 +153,7 @@ def test_pretrain_trains_the_source_by_default_with_json_summary(chain: Chain) -
     summary = chain.json("pretrain")
     assert set(summary) == {
         "model", "domain", "dataset", "path", "loss", "loss_reason", "epochs_run", "best_epoch",
-        "valid_NDCG@10", "seconds", "device", "world_size",
+        "valid_NDCG@10", "seconds", "device", "world_size", "tuned",
     }  # fmt: skip
     assert summary["model"] == "source-only" and summary["domain"] == SOURCE
     assert summary["dataset"] == DATASET and summary["device"] == "cpu" and summary["world_size"] == 1

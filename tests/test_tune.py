@@ -12,16 +12,8 @@ from xdrec.data.prepare import PrepareConfig, prepare
 from xdrec.errors import XdrecError
 from xdrec.training import TrainConfig
 from xdrec.transfer import TransferConfig
-from xdrec.tune import (
-    TuneConfig,
-    defaults,
-    load_tuned,
-    settings_path,
-    study_path,
-    tune,
-    tuned_config,
-    with_params,
-)
+from xdrec.tune import TuneConfig, defaults, study_path, tune
+from xdrec.tuned import apply_tuned, load_tuned, settings_path, with_params
 from xdrec.workspace import Workspace
 
 FAST = TuneConfig(trials=2, epochs=2, patience=1, seed=3)
@@ -128,7 +120,7 @@ def test_stored_settings_apply_unless_given(prepared: Workspace) -> None:
         TransferConfig(mapping_loss="task"), {"lr": 0.5, "mapping_loss": "mse"}, keep={"mapping_loss"}
     )
     assert nested.train.lr == 0.5 and nested.mapping_loss == "task"
-    same, found = tuned_config(prepared, data, "fusion", TransferConfig())  # nothing tuned for fusion
+    (same,), found = apply_tuned(prepared, data, "fusion", (TransferConfig(),))  # nothing tuned for fusion
     assert found is None and same == TransferConfig()
     # Settings chosen on another version of the dataset are not used.
     path = settings_path(prepared, data.name, "target-only")
@@ -185,3 +177,78 @@ def test_tune_cli_json_table_and_errors(prepared: Workspace) -> None:
     assert wrong.exit_code == 1 and wrong.stderr.startswith("error:") and "--epochs 1" in wrong.stderr
     unknown = invoke("popularity")
     assert unknown.exit_code == 1 and "cannot tune 'popularity'" in unknown.stderr
+
+
+def _store_settings(ws: Workspace, model: str, params: dict) -> None:
+    from dataclasses import asdict
+
+    from xdrec.tuned import Tuned
+    from xdrec.workspace import write_json
+
+    data = Dataset.from_workspace(ws)
+    tuned = Tuned(model, data.name, data.manifest_hash, "NDCG@10", 0.5, trial=7, trials=9, params=params)
+    write_json(settings_path(ws, data.name, model), asdict(tuned))
+
+
+def test_pretrain_transfer_and_run_use_the_stored_settings_unless_given(prepared: Workspace) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from xdrec.cli import app
+    from xdrec.pipeline import RunConfig, run
+
+    def cli(*args: str) -> dict:
+        result = CliRunner().invoke(app, ["--workspace", str(prepared.root), *args])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout) if "--json" in args else {}
+
+    def recorded(model: str) -> dict:
+        return json.loads((prepared.model_dir(model) / "config.json").read_text())
+
+    _store_settings(
+        prepared, "target-only", {"hidden": 32, "blocks": 1, "heads": 4, "lr": 0.004, "batch_size": 64}
+    )
+    _store_settings(prepared, "fusion", {"lr": 0.002, "weight_decay": 0.01})
+    summary = cli("pretrain", "--domain", "Tgt", "--epochs", "1", "--json")
+    assert summary["tuned"]["trial"] == 7
+    config = recorded("target-only")
+    assert (config["model"]["hidden"], config["model"]["blocks"], config["model"]["heads"]) == (32, 1, 4)
+    assert (config["train"]["lr"], config["train"]["batch_size"]) == (0.004, 64) and config["tuned"][
+        "trial"
+    ] == 7
+    cli("pretrain", "--domain", "Tgt", "--epochs", "1", "--lr", "0.01")  # an option wins over the setting
+    config = recorded("target-only")
+    assert (
+        config["train"]["lr"] == 0.01
+        and config["train"]["batch_size"] == 64
+        and config["model"]["hidden"] == 32
+    )
+    cli("pretrain", "--epochs", "1")  # source-only: nothing tuned, the defaults
+    assert recorded("source-only")["tuned"] is None and recorded("source-only")["model"]["hidden"] == 64
+    cli("embed")
+    rows = cli("transfer", "--strategy", "fusion", "--epochs", "1", "--json")
+    assert rows[0]["tuned"]["params"] == {"lr": 0.002, "weight_decay": 0.01}
+    assert (recorded("fusion")["train"]["lr"], recorded("fusion")["train"]["weight_decay"]) == (0.002, 0.01)
+
+    # run (the CLI's seed): the same settings, so every model above but target-only is current; a changed
+    # setting retrains
+    # exactly that model.
+    logs: list[str] = []
+    config = RunConfig(train=TrainConfig(epochs=1, seed=42), strategies=("fusion",), bootstrap=0, tuned=True)
+    run(prepared, "Src", "Tgt", config, progress=False, log=logs.append)
+    assert "pretrain: target-only unchanged, reused" not in logs  # it was last trained with --lr 0.01
+    assert any(line.startswith("pretrain: target-only on Tgt (tuned settings: trial 7") for line in logs), (
+        logs
+    )
+    assert "transfer: fusion unchanged, reused" in logs and "pretrain: source-only unchanged, reused" in logs
+    logs.clear()
+    run(prepared, "Src", "Tgt", config, progress=False, log=logs.append)
+    assert "pretrain: target-only unchanged, reused" in logs
+    _store_settings(prepared, "fusion", {"lr": 0.003, "weight_decay": 0.01})
+    logs.clear()
+    run(prepared, "Src", "Tgt", config, progress=False, log=logs.append)
+    assert (
+        "pretrain: target-only unchanged, reused" in logs and "transfer: fusion unchanged, reused" not in logs
+    )
+    assert recorded("fusion")["train"]["lr"] == 0.003

@@ -187,6 +187,24 @@ def _print_json(obj: Any) -> None:
     console.print_json(json.dumps(obj, default=str))
 
 
+def _given(ctx: typer.Context) -> frozenset[str]:
+    """The options the user set (command line or environment): they win over `xdrec tune`'s settings."""
+    # By name: the context's ParameterSource may be another click's (Typer can carry its own).
+    unset = ("DEFAULT", "DEFAULT_MAP")
+    return frozenset(
+        name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "") not in unset
+    )
+
+
+def _tuned(tuned: Any) -> dict | None:
+    """The stored tune settings a model was trained with, for --json (None: none)."""
+    return None if tuned is None else {"trial": tuned.trial, "valid": tuned.value, "params": tuned.params}
+
+
+def _tuned_note(tuned: Any) -> str:
+    return "" if tuned is None else f"; tuned settings (trial {tuned.trial})"
+
+
 @app.command()
 def fetch(
     ctx: typer.Context,
@@ -430,6 +448,8 @@ def pretrain(
         train_config=config,
         resume=resume,
         progress=not quiet and not as_json,
+        tuned=True,
+        keep=_given(ctx),
     )
     t = result.training
     summary = {
@@ -445,6 +465,7 @@ def pretrain(
         "seconds": round(t.seconds, 1),
         "device": t.device,
         "world_size": t.world_size,
+        "tuned": _tuned(result.tuned),
     }
     if as_json:
         _print_json(summary)
@@ -452,7 +473,7 @@ def pretrain(
         console.print(
             f"[bold]{result.name}[/] on {result.domain}: loss {t.loss_reason}; best validation NDCG@10 "
             f"{t.best_metric or float('nan'):.4f} at epoch {t.best_epoch}/{t.epochs_run} "
-            f"({t.seconds:.0f}s on {t.device}) -> {result.model_dir}"
+            f"({t.seconds:.0f}s on {t.device}{_tuned_note(result.tuned)}) -> {result.model_dir}"
         )
 
 
@@ -540,6 +561,8 @@ def transfer(
         target=domain,
         resume=resume,
         progress=not quiet and not as_json,
+        tuned=True,
+        keep=_given(ctx),
     )
     rows = [
         {
@@ -549,16 +572,18 @@ def transfer(
             "epochs_run": r.training.epochs_run,
             "valid": r.training.best_metric,
             "seconds": round(r.training.seconds, 1),
+            "tuned": _tuned(r.tuned),
         }
         for r in results
     ]
     if as_json:
         _print_json(rows)
     else:
-        for r in rows:
+        for r, result in zip(rows, results, strict=True):
             console.print(
                 f"[bold]{r['strategy']}[/]: validation {r['valid'] or float('nan'):.4f} after "
-                f"{r['epochs_run']} epochs ({r['seconds']}s); serves {', '.join(r['serves'])} -> {r['path']}"
+                f"{r['epochs_run']} epochs ({r['seconds']}s{_tuned_note(result.tuned)}); "
+                f"serves {', '.join(r['serves'])} -> {r['path']}"
             )
 
 
@@ -792,6 +817,8 @@ def run(
         mapping_loss=mapping_loss,
         evaluate=_evaluate_config(k, negatives, keep_seen, seed, bootstrap, device),
         reverse=reverse,
+        tuned=True,
+        keep=_given(ctx),
     )
     reports = run_pipeline(
         _workspace(ctx),

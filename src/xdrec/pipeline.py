@@ -31,6 +31,7 @@ from xdrec.scoring import pad_left
 from xdrec.selection import select_models
 from xdrec.strategies import DEFAULT, STRATEGIES, MappingLoss, TransferConfig, model_name
 from xdrec.training import TrainConfig
+from xdrec.tuned import Tuned, apply_tuned
 from xdrec.workspace import Workspace, file_sha256, read_json
 from xdrec.zoo import POPULARITY, load_scorer, model_domain, trained_models
 
@@ -213,6 +214,10 @@ class RunConfig:
     # Seeded like prepare's default. `negatives` adds the sampled protocol beside the full-ranking headline.
     reverse: bool = False  # also every strategy into the source domain (models/<strategy>-reverse/)
     evaluate: EvaluateConfig = field(default_factory=lambda: EvaluateConfig(seed=42))
+    # Train each model with the settings `xdrec tune` stored for it, except the fields in `keep` (the
+    # options a user set explicitly).
+    tuned: bool = False
+    keep: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         self.prepare.check()  # checked before any stage runs, not after an hour of training
@@ -268,16 +273,19 @@ def run(
     # A stage re-runs when its own inputs or parameters changed, or when a model it was built from was
     # retrained since (the fingerprints of xdrec.checkpoint's lineage).
     architecture = config.model.apply(SASRecConfig(0))
-    expected = {k: v for k, v in asdict(architecture).items() if k != "n_items"}  # type: ignore[call-overload]
     for domain in (source, target):
         model = f"{data.role(domain)}-only"
-        if _model_is_current(workspace, model, data, config.train, expected):
+        (own_architecture, train), tuned = _settings(
+            workspace, data, model, (architecture, config.train), config
+        )
+        expected = {k: v for k, v in asdict(own_architecture).items() if k != "n_items"}  # type: ignore[call-overload]
+        if _model_is_current(workspace, model, data, train, expected):
             log(f"pretrain: {model} unchanged, reused")
         else:
-            log(f"pretrain: {model} on {domain}")
+            log(f"pretrain: {model} on {domain}" + _tuned_note(tuned))
             pretrain(
                 workspace, dataset=name, domain=domain, model=architecture, train_config=config.train,
-                resume=None, progress=progress,  # a killed run continues where it stopped
+                resume=None, progress=progress, tuned=config.tuned, keep=config.keep,  # resume: a killed run continues
             )  # fmt: skip
 
     if embeddings_match(workspace.embeddings("source-only"), data, _fingerprint(workspace, "source-only")):
@@ -300,14 +308,15 @@ def run(
     strategy_models = []
     for into in directions:
         for strategy in config.strategies:
-            own = STRATEGIES[strategy].options(transfer_config)
             model = model_name(strategy, data, into)
             strategy_models.append(model)
-            train = STRATEGIES[strategy].train_config(transfer_config)
-            if _model_is_current(workspace, model, data, train, config.model.given(), **own):
+            (effective,), tuned = _settings(workspace, data, model, (transfer_config,), config)
+            own = STRATEGIES[strategy].options(effective)
+            train = STRATEGIES[strategy].train_config(effective)
+            if _model_is_current(workspace, model, data, train, effective.model.given(), **own):
                 log(f"transfer: {model} unchanged, reused")
             else:
-                log(f"transfer: {model}")
+                log(f"transfer: {model}" + _tuned_note(tuned))
                 transfer(
                     workspace,
                     [strategy],
@@ -316,6 +325,8 @@ def run(
                     target=into,
                     resume=None,  # a killed run continues where it stopped
                     progress=progress,
+                    tuned=config.tuned,
+                    keep=config.keep,
                 )
 
     domains = evaluation_domains(data, both=config.reverse)
@@ -330,6 +341,17 @@ def run(
             report for report, _ in evaluate_domains(workspace, evaluation, dataset=name, models=models)
         ]
     return reports
+
+
+def _settings(
+    workspace: Workspace, data: Dataset, model: str, configs: tuple, config: RunConfig
+) -> tuple[tuple, Tuned | None]:
+    """The configs `model` is trained with: the stored tuned settings applied when the run uses them."""
+    return apply_tuned(workspace, data, model, configs, config.keep) if config.tuned else (configs, None)
+
+
+def _tuned_note(tuned: Tuned | None) -> str:
+    return "" if tuned is None else f" (tuned settings: trial {tuned.trial}, validation {tuned.value:.4f})"
 
 
 def _dataset_is_current(

@@ -5,7 +5,7 @@ The training windows, validation and loading are the backbone runtime's (`xdrec.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from xdrec.fit import Plan, fit
 from xdrec.models import BackboneConfig, backbone_kind, build_backbone
 from xdrec.models.sasrec import SASRecConfig
 from xdrec.training import TrainConfig, TrainResult
+from xdrec.tuned import Tuned, apply_tuned
 from xdrec.workspace import Workspace
 
 
@@ -34,6 +35,7 @@ class PretrainResult:
     n_sequences: int  # training windows (more than n_users when histories exceed max_len + 1)
     training: TrainResult  # loss chosen and why, epochs, best validation NDCG@10, timings, history
     scorer: SequenceScorer  # the trained model (best weights, eval mode), ready for evaluation
+    tuned: Tuned | None = None  # the stored `xdrec tune` settings it was trained with, if any
 
 
 def default_model_name(dataset: Dataset, domain: str) -> str:
@@ -52,6 +54,8 @@ def pretrain(
     resume: bool | None = False,  # None: if an interrupted run was started the same way
     progress: bool = True,
     validate: Callable[[nn.Module], float] | None = None,
+    tuned: bool = False,
+    keep: Collection[str] = (),
 ) -> PretrainResult:
     """Train a sequence model on `domain` (default: the dataset's source) and write models/<name>/.
 
@@ -60,12 +64,17 @@ def pretrain(
         domain's (pass e.g. SASRecConfig(0, hidden=128)).
     name: default `source-only` / `target-only` by the domain's role.
     validate: overrides the default validation (full-ranking NDCG@10 on the valid split).
+    tuned: apply the settings `xdrec tune` stored for this model (architecture and training), except the
+        fields named in `keep` (the options a user set explicitly); see `xdrec.tuned`.
     """
     data = Dataset.from_workspace(workspace, dataset)
     domain = domain or data.source
     data.check_domain(domain)
     name = name or default_model_name(data, domain)
     cfg = replace(model or SASRecConfig(0), n_items=data.n_items(domain))
+    settings = None
+    if tuned:
+        (cfg, train_config), settings = apply_tuned(workspace, data, name, (cfg, train_config), keep)
     sequences = data.train_sequences(domain)
     examples = training_examples(sequences, cfg.max_len)
     n_users = int((sequences["items"].list.len() >= 2).sum())
@@ -87,6 +96,7 @@ def pretrain(
         "n_items": cfg.n_items,
         "model": asdict(cfg),  # type: ignore[call-overload]
         "examples": {"users": n_users, "sequences": len(examples)},
+        "tuned": None if settings is None else {"trial": settings.trial, "valid": settings.value},
     }
     out = workspace.model_dir(name)
     fitted = fit(plan, train_config, out, record, resume=resume, progress=progress)
@@ -100,4 +110,5 @@ def pretrain(
         n_sequences=len(examples),
         training=fitted.training,
         scorer=SequenceScorer(fitted.model, name, domain),  # type: ignore[arg-type]
+        tuned=settings,
     )

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Collection, Mapping
-from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, Literal, get_args
 
 import optuna
 import torch
@@ -44,14 +44,13 @@ from xdrec.models import build_backbone
 from xdrec.models.sasrec import SASRecConfig
 from xdrec.training import TrainConfig, train
 from xdrec.transfer.base import TransferConfig
-from xdrec.workspace import Workspace, read_json, write_json
+from xdrec.tuned import Param, Tuned, load_tuned, settings_path, with_params
+from xdrec.workspace import Workspace, write_json
 
 Model = Literal["source-only", "target-only", "mapping", "finetune", "fusion", "joint"]
 MODELS: tuple[str, ...] = get_args(Model)
 METRIC = "NDCG@10"
-JOURNAL, SETTINGS = ".journal", ".json"
-
-Param = int | float | str
+JOURNAL = ".journal"
 
 
 @dataclass(frozen=True)
@@ -128,20 +127,6 @@ class Trial:
 
 
 @dataclass(frozen=True)
-class Tuned:
-    """The settings a search chose, as stored in tuning/<dataset>/<model>.json."""
-
-    model: str
-    dataset: str
-    manifest_hash: str
-    metric: str
-    value: float  # the best trial's validation score
-    trial: int  # its number
-    trials: int  # finished trials when it was written
-    params: dict[str, Param] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
 class TuneResult:
     model: str
     dataset: str
@@ -155,48 +140,6 @@ class TuneResult:
 
 def study_path(workspace: Workspace, dataset: str, model: str) -> Path:
     return workspace.tuning_dir(dataset) / f"{model}{JOURNAL}"
-
-
-def settings_path(workspace: Workspace, dataset: str, model: str) -> Path:
-    return workspace.tuning_dir(dataset) / f"{model}{SETTINGS}"
-
-
-def load_tuned(workspace: Workspace, data: Dataset, model: str) -> Tuned | None:
-    """The stored settings for `model` on `data`; None when there are none or they were chosen on
-    another version of the dataset (its manifest changed since)."""
-    path = settings_path(workspace, data.name, model)
-    if not path.exists():
-        return None
-    tuned = Tuned(**read_json(path))
-    return tuned if tuned.manifest_hash == data.manifest_hash else None
-
-
-C = TypeVar("C")
-
-
-def with_params(config: C, params: Mapping[str, Param], keep: Collection[str] = ()) -> C:
-    """`config` (a config dataclass) with the values `params` has for its fields, nested config dataclasses
-    included (a TransferConfig's `train`), except the fields named in `keep` (the options the user set
-    explicitly, which always win over tuned settings)."""
-    changes: dict[str, Any] = {}
-    for f in fields(config):  # type: ignore[arg-type]
-        value = getattr(config, f.name)
-        if is_dataclass(value) and not isinstance(value, type):
-            nested = with_params(value, params, keep)
-            if nested is not value:
-                changes[f.name] = nested
-        elif f.name in params and f.name not in keep and params[f.name] != value:
-            changes[f.name] = params[f.name]
-    return replace(config, **changes) if changes else config  # type: ignore[type-var]
-
-
-def tuned_config(
-    workspace: Workspace, data: Dataset, model: str, config: C, keep: Collection[str] = ()
-) -> tuple[C, Tuned | None]:
-    """`config` with `model`'s stored settings on `data` (if any) applied, except the fields in `keep`;
-    and those settings (None: none stored for this dataset, `config` unchanged)."""
-    tuned = load_tuned(workspace, data, model)
-    return (with_params(config, tuned.params, keep) if tuned else config), tuned
 
 
 def tune(

@@ -13,7 +13,8 @@ A new strategy is one module with a `Strategy` subclass and one line in `STRATEG
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import replace
 
 from xdrec.backbone import load_backbone
 from xdrec.data.dataset import Dataset
@@ -37,6 +38,7 @@ from xdrec.strategies.finetune import Finetune
 from xdrec.strategies.fusion import Fusion
 from xdrec.strategies.joint import Joint
 from xdrec.strategies.mapping import Mapping
+from xdrec.tuned import apply_tuned
 from xdrec.workspace import Workspace
 
 # The registry, in report order.
@@ -70,6 +72,8 @@ def transfer(
     target: str | None = None,
     resume: bool | None = False,  # None: if an interrupted run was started the same way
     progress: bool = True,
+    tuned: bool = False,
+    keep: Collection[str] = (),
 ) -> list[TransferResult]:
     """Train each strategy on the current dataset into models/<strategy>/.
 
@@ -79,6 +83,8 @@ def transfer(
     direction) the roles swap (`directed`): target-only is the source model, `xdrec embed --model
     target-only` its vectors, source-only mapping's target space, and the models are
     models/<strategy>-reverse/.
+    tuned: train each strategy with the settings `xdrec tune` stored for its model name, except the
+        fields named in `keep` (the options a user set explicitly); see `xdrec.tuned`.
     """
     names = parse_strategies(strategies)
     data = Dataset.from_workspace(workspace, dataset)
@@ -89,11 +95,15 @@ def transfer(
             f"mapping learns from users active in both domains, and dataset {data.name} has none: "
             "leave mapping out (--strategy finetune --strategy fusion ...) or prepare other domains"
         )
-    config = directed(config, data, target)
     results = []
     for name in names:
-        ctx, inputs = strategy_inputs(workspace, data, STRATEGIES[name], config, target)
-        results.append(fit_strategy(STRATEGIES[name], ctx, config, inputs, progress, resume=resume))
+        own, settings = config, None
+        if tuned:
+            (own,), settings = apply_tuned(workspace, data, model_name(name, data, target), (config,), keep)
+        own = directed(own, data, target)
+        ctx, inputs = strategy_inputs(workspace, data, STRATEGIES[name], own, target)
+        result = fit_strategy(STRATEGIES[name], ctx, own, inputs, progress, resume=resume)
+        results.append(replace(result, tuned=settings))
     return results
 
 

@@ -23,6 +23,7 @@ from xdrec.fit import Plan, fit
 from xdrec.models import BackboneConfig
 from xdrec.scoring import Scorer
 from xdrec.training import TrainConfig, TrainResult
+from xdrec.tuned import Tuned
 from xdrec.workspace import Workspace
 
 # The user segments of a report that a model can serve (see xdrec.evaluation).
@@ -120,6 +121,7 @@ class TransferResult:
     model_dir: Path
     training: TrainResult
     serves: frozenset[Segment]  # the segments the strategy scores from real evidence
+    tuned: Tuned | None = None  # the stored `xdrec tune` settings it was trained with, if any
 
 
 class Strategy(ABC):
