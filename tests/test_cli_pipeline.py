@@ -263,7 +263,9 @@ def test_embed_before_pretrain_says_what_to_run(prepared: Workspace) -> None:
 def test_transfer_trains_the_named_strategies_only(chain: Chain) -> None:
     rows = chain.json("transfer-two")
     assert [r["strategy"] for r in rows] == ["fusion", "mapping"]
-    assert all(set(r) == {"strategy", "path", "serves", "epochs_run", "valid", "seconds"} for r in rows)
+    assert all(
+        set(r) == {"strategy", "path", "serves", "epochs_run", "valid", "seconds", "tuned"} for r in rows
+    )
     assert chain.models_after["transfer-two"] == ["fusion", "mapping", "source-only", "target-only"]
     for r in rows:
         assert Path(r["path"]) == chain.ws.model_dir(r["strategy"]) and r["epochs_run"] == 1
