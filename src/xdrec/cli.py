@@ -698,8 +698,9 @@ def tune(
 ) -> None:
     """Search a model's hyper-parameters on the VALIDATION split (never test); resumable.
 
-    The best settings go to tuning/<dataset>/<model>.json, which pretrain, transfer and run use unless an
-    option overrides them.
+    The best settings go to tuning/<dataset>/<model>.json; pretrain, transfer and run use them.
+
+    An option given on their command line always wins over a tuned setting.
     """
     from xdrec.tune import TuneConfig
     from xdrec.tune import tune as search
