@@ -281,7 +281,7 @@ def test_paired_deltas_without_the_base_model_say_so() -> None:
 def test_report_marks_significant_wins_and_losses(dataset: Dataset) -> None:
     best, worst = OracleScorer(dataset, "Movies"), ReverseOracle(dataset, "Movies")
     best.name, worst.name = "target-only", "fusion"  # target-only: the base of the non-cold segments
-    report = evaluate_scorers(dataset, "Movies", [best, worst], ks=(1,), bootstrap=50)
+    report = evaluate_scorers(dataset, "Movies", [best, worst], EvaluateConfig(ks=(1,), bootstrap=50))
     doc = report_to_json(report)
     rows = {(r["model"], r["segment"]): r for r in doc["results"]}
     # Every warm user: fusion 0, target-only 1 -> delta -1 with the CI [-1, -1].
@@ -313,7 +313,9 @@ def test_report_marks_significant_wins_and_losses(dataset: Dataset) -> None:
 
 
 def test_report_without_the_base_model_marks_nothing(dataset: Dataset) -> None:
-    report = evaluate_scorers(dataset, "Movies", [OracleScorer(dataset, "Movies")], bootstrap=20)
+    report = evaluate_scorers(
+        dataset, "Movies", [OracleScorer(dataset, "Movies")], EvaluateConfig(bootstrap=20)
+    )
     doc = report_to_json(report)
     warm = next(r for r in doc["results"] if r["model"] == "oracle" and r["segment"] == "warm")
     assert warm["delta"]["against"] == "target-only" and warm["delta"]["NDCG@10"] is None

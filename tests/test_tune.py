@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import numpy as np
 import optuna
 import polars as pl
@@ -10,8 +12,9 @@ import pytest
 from xdrec.data.dataset import Dataset
 from xdrec.data.prepare import PrepareConfig, prepare
 from xdrec.errors import XdrecError
+from xdrec.models import SASRecConfig
+from xdrec.strategies import TransferConfig
 from xdrec.training import TrainConfig
-from xdrec.transfer import TransferConfig
 from xdrec.tune import TuneConfig, defaults, study_path, tune
 from xdrec.tuned import apply_tuned, load_tuned, settings_path, with_params
 from xdrec.workspace import Workspace
@@ -137,22 +140,27 @@ def test_tune_user_errors(prepared: Workspace) -> None:
         tune(prepared, "fusion", FAST, progress=False)
 
 
-def test_tune_a_strategy_trains_in_scratch_space(prepared: Workspace) -> None:
-    from xdrec.embed import embed
-    from xdrec.pretrain import pretrain
+def test_tune_strategies_saves_nothing(prepared: Workspace) -> None:
+    from xdrec.backbone import load_backbone
+    from xdrec.embedding import embed
+    from xdrec.pretraining import pretrain
 
     quick = TrainConfig(epochs=1, seed=1)
-    pretrain(prepared, domain="Src", train_config=quick, progress=False)
+    pretrain(
+        prepared, domain="Src", model=SASRecConfig(0, hidden=32, heads=1), train_config=quick, progress=False
+    )
     pretrain(prepared, domain="Tgt", train_config=quick, progress=False)
     embed(prepared)
     models = sorted(p.name for p in (prepared.root / "models").iterdir())
-    result = tune(prepared, "mapping", TuneConfig(trials=1, epochs=1, patience=1), progress=False)
-    assert result.best is not None and set(result.best.params) == {
-        "lr",
-        "weight_decay",
-        "batch_size",
-        "mapping_loss",
-    }
+    one = TuneConfig(trials=1, epochs=1, patience=1)
+    mapping = tune(prepared, "mapping", one, progress=False)
+    assert mapping.best is not None and mapping.trials[0].params == defaults("mapping")
+    assert set(mapping.best.params) == {"lr", "weight_decay", "batch_size", "mapping_loss"}
+    # fusion builds a new backbone: its architecture is searched too, starting from the source model's.
+    fusion = tune(prepared, "fusion", one, progress=False)
+    source = load_backbone(prepared, "source-only", Dataset.from_workspace(prepared)).model.cfg
+    assert fusion.trials[0].params == defaults("fusion", asdict(source))
+    assert (fusion.trials[0].params["hidden"], fusion.trials[0].params["heads"]) == (32, 1)
     assert sorted(p.name for p in (prepared.root / "models").iterdir()) == models  # models/ untouched
 
 
@@ -196,6 +204,7 @@ def test_pretrain_transfer_and_run_use_the_stored_settings_unless_given(prepared
     from typer.testing import CliRunner
 
     from xdrec.cli import app
+    from xdrec.evaluation import EvaluateConfig
     from xdrec.pipeline import RunConfig, run
 
     def cli(*args: str) -> dict:
@@ -224,6 +233,10 @@ def test_pretrain_transfer_and_run_use_the_stored_settings_unless_given(prepared
         and config["train"]["batch_size"] == 64
         and config["model"]["hidden"] == 32
     )
+    conflict = CliRunner().invoke(
+        app, ["--workspace", str(prepared.root), "pretrain", "--domain", "Tgt", "--hidden", "30"]
+    )
+    assert conflict.exit_code == 1 and "do not fit the options given" in conflict.stderr  # tuned heads 4
     cli("pretrain", "--epochs", "1")  # source-only: nothing tuned, the defaults
     assert recorded("source-only")["tuned"] is None and recorded("source-only")["model"]["hidden"] == 64
     cli("embed")
@@ -232,10 +245,14 @@ def test_pretrain_transfer_and_run_use_the_stored_settings_unless_given(prepared
     assert (recorded("fusion")["train"]["lr"], recorded("fusion")["train"]["weight_decay"]) == (0.002, 0.01)
 
     # run (the CLI's seed): the same settings, so every model above but target-only is current; a changed
-    # setting retrains
-    # exactly that model.
+    # setting retrains exactly that model.
     logs: list[str] = []
-    config = RunConfig(train=TrainConfig(epochs=1, seed=42), strategies=("fusion",), bootstrap=0, tuned=True)
+    config = RunConfig(
+        train=TrainConfig(epochs=1, seed=42),
+        strategies=("fusion",),
+        evaluate=EvaluateConfig(bootstrap=0, seed=42),
+        tuned=True,
+    )
     run(prepared, "Src", "Tgt", config, progress=False, log=logs.append)
     assert "pretrain: target-only unchanged, reused" not in logs  # it was last trained with --lr 0.01
     assert any(line.startswith("pretrain: target-only on Tgt (tuned settings: trial 7") for line in logs), (

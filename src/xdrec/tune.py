@@ -9,10 +9,11 @@ same epoch. The first trial of a search is the model's defaults, so the stored s
 than the defaults on validation. A trial trains the same `Plan` that `pretrain` or `transfer` would fit,
 but saves nothing: models/ is never touched.
 
-The search space (`SPACE`): the SASRec architecture (hidden, blocks, heads, dropout, max_len) for the
-single-domain models (`source-only`, `target-only`); the training settings (lr, weight_decay, batch_size)
-for every model; a strategy's own knobs where it has some (`mapping`: its loss). The strategies build on
-the source model's architecture, so tune `source-only` to change theirs.
+The search space (`SPACE`): the training settings (lr, weight_decay, batch_size) for every model; the
+backbone's architecture (hidden, blocks, heads, dropout, max_len) for the single-domain models and for
+`fusion` and `joint`, which build a new one (their defaults: the source model's); `finetune`'s dropout and
+max_len (it copies the source model's blocks, so their shape is fixed); a strategy's own knobs where it
+has some (`mapping`: its loss).
 
 Files (tuning/<dataset>/ in the workspace):
     <model>.journal   the study, Optuna's JournalStorage (one append-only file, no database): an
@@ -42,8 +43,8 @@ from xdrec.errors import XdrecError
 from xdrec.fit import Plan
 from xdrec.models import build_backbone
 from xdrec.models.sasrec import SASRecConfig
+from xdrec.strategies.base import TransferConfig
 from xdrec.training import TrainConfig, train
-from xdrec.transfer.base import TransferConfig
 from xdrec.tuned import Param, Tuned, load_tuned, settings_path, with_params
 from xdrec.workspace import Workspace, write_json
 
@@ -67,6 +68,11 @@ class Choice:
             return trial.suggest_categorical(name, self.values)  # type: ignore[return-value]
         return trial.suggest_float(name, self.low, self.high, log=self.log)
 
+    def holds(self, value: Param) -> bool:
+        if self.values:
+            return value in self.values
+        return isinstance(value, int | float) and self.low <= value <= self.high
+
 
 # The names are the config fields they set (SASRecConfig, TrainConfig, TransferConfig): no mapping table.
 ARCHITECTURE = {
@@ -85,9 +91,9 @@ SPACE: dict[str, dict[str, Choice]] = {
     "source-only": ARCHITECTURE | TRAINING,
     "target-only": ARCHITECTURE | TRAINING,
     "mapping": TRAINING | {"mapping_loss": Choice(("task", "mse"))},
-    "finetune": TRAINING,
-    "fusion": TRAINING,
-    "joint": TRAINING,
+    "finetune": TRAINING | {k: ARCHITECTURE[k] for k in ("dropout", "max_len")},
+    "fusion": ARCHITECTURE | TRAINING,
+    "joint": ARCHITECTURE | TRAINING,
 }
 
 
@@ -160,12 +166,12 @@ def tune(
         raise XdrecError(f"cannot tune {model!r}: choose from {', '.join(MODELS)}")
     started = time.perf_counter()
     data = Dataset.from_workspace(workspace, dataset)
-    objective = _objective(workspace, data, model, config)  # checks what the model needs first
+    objective, base = _objective(workspace, data, model, config)  # checks what the model needs first
     journal = study_path(workspace, data.name, model)
     if restart:
         journal.unlink(missing_ok=True)
         settings_path(workspace, data.name, model).unlink(missing_ok=True)
-    study = _open_study(journal, model, data, config)
+    study = _open_study(journal, model, data, config, defaults(model, base))
     finished = sum(t.state in (_COMPLETE, _PRUNED) for t in study.trials)
     remaining = max(0, config.trials - finished)
 
@@ -220,7 +226,9 @@ def tune(
 _COMPLETE, _PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
 
 
-def _open_study(journal: Path, model: str, data: Dataset, config: TuneConfig) -> optuna.Study:
+def _open_study(
+    journal: Path, model: str, data: Dataset, config: TuneConfig, first: Mapping[str, Param]
+) -> optuna.Study:
     """The search in `journal`, created or resumed; refuses one made on another dataset or budget."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own progress display says what matters
     journal.parent.mkdir(parents=True, exist_ok=True)
@@ -256,19 +264,19 @@ def _open_study(journal: Path, model: str, data: Dataset, config: TuneConfig) ->
     if existing is None:
         study.set_user_attr("manifest_hash", data.manifest_hash)
         study.set_user_attr("fixed", config.fixed())
-        # The first trial is today's defaults, so the search can only keep them or find better.
-        study.enqueue_trial(defaults(model))
+        # The first trial is the defaults, so the search can only keep them or find better.
+        study.enqueue_trial(dict(first))
     return study
 
 
-def defaults(model: str) -> dict[str, Param]:
-    """The model's untuned settings, in its search space (a weight decay of 0 as the space's smallest)."""
-    configs = (SASRecConfig(n_items=1), TrainConfig(), TransferConfig())
-    values = {f.name: getattr(c, f.name) for c in configs for f in fields(c)}  # type: ignore[arg-type]
-    out = {name: values[name] for name in SPACE[model]}
-    if "weight_decay" in out:
-        out["weight_decay"] = max(float(out["weight_decay"]), TRAINING["weight_decay"].low)
-    return out
+def defaults(model: str, architecture: Mapping[str, Param] | None = None) -> dict[str, Param]:
+    """The settings `model` gets without tuning or options, those of its space that the space holds:
+    training defaults (a weight decay of 0 as the space's smallest), `architecture` (default: the
+    backbone's defaults; a strategy's is its source model's), a strategy's own defaults."""
+    values = {f.name: getattr(c, f.name) for c in (TrainConfig(), TransferConfig()) for f in fields(c)}
+    values |= dict(architecture or asdict(SASRecConfig(n_items=1)))
+    values["weight_decay"] = max(float(values["weight_decay"]), TRAINING["weight_decay"].low)
+    return {name: values[name] for name, choice in SPACE[model].items() if choice.holds(values[name])}
 
 
 def _store(workspace: Workspace, data: Dataset, model: str, study: optuna.Study) -> None:
@@ -324,9 +332,12 @@ Objective = Callable[[optuna.Trial, Show], float]
 Planner = Callable[[Mapping[str, Param], TrainConfig], Plan]
 
 
-def _objective(workspace: Workspace, data: Dataset, model: str, config: TuneConfig) -> Objective:
+def _objective(
+    workspace: Workspace, data: Dataset, model: str, config: TuneConfig
+) -> tuple[Objective, dict[str, Param]]:
     """A trial: sample the model's space, train its plan on train (nothing saved), return its best
-    validation score; every epoch's score goes to the pruner."""
+    validation score; every epoch's score goes to the pruner. Also the architecture the model gets
+    without options (the backbone's defaults, or the source model's for a strategy)."""
     space = SPACE[model]
     train_fixed = TrainConfig(
         epochs=config.epochs,
@@ -337,8 +348,9 @@ def _objective(workspace: Workspace, data: Dataset, model: str, config: TuneConf
     )
     if model in ("source-only", "target-only"):
         planner = _backbone_planner(data, data.source if model == "source-only" else data.target)
+        base: dict[str, Param] = asdict(SASRecConfig(n_items=1))
     else:
-        planner = _strategy_planner(workspace, data, model, train_fixed)
+        planner, base = _strategy_planner(workspace, data, model, train_fixed)
 
     def objective(trial: optuna.Trial, show: Show) -> float:
         params = {name: choice.suggest(trial, name) for name, choice in space.items()}
@@ -368,7 +380,7 @@ def _objective(workspace: Workspace, data: Dataset, model: str, config: TuneConf
             raise XdrecError(f"trial {trial.number} had no validation score: the dataset has no valid split")
         return result.best_metric
 
-    return objective
+    return objective, base
 
 
 def _backbone_planner(data: Dataset, domain: str) -> Planner:
@@ -386,13 +398,16 @@ def _backbone_planner(data: Dataset, domain: str) -> Planner:
     return plan
 
 
-def _strategy_planner(workspace: Workspace, data: Dataset, model: str, train_fixed: TrainConfig) -> Planner:
-    from xdrec.transfer import STRATEGIES, strategy_inputs
+def _strategy_planner(
+    workspace: Workspace, data: Dataset, model: str, train_fixed: TrainConfig
+) -> tuple[Planner, dict[str, Param]]:
+    from xdrec.strategies import STRATEGIES, strategy_inputs
 
     strategy = STRATEGIES[model]
     ctx, inputs = strategy_inputs(workspace, data, strategy, TransferConfig(train=train_fixed))
 
     def plan(params: Mapping[str, Param], train_config: TrainConfig) -> Plan:
+        # Architecture params land in TransferConfig.model (options over the source model's architecture).
         return strategy.build(ctx, with_params(TransferConfig(train=train_config), params), inputs)
 
-    return plan
+    return plan, asdict(ctx.source.model.cfg)  # type: ignore[call-overload]

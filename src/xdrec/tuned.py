@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from xdrec.data.dataset import Dataset
+from xdrec.errors import XdrecError
 from xdrec.workspace import Workspace, read_json
 
 Param = int | float | str
@@ -77,4 +78,11 @@ def apply_tuned(
     tuned = load_tuned(workspace, data, model)
     if tuned is None:
         return configs, None
-    return tuple(with_params(c, tuned.params, keep) for c in configs), tuned  # type: ignore[return-value]
+    try:
+        return tuple(with_params(c, tuned.params, keep) for c in configs), tuned  # type: ignore[return-value]
+    except ValueError as e:  # a config's own check, e.g. a given --hidden that the tuned heads do not divide
+        path = settings_path(workspace, data.name, model)
+        raise XdrecError(
+            f"the settings tuned for {model} ({path}) do not fit the options given ({e}): give the "
+            "conflicting option too, or tune again"
+        ) from None
