@@ -15,10 +15,11 @@ from xdrec.cli import app
 from xdrec.data.splits import SplitKind
 from xdrec.models.losses import LOSSES
 from xdrec.strategies import MappingLoss
+from xdrec.tuning import Model
 
 
 def test_the_facade_exports_every_stage_as_a_function() -> None:
-    for name in ("fetch", "prepare", "pretrain", "embed", "transfer", "evaluate", "recommend", "run"):
+    for name in ("fetch", "prepare", "pretrain", "embed", "transfer", "evaluate", "recommend", "run", "tune"):
         assert callable(getattr(xdrec, name)) and getattr(xdrec, name).__name__ == name
     from xdrec import EvaluateConfig, RunConfig, TransferConfig, Workspace  # noqa: F401
 
@@ -33,6 +34,7 @@ def test_cli_choices_are_the_librarys() -> None:
     assert get_args(cli.SplitName) == get_args(SplitKind)
     assert get_args(cli.LossName) == ("auto", *LOSSES)
     assert get_args(cli.MappingLossName) == get_args(MappingLoss)
+    assert get_args(cli.TuneModelName) == get_args(Model)
 
 
 def _options(command: str) -> set[str]:

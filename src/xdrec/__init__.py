@@ -14,6 +14,8 @@ The library API, one function per stage (the `xdrec` command line wraps exactly 
     transfer(ws, ["fusion", "mapping"])
     report, paths = evaluate(ws, EvaluateConfig(ks=(10, 20)))
 
+    tune(ws, "target-only", TuneConfig(trials=20))  # validation only; pretrain/run(tuned=True) use it
+
 Each stage's configuration is one frozen dataclass (`PrepareConfig`, `TrainConfig`, `ModelOptions`,
 `TransferConfig`, `EvaluateConfig`, `RunConfig`); `run` takes them all. Names are resolved on first use,
 so `import xdrec` (and `xdrec --help`) loads neither torch nor polars.
@@ -37,6 +39,8 @@ _API = {
     "recommend": "xdrec.pipeline",
     "run": "xdrec.pipeline",
     "demo": "xdrec.pipeline",
+    "tune": "xdrec.tuning",
+    "TuneConfig": "xdrec.tuning",
     "Workspace": "xdrec.workspace",
     "XdrecError": "xdrec.errors",
     "PrepareConfig": "xdrec.data.prepare",

@@ -672,11 +672,16 @@ def evaluate(
             console.print(f"saved {paths['json']} and {paths['plot']}", soft_wrap=True)
 
 
+TuneModelName = Literal[
+    "source-only", "target-only", "mapping", "finetune", "fusion", "joint"
+]  # xdrec.tuning.Model
+
+
 @app.command()
 def tune(
     ctx: typer.Context,
     model: Annotated[
-        str,
+        TuneModelName,
         typer.Argument(help="What to tune: target-only, source-only, mapping, finetune, fusion or joint."),
     ] = "target-only",
     trials: Annotated[
@@ -702,8 +707,8 @@ def tune(
 
     An option given on their command line always wins over a tuned setting.
     """
-    from xdrec.tune import TuneConfig
-    from xdrec.tune import tune as search
+    from xdrec.tuning import TuneConfig
+    from xdrec.tuning import tune as search
 
     config = TuneConfig(
         trials=trials, timeout=timeout, epochs=epochs, patience=patience, seed=seed, device=device

@@ -130,7 +130,7 @@ def _param(value: object) -> str:
 
 
 def tune_table(result) -> Table:
-    """`xdrec tune`'s trials, in order, the stored best one starred (`result` is a tune.TuneResult)."""
+    """`xdrec tune`'s trials, in order, the stored best one starred (`result` is a tuning.TuneResult)."""
     best = result.best.trial if result.best else None
     params = list(dict.fromkeys(p for t in result.trials for p in t.params))
     legend = ", ".join(f"{_PARAM_HEADERS[p]} = {p}" for p in params if _PARAM_HEADERS.get(p, p) != p)
