@@ -238,7 +238,7 @@ def test_pretrain_transfer_and_run_use_the_stored_settings_unless_given(prepared
     )
     assert conflict.exit_code == 1 and "do not fit the options given" in conflict.stderr  # tuned heads 4
     cli("pretrain", "--epochs", "1")  # source-only: nothing tuned, the defaults
-    assert recorded("source-only")["tuned"] is None and recorded("source-only")["model"]["hidden"] == 64
+    assert "tuned" not in recorded("source-only") and recorded("source-only")["model"]["hidden"] == 64
     cli("embed")
     rows = cli("transfer", "--strategy", "fusion", "--epochs", "1", "--json")
     assert rows[0]["tuned"]["params"] == {"lr": 0.002, "weight_decay": 0.01}

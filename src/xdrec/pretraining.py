@@ -96,7 +96,7 @@ def pretrain(
         "n_items": cfg.n_items,
         "model": asdict(cfg),  # type: ignore[call-overload]
         "examples": {"users": n_users, "sequences": len(examples)},
-        "tuned": None if settings is None else {"trial": settings.trial, "valid": settings.value},
+        **({} if settings is None else {"tuned": {"trial": settings.trial, "valid": settings.value}}),
     }
     out = workspace.model_dir(name)
     fitted = fit(plan, train_config, out, record, resume=resume, progress=progress)
