@@ -3,8 +3,9 @@
 `recommend` serves a user with the model that ranked best for their segment on validation: every model
 trained for the target (and popularity) ranks the target's validation cases, and the best mean NDCG@10
 per segment among the models that serve it (`zoo.serves`, from the strategy contract) wins; ties go to the
-earlier model in report order, the simpler one. The test report is never
-read, so choosing a model does not leak the test split into what is served.
+earlier model in report order, the simpler one. A non-cold segment with fewer than MIN_USERS validation users
+is judged by the `all` segment's scores (every non-cold user), since its own mean would be noise. The test
+report is never read, so choosing a model does not leak the test split into what is served.
 
 Cold-start users have no validation items (their whole target history is held out for test), so the
 `cold` segment is judged on pseudo-cold cases: every validation user who has source history ranks their
@@ -32,6 +33,7 @@ from xdrec.zoo import POPULARITY, load_scorer, serves, trained_models
 
 METRIC = "NDCG@10"
 FILE = "selection.json"
+MIN_USERS = 100  # fewer validation users in a segment: chosen by the `all` segment's scores
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,11 @@ def select_models(workspace: Workspace, data: Dataset, device: str = "auto") -> 
         serving = [
             m for m in scores[segment] if serves(workspace, m, "warm" if segment == ALL_SEGMENT else segment)
         ]
-        best[segment] = max(serving, key=lambda m: (scores[segment][m], -names.index(m)))
+        # A segment with few validation users (target-only has a handful on the Amazon pairs) is judged
+        # by every non-cold user's scores instead: its own mean is noise.
+        small = users[segment] < MIN_USERS and segment != COLD_SEGMENT and ALL_SEGMENT in scores
+        judged = ALL_SEGMENT if small else segment
+        best[segment] = max(serving, key=lambda m: (scores[judged].get(m, 0.0), -names.index(m)))
     selection = Selection(
         dataset=data.name,
         models=models,
