@@ -385,8 +385,14 @@ def test_evaluate_after_a_new_prepare_and_a_retrain_names_stale_models(copy: Wor
 def test_recommend_names_the_models_it_could_not_use(copy: Workspace) -> None:
     import polars as pl
 
-    users = pl.read_parquet(copy.dataset_dir(f"{SOURCE}+{TARGET}") / "users.parquet")
-    cold_user = users.filter("cold")["user"][0]
+    # A cold user to recommend for: source history and no target interaction at all (recommend reads the
+    # whole history, so a cold-start hold-out user, whose target items are in test, is warm there).
+    dataset = copy.dataset_dir(f"{SOURCE}+{TARGET}")
+    events = pl.read_parquet(dataset / "interactions.parquet")
+    in_target = events.filter(pl.col("domain") == TARGET)["user_id"].unique().implode()
+    cold_ids = events.filter(pl.col("domain") == SOURCE, ~pl.col("user_id").is_in(in_target))["user_id"]
+    users = pl.read_parquet(dataset / "users.parquet")
+    cold_user = users.filter(pl.col("user_id").is_in(cold_ids.unique().implode()))["user"].sort()[0]
     result = invoke(copy, "recommend", cold_user, "--json")
     assert result.exit_code == 0, result.output
     rec = json.loads(result.stdout)

@@ -33,6 +33,7 @@ _WRITES: dict[str, tuple[Area, ...]] = {
     "embed": ("embeddings",),
     "transfer": ("models",),
     "evaluate": ("reports",),
+    "tune": ("tuning",),
     "run": AREAS,
     "demo": AREAS,
 }

@@ -19,6 +19,7 @@ trained from a model retrained since) is left out of the comparison, and `skippe
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 
 import polars as pl
@@ -112,7 +113,9 @@ def select_models(workspace: Workspace, data: Dataset, device: str = "auto") -> 
         best=best,
         skipped=skipped,
     )
-    write_json(path, asdict(selection))
+    # Only a cache: recommend is a reader (it takes no lock), and an evaluate may be sweeping reports/.
+    with contextlib.suppress(OSError):
+        write_json(path, asdict(selection))
     return selection
 
 

@@ -207,6 +207,8 @@ def tune(
                 callbacks=[after_trial],
                 gc_after_trial=True,
             )
+    if any(t.state == _COMPLETE for t in study.trials):
+        _store(workspace, data, model, study)  # also when nothing ran: a deleted settings file comes back
     trials = [_trial(t) for t in study.trials]
     best = load_tuned(workspace, data, model)
     return TuneResult(

@@ -10,10 +10,10 @@ Every stage reads what the previous one wrote by convention, so commands chain w
     reports/                             evaluate
     tuning/<dataset>/<model>.{journal,json}  tune (the search, and the settings it chose)
 
-One writer at a time per area: a command that writes raw/, datasets/, models/, embeddings/ or reports/
-holds an advisory lock on it (`Workspace.writing`), so a second writer stops with a clear message while
-readers are never blocked: they see the previous or the next result, as every write is a rename. Temp
-files of an interrupted writer (hidden `.name.*` entries) are swept by the next writer of the area.
+One writer at a time per area: a command that writes raw/, datasets/, models/, embeddings/, reports/ or
+tuning/ holds an advisory lock on it (`Workspace.writing`), so a second writer stops with a clear message
+while readers are never blocked: they see the previous or the next result, as every write is a rename.
+Temp files of an interrupted writer (hidden `.name.*` entries) are swept by the next writer of the area.
 """
 
 from __future__ import annotations
@@ -206,12 +206,14 @@ def _rewrite_hint(workspace: Workspace, path: Path) -> str:
         return f"retrain it: `xdrec --workspace {quoted} {command}`"
     if area == "embeddings":
         return f"rerun `xdrec --workspace {quoted} embed`"
+    if area == "tuning":  # the settings file; the search itself (.journal) restores it
+        return f"delete it and rerun `xdrec --workspace {quoted} tune {path.stem}` with the search's options"
     return f"rerun `xdrec --workspace {quoted} evaluate`"
 
 
 # The parts of a workspace a writing command locks (cli._WRITES says which); readers lock nothing.
-Area = Literal["raw", "datasets", "models", "embeddings", "reports"]
-AREAS: tuple[Area, ...] = ("raw", "datasets", "models", "embeddings", "reports")
+Area = Literal["raw", "datasets", "models", "embeddings", "reports", "tuning"]
+AREAS: tuple[Area, ...] = ("raw", "datasets", "models", "embeddings", "reports", "tuning")
 
 
 @contextlib.contextmanager
