@@ -183,6 +183,9 @@ def test_tune_cli_json_table_and_errors(prepared: Workspace) -> None:
     assert table.exit_code == 0 and "★0" in table.stdout and "test never read" in table.stdout
     wrong = invoke("--trials", "2", "--epochs", "2")
     assert wrong.exit_code == 1 and wrong.stderr.startswith("error:") and "--epochs 1" in wrong.stderr
+    with prepared.writing(["tuning"], "tune"):  # one search at a time: a second one stops, naming the first
+        busy = invoke("--trials", "1", "--epochs", "1")
+    assert busy.exit_code == 1 and "`xdrec tune`" in busy.stderr and "tuning/" in busy.stderr
     unknown = invoke("popularity")  # a usage error: Typer checks the choice
     assert unknown.exit_code == 2 and "popularity" in unknown.stderr
 
