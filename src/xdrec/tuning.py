@@ -3,11 +3,13 @@
 Each trial trains the model from scratch on the training split with settings Optuna's TPE sampler proposes,
 and scores it by its best validation NDCG@10: the early-stopped metric `pretrain` and `transfer` record
 (for `mapping`, its pseudo-cold hold-out of training users). The test split is never read, so the test
-report stays an honest estimate of the chosen settings. Trials of a SASRec model report every epoch to a
+report stays an honest estimate of the chosen settings. Every trial reports each epoch's score to a
 median pruner, which stops a trial whose validation score is below the median of earlier trials at the
 same epoch. The first trial of a search is the model's defaults, so the stored settings are never worse
 than the defaults on validation. A trial trains the same `Plan` that `pretrain` or `transfer` would fit,
-but saves nothing: models/ is never touched.
+but saves nothing: models/ is never touched. Only the forward direction is tuned (a `-reverse` model of
+`transfer --domain SOURCE` uses no stored settings). One search per workspace at a time (the CLI holds
+the tuning/ write lock).
 
 The search space (`SPACE`): the training settings (lr, weight_decay, batch_size) for every model; the
 backbone's architecture (hidden, blocks, heads, dropout, max_len) for the single-domain models and for
