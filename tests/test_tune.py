@@ -123,6 +123,10 @@ def test_stored_settings_apply_unless_given(prepared: Workspace) -> None:
         TransferConfig(mapping_loss="task"), {"lr": 0.5, "mapping_loss": "mse"}, keep={"mapping_loss"}
     )
     assert nested.train.lr == 0.5 and nested.mapping_loss == "task"
+    dotted = with_params(
+        TransferConfig(), {"bag.dropout": 0.1, "dropout": 0.4}
+    )  # a dotted name: that config's
+    assert dotted.bag.dropout == 0.1 and dotted.model.dropout == 0.4
     (same,), found = apply_tuned(prepared, data, "fusion", (TransferConfig(),))  # nothing tuned for fusion
     assert found is None and same == TransferConfig()
     # Settings chosen on another version of the dataset are not used.
@@ -157,6 +161,8 @@ def test_tune_strategies_saves_nothing(prepared: Workspace) -> None:
     assert mapping.best is not None and mapping.trials[0].params == defaults("mapping")
     assert set(mapping.best.params) == {"lr", "weight_decay", "batch_size", "mapping_loss"}
     # fusion builds a new backbone: its architecture is searched too, starting from the source model's.
+    bag = tune(prepared, "bag", one, progress=False)  # its own knobs, dotted into TransferConfig.bag
+    assert bag.trials[0].params == defaults("bag") and "bag.cold_rate" in bag.trials[0].params
     fusion = tune(prepared, "fusion", one, progress=False)
     source = load_backbone(prepared, "source-only", Dataset.from_workspace(prepared)).model.cfg
     assert fusion.trials[0].params == defaults("fusion", asdict(source))

@@ -674,7 +674,7 @@ def evaluate(
 
 
 TuneModelName = Literal[
-    "source-only", "target-only", "mapping", "finetune", "fusion", "joint"
+    "source-only", "target-only", "mapping", "finetune", "fusion", "joint", "bag"
 ]  # xdrec.tuning.Model
 
 
@@ -683,7 +683,7 @@ def tune(
     ctx: typer.Context,
     model: Annotated[
         TuneModelName,
-        typer.Argument(help="What to tune: target-only, source-only, mapping, finetune, fusion or joint."),
+        typer.Argument(help="What to tune: target-only, source-only or a strategy (mapping, bag, ...)."),
     ] = "target-only",
     trials: Annotated[
         int, typer.Option(help="Finished trials in all, counting those of an interrupted earlier run.")

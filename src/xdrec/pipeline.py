@@ -285,7 +285,8 @@ def run(
             log(f"pretrain: {model} on {domain}" + _tuned_note(tuned))
             pretrain(
                 workspace, dataset=name, domain=domain, model=architecture, train_config=config.train,
-                resume=None, progress=progress, tuned=config.tuned, keep=config.keep,  # resume: a killed run continues
+                resume=None, progress=progress,  # a killed run continues where it stopped
+                tuned=config.tuned, keep=config.keep,
             )  # fmt: skip
 
     if embeddings_match(workspace.embeddings("source-only"), data, _fingerprint(workspace, "source-only")):

@@ -54,12 +54,16 @@ C = TypeVar("C")
 def with_params(config: C, params: Mapping[str, Param], keep: Collection[str] = ()) -> C:
     """`config` (a config dataclass) with the values `params` has for its fields, nested config dataclasses
     included (a TransferConfig's `train`), except the fields named in `keep` (the options the user set
-    explicitly, which always win over tuned settings)."""
+    explicitly, which always win over tuned settings). A dotted name sets one nested config's field only
+    (`bag.dropout`: TransferConfig.bag.dropout, not the model's dropout)."""
     changes: dict[str, Any] = {}
     for f in fields(config):  # type: ignore[arg-type]
         value = getattr(config, f.name)
         if is_dataclass(value) and not isinstance(value, type):
-            nested = with_params(value, params, keep)
+            prefix = f"{f.name}."
+            own = {k.removeprefix(prefix): v for k, v in params.items() if k.startswith(prefix)}
+            flat = {k: v for k, v in params.items() if "." not in k}
+            nested = with_params(value, flat | own, keep)
             if nested is not value:
                 changes[f.name] = nested
         elif f.name in params and f.name not in keep and params[f.name] != value:

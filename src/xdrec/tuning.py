@@ -50,7 +50,7 @@ from xdrec.training import TrainConfig, train
 from xdrec.tuned import Param, Tuned, load_tuned, settings_path, with_params
 from xdrec.workspace import Workspace, write_json
 
-Model = Literal["source-only", "target-only", "mapping", "finetune", "fusion", "joint"]
+Model = Literal["source-only", "target-only", "mapping", "finetune", "fusion", "joint", "bag"]
 MODELS: tuple[str, ...] = get_args(Model)
 METRIC = "NDCG@10"
 JOURNAL = ".journal"
@@ -96,6 +96,15 @@ SPACE: dict[str, dict[str, Choice]] = {
     "finetune": TRAINING | {k: ARCHITECTURE[k] for k in ("dropout", "max_len")},
     "fusion": ARCHITECTURE | TRAINING,
     "joint": ARCHITECTURE | TRAINING,
+    # bag's own model; its weight decay replaces the training one (Bag.train_config). Dotted names set a
+    # field of a nested config (TransferConfig.bag), see xdrec.tuned.with_params.
+    "bag": {k: TRAINING[k] for k in ("lr", "batch_size")}
+    | {
+        "bag.dim": Choice((32, 64, 128, 256)),
+        "bag.dropout": Choice(low=0.0, high=0.6),
+        "bag.cold_rate": Choice(low=0.0, high=0.9),
+        "bag.weight_decay": Choice(low=1e-3, high=3.0, log=True),
+    },
 }
 
 
@@ -278,6 +287,7 @@ def defaults(model: str, architecture: Mapping[str, Param] | None = None) -> dic
     training defaults (a weight decay of 0 as the space's smallest), `architecture` (default: the
     backbone's defaults; a strategy's is its source model's), a strategy's own defaults."""
     values = {f.name: getattr(c, f.name) for c in (TrainConfig(), TransferConfig()) for f in fields(c)}
+    values |= {f"bag.{k}": v for k, v in asdict(TransferConfig().bag).items()}
     values |= dict(architecture or asdict(SASRecConfig(n_items=1)))
     values["weight_decay"] = max(float(values["weight_decay"]), TRAINING["weight_decay"].low)
     return {name: values[name] for name, choice in SPACE[model].items() if choice.holds(values[name])}
@@ -333,7 +343,7 @@ def _progress_bar(console: Console, enabled: bool) -> Progress:
 Show = Callable[[int, int, float], None]  # (trial, epoch, validation score) for the progress display
 Objective = Callable[[optuna.Trial, Show], float]
 # What to train for a trial's settings: the same `Plan` that `pretrain` / `transfer` would fit.
-Planner = Callable[[Mapping[str, Param], TrainConfig], Plan]
+Planner = Callable[[Mapping[str, Param], TrainConfig], tuple[Plan, TrainConfig]]
 
 
 def _objective(
@@ -358,7 +368,8 @@ def _objective(
 
     def objective(trial: optuna.Trial, show: Show) -> float:
         params = {name: choice.suggest(trial, name) for name, choice in space.items()}
-        train_config = with_params(train_fixed, params)
+        torch.manual_seed(train_fixed.seed)  # as `fit` does: the initial weights depend on the seed alone
+        plan, train_config = planner(params, with_params(train_fixed, params))
 
         def report(line: dict[str, Any]) -> None:
             trial.set_user_attr("epochs", line["epoch"])
@@ -368,8 +379,6 @@ def _objective(
                 if trial.should_prune():
                     raise optuna.TrialPruned()
 
-        torch.manual_seed(train_config.seed)  # as `fit` does: the initial weights depend on the seed alone
-        plan = planner(params, train_config)
         result = train(
             plan.model,
             plan.examples,
@@ -394,10 +403,11 @@ def _backbone_planner(data: Dataset, domain: str) -> Planner:
         raise XdrecError(f"{domain} has no validation users in {data.name}: nothing to tune on")
     counts = data.item_counts(domain)
 
-    def plan(params: Mapping[str, Param], train_config: TrainConfig) -> Plan:
+    def plan(params: Mapping[str, Param], train_config: TrainConfig) -> tuple[Plan, TrainConfig]:
         cfg = with_params(SASRecConfig(n_items=data.n_items(domain)), params)
         examples = training_examples(sequences, cfg.max_len)
-        return Plan(build_backbone(cfg), examples, validate, item_counts=counts)  # type: ignore[arg-type]
+        net = build_backbone(cfg)
+        return Plan(net, examples, validate, item_counts=counts), train_config  # type: ignore[arg-type]
 
     return plan
 
@@ -410,8 +420,10 @@ def _strategy_planner(
     strategy = STRATEGIES[model]
     ctx, inputs = strategy_inputs(workspace, data, strategy, TransferConfig(train=train_fixed))
 
-    def plan(params: Mapping[str, Param], train_config: TrainConfig) -> Plan:
-        # Architecture params land in TransferConfig.model (options over the source model's architecture).
-        return strategy.build(ctx, with_params(TransferConfig(train=train_config), params), inputs)
+    def plan(params: Mapping[str, Param], train_config: TrainConfig) -> tuple[Plan, TrainConfig]:
+        # Architecture params land in TransferConfig.model (options over the source model's architecture),
+        # bag.* in TransferConfig.bag; the strategy may adjust its training (bag: weight decay).
+        config = with_params(TransferConfig(train=train_config), params)
+        return strategy.build(ctx, config, inputs), strategy.train_config(config)
 
     return plan, asdict(ctx.source.model.cfg)  # type: ignore[call-overload]
