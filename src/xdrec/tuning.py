@@ -15,7 +15,7 @@ The search space (`SPACE`): the training settings (lr, weight_decay, batch_size)
 backbone's architecture (hidden, blocks, heads, dropout, max_len) for the single-domain models and for
 `fusion` and `joint`, which build a new one (their defaults: the source model's); `finetune`'s dropout and
 max_len (it copies the source model's blocks, so their shape is fixed); a strategy's own knobs where it
-has some (`mapping`: its loss).
+has some (`mapping`: its loss; `bag`: its model's dim, dropout, cold_rate and weight decay).
 
 Files (tuning/<dataset>/ in the workspace):
     <model>.journal   the study, Optuna's JournalStorage (one append-only file, no database): an
