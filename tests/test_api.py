@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import asdict
 from typing import get_args
 
 import click
@@ -35,6 +36,13 @@ def test_cli_choices_are_the_librarys() -> None:
     assert get_args(cli.LossName) == ("auto", *LOSSES)
     assert get_args(cli.MappingLossName) == get_args(MappingLoss)
     assert get_args(cli.TuneModelName) == get_args(Model)
+
+
+def test_cli_bag_defaults_are_the_librarys() -> None:
+    from xdrec.strategies import BagConfig
+
+    params = {p.name: p.default for p in get_command(app).commands["transfer"].params}  # type: ignore[attr-defined]
+    assert {f: params[f"bag_{f}"] for f in asdict(BagConfig())} == asdict(BagConfig())
 
 
 def _options(command: str) -> set[str]:

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from xdrec.errors import XdrecError
 from xdrec.evaluation import per_user_metrics
 from xdrec.strategies.bag import WEIGHTS, BagModel, BagScorer, choose_blend, multinomial_loss, tokens_for
 from xdrec.strategies.base import BagConfig
@@ -33,8 +34,39 @@ def test_multinomial_loss_is_the_mean_per_user_likelihood() -> None:
         log_z = math.log(sum(math.exp(v) for v in logits))
         items = [int(i) for i in labels[row] if i]
         expected.append(-sum(logits[i - 1] - log_z for i in items) / len(items))
-    got = multinomial_loss(hidden, labels, table)
+    got = multinomial_loss(1)(hidden, labels, table)
     assert got.item() == pytest.approx(sum(expected) / 2, rel=1e-5)
+
+
+def test_members_are_independent_models_side_by_side() -> None:
+    """Two members score as two one-member models with their weights; the loss is their mean."""
+    torch.manual_seed(0)
+    config = BagConfig(dim=8, members=2)
+    pair = BagModel(N_SOURCE, N_TARGET, config, torch.arange(N_TARGET + 1)).eval()
+    with torch.no_grad():
+        pair.bias.add_(torch.randn_like(pair.bias))  # the members' biases differ too
+    singles = []
+    for k in range(2):
+        one = model()
+        with torch.no_grad():
+            one.inputs.weight.copy_(pair.inputs.weight[:, k * 8 : (k + 1) * 8])
+            one.table.copy_(pair.table[:, k * 8 : (k + 1) * 8])
+            one.bias.copy_(pair.bias.view(-1, 2)[:, k])
+        singles.append(one)
+    tokens = torch.tensor([[0, 2, 5, N_SOURCE + 3], [0, 0, 0, 1]])
+    expected = (singles[0].log_probs(tokens) + singles[1].log_probs(tokens)) / 2
+    assert torch.allclose(pair.log_probs(tokens), expected, atol=1e-5)
+    labels = torch.tensor([[0, 4, 7], [0, 0, 2]])
+    losses = [multinomial_loss(1)(m(tokens), labels, m.item_embeddings()) for m in singles]
+    got = multinomial_loss(2)(pair(tokens), labels, pair.item_embeddings())
+    assert got.item() == pytest.approx((losses[0].item() + losses[1].item()) / 2, rel=1e-5)
+
+
+def test_a_bad_bag_config_is_an_error() -> None:
+    with pytest.raises(XdrecError, match="members"):
+        BagConfig(members=0)
+    with pytest.raises(XdrecError, match="dropout"):
+        BagConfig(dropout=1.0)
 
 
 def test_the_bag_ignores_order_padding_and_repeated_padding() -> None:
@@ -112,7 +144,7 @@ def test_the_trainer_keeps_label_columns_wider_than_the_inputs() -> None:
 
     def count_labels(hidden: torch.Tensor, labels: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         seen.append(int((labels != 0).sum()))
-        return multinomial_loss(hidden, labels, table)
+        return multinomial_loss(1)(hidden, labels, table)
 
     inputs = torch.tensor([[0, 0, 0, 0, 0, 0, 0, 0, 0, 3]])  # one source item
     labels = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]])  # nine target items

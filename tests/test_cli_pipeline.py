@@ -210,6 +210,25 @@ def test_model_options_are_trained_and_recorded(chain_copy: Workspace) -> None:
     one_error_line(invoke(chain_copy, "pretrain", "--hidden", "25", *TRAIN), "divisible by heads")
 
 
+def test_bag_options_are_trained_and_recorded(chain_copy: Workspace) -> None:
+    knobs = ("--bag-dim", "12", "--bag-dropout", "0.1", "--bag-cold-rate", "0.25", "--no-bag-target-input")
+    ok(invoke(chain_copy, "transfer", "--strategy", "bag", *knobs, "--bag-members", "2", *TRAIN, "--quiet"))
+    config = json.loads((chain_copy.model_dir("bag") / "config.json").read_text())
+    assert config["bag"] == {
+        "dim": 12, "dropout": 0.1, "cold_rate": 0.25, "target_input": False, "weight_decay": 1.0,
+        "members": 2,
+    }  # fmt: skip
+    assert config["train"]["weight_decay"] == 1.0  # --bag-weight-decay, not --weight-decay
+    with safe_open(str(chain_copy.model_dir("bag") / "model.safetensors"), framework="pt") as f:
+        assert f.get_slice("table").get_shape()[1] == 2 * 12  # two members of 12 dims
+    ok(
+        invoke(chain_copy, "evaluate", "--model", "bag", "--device", "cpu", "--bootstrap", "0")
+    )  # loads as trained
+    one_error_line(
+        invoke(chain_copy, "transfer", "--strategy", "bag", "--bag-dropout", "1", *TRAIN), "dropout"
+    )
+
+
 def test_pretrain_unknown_domain_is_one_line(prepared: Workspace) -> None:
     one_error_line(invoke(prepared, "pretrain", "--domain", "Nope", *TRAIN), "'Nope'", SOURCE, TARGET)
 
@@ -657,6 +676,15 @@ def test_a_changed_option_reruns_only_what_it_affects(ran: Ran, tmp_path: Path) 
     rerun = [line for line in log if not line.startswith(("overlap", "evaluate")) and "reused" not in line]
     assert rerun == ["transfer: mapping"], log
     assert json.loads((ws.model_dir("mapping") / "config.json").read_text())["mapping_loss"] == "mse"
+    result = ok(
+        invoke(
+            ws, *RUN, "--source", str(ran.downloads), "--mapping-loss", "mse", "--bag-members", "2", "--quiet"
+        )
+    )
+    log = [line.removeprefix("›").strip() for line in result.stderr.strip().splitlines()]
+    rerun = [line for line in log if not line.startswith(("overlap", "evaluate")) and "reused" not in line]
+    assert rerun == ["transfer: bag"], log
+    assert json.loads((ws.model_dir("bag") / "config.json").read_text())["bag"]["members"] == 2
 
 
 def _rerun_stages(ws: Workspace, downloads: Path) -> list[str]:

@@ -508,6 +508,27 @@ StrategyOpt = Annotated[
 MappingLossOpt = Annotated[
     MappingLossName, typer.Option(help="mapping: task (likelihood of target items) or mse (EMCDR).")
 ]
+# bag's own knobs (xdrec.strategies.BagConfig; a test keeps these defaults equal to its defaults)
+BagDimOpt = Annotated[int, typer.Option(min=1, help="bag: embedding size.")]
+BagDropoutOpt = Annotated[float, typer.Option(help="bag: share of input items dropped in training.")]
+BagColdRateOpt = Annotated[
+    float, typer.Option(help="bag: share of training users whose whole target input is dropped.")
+]
+BagTargetInputOpt = Annotated[
+    bool, typer.Option(help="bag: read the user's target items too (--no-bag-target-input: source only).")
+]
+BagWeightDecayOpt = Annotated[float, typer.Option(help="bag: AdamW weight decay (replaces --weight-decay).")]
+BagMembersOpt = Annotated[
+    int, typer.Option(min=1, help="bag: models trained side by side, their log-probabilities averaged.")
+]
+
+
+def _bag_config(
+    dim: int, dropout: float, cold_rate: float, target_input: bool, weight_decay: float, members: int
+):
+    from xdrec.strategies import BagConfig
+
+    return BagConfig(dim, dropout, cold_rate, target_input, weight_decay, members)
 
 
 @app.command()
@@ -528,6 +549,12 @@ def transfer(
     max_len: MaxLenOpt = None,
     seed: SeedOpt = 42,
     mapping_loss: MappingLossOpt = "task",
+    bag_dim: BagDimOpt = 64,
+    bag_dropout: BagDropoutOpt = 0.3,
+    bag_cold_rate: BagColdRateOpt = 0.5,
+    bag_target_input: BagTargetInputOpt = True,
+    bag_weight_decay: BagWeightDecayOpt = 1.0,
+    bag_members: BagMembersOpt = 1,
     domain: Annotated[
         str | None,
         typer.Option(
@@ -553,6 +580,7 @@ def transfer(
         train=_train_config(epochs, batch_size, lr, weight_decay, patience, loss, seed, device),
         model=_model_options(hidden, blocks, heads, dropout, max_len),
         mapping_loss=mapping_loss,
+        bag=_bag_config(bag_dim, bag_dropout, bag_cold_rate, bag_target_input, bag_weight_decay, bag_members),
     )
     results = train_strategies(
         _workspace(ctx),
@@ -780,6 +808,12 @@ def run(
     t2: T2Opt = None,
     strategy: StrategyOpt = ["default"],  # noqa: B006
     mapping_loss: MappingLossOpt = "task",
+    bag_dim: BagDimOpt = 64,
+    bag_dropout: BagDropoutOpt = 0.3,
+    bag_cold_rate: BagColdRateOpt = 0.5,
+    bag_target_input: BagTargetInputOpt = True,
+    bag_weight_decay: BagWeightDecayOpt = 1.0,
+    bag_members: BagMembersOpt = 1,
     reverse: Annotated[
         bool,
         typer.Option(help="Also train every strategy into the source domain (models/<strategy>-reverse/)."),
@@ -824,6 +858,7 @@ def run(
         model=_model_options(hidden, blocks, heads, dropout, max_len),
         strategies=tuple(parse_strategies(strategy)),
         mapping_loss=mapping_loss,
+        bag=_bag_config(bag_dim, bag_dropout, bag_cold_rate, bag_target_input, bag_weight_decay, bag_members),
         evaluate=_evaluate_config(k, negatives, keep_seen, seed, bootstrap, device),
         reverse=reverse,
         tuned=True,

@@ -29,7 +29,7 @@ from xdrec.models.sasrec import SASRecConfig
 from xdrec.report import save_report
 from xdrec.scoring import pad_left
 from xdrec.selection import select_models
-from xdrec.strategies import DEFAULT, STRATEGIES, MappingLoss, TransferConfig, model_name
+from xdrec.strategies import DEFAULT, STRATEGIES, BagConfig, MappingLoss, TransferConfig, model_name
 from xdrec.training import TrainConfig
 from xdrec.tuned import Tuned, apply_tuned
 from xdrec.workspace import Workspace, file_sha256, read_json
@@ -211,6 +211,7 @@ class RunConfig:
     model: ModelOptions = field(default_factory=ModelOptions)  # architecture over the backbone's defaults
     strategies: tuple[str, ...] = DEFAULT  # strategies.DEFAULT: what is never worse than the baselines
     mapping_loss: MappingLoss = "task"
+    bag: BagConfig = field(default_factory=BagConfig)
     # Seeded like prepare's default. `negatives` adds the sampled protocol beside the full-ranking headline.
     reverse: bool = False  # also every strategy into the source domain (models/<strategy>-reverse/)
     evaluate: EvaluateConfig = field(default_factory=lambda: EvaluateConfig(seed=42))
@@ -224,7 +225,9 @@ class RunConfig:
 
     @property
     def transfer(self) -> TransferConfig:
-        return TransferConfig(train=self.train, model=self.model, mapping_loss=self.mapping_loss)
+        return TransferConfig(
+            train=self.train, model=self.model, mapping_loss=self.mapping_loss, bag=self.bag
+        )
 
 
 def run(

@@ -37,7 +37,7 @@ from xdrec.fit import Plan
 from xdrec.scoring import pad_left
 from xdrec.strategies.base import BagConfig, ScoringInputs, Strategy, TransferConfig, TransferContext
 from xdrec.strategies.mapping import pseudo_cold_cases, split_pseudo_cold
-from xdrec.training import Examples, TrainConfig
+from xdrec.training import Examples, LossFn, TrainConfig
 from xdrec.validation import VALIDATION_USERS, validation_metric
 
 # Most recent distinct items per domain a user's bag keeps: as SASRec's default max_len, so the training
@@ -53,50 +53,72 @@ CHUNK = 2048
 class BagModel(nn.Module):
     """Tokens 1..n_source are source items, n_source + t is target item t; 0 is padding.
 
-    forward(tokens (B, L)) -> (B, 1, dim + 1): the user vector with a constant 1 appended, so that
-    `item_embeddings()` (the table with the bias as its last column) scores it in one product.
+    `config.members` independent bag models (own weights and dropout masks, one batch order) side by side:
+    forward(tokens (B, L)) -> (B, 1, K * (dim + 1)): each member's user vector with a constant 1
+    appended, and `item_embeddings()` -> (n_target + 1, K * (dim + 1)): each member's table with its bias
+    as the last column, so `member_logits` scores every member in one product. With one member the
+    parameters are those of a single model (so K = 1 loads a checkpoint from before members existed).
     """
 
     def __init__(self, n_source: int, n_target: int, config: BagConfig, item_counts: Tensor) -> None:
         super().__init__()
         self.n_source, self.n_target, self.config = n_source, n_target, config
-        self.inputs = nn.Embedding(n_source + n_target + 1, config.dim, padding_idx=0)
-        self.table = nn.Parameter(torch.empty(n_target + 1, config.dim))
-        self.bias = nn.Parameter(torch.log1p(item_counts.float()))
+        k, dim = config.members, config.dim
+        self.inputs = nn.Embedding(n_source + n_target + 1, k * dim, padding_idx=0)
+        self.table = nn.Parameter(torch.empty(n_target + 1, k * dim))
+        self.bias = nn.Parameter(torch.log1p(item_counts.float())[:, None].repeat(1, k).flatten())
         # As nn.Linear initialises a (bag -> dim) and a (dim -> items) layer: small inputs, wider outputs.
         bound = 1 / math.sqrt(n_source + 1 + (n_target if config.target_input else 0))
         nn.init.uniform_(self.inputs.weight, -bound, bound)
-        nn.init.uniform_(self.table, -1 / math.sqrt(config.dim), 1 / math.sqrt(config.dim))
+        nn.init.uniform_(self.table, -1 / math.sqrt(dim), 1 / math.sqrt(dim))
         with torch.no_grad():
             self.inputs.weight[0].zero_()
 
     def forward(self, tokens: Tensor) -> Tensor:
-        keep = tokens != 0  # (B, L)
+        k, dim = self.config.members, self.config.dim
+        keep = (tokens != 0)[..., None].expand(*tokens.shape, k)  # (B, L, K)
         if self.training:
-            keep &= torch.rand(tokens.shape, device=tokens.device) >= self.config.dropout
-            cold = torch.rand(len(tokens), 1, device=tokens.device) < self.config.cold_rate  # (B, 1)
-            keep &= ~(cold & (tokens > self.n_source))
-        summed = (self.inputs(tokens) * keep[..., None]).sum(1)  # (B, D)
-        user = summed / keep.sum(1, keepdim=True).clamp(min=1).sqrt()
-        return torch.cat([user, user.new_ones(len(user), 1)], dim=1)[:, None, :]  # (B, 1, D + 1)
+            keep = keep & (torch.rand(keep.shape, device=tokens.device) >= self.config.dropout)
+            cold = torch.rand(len(tokens), 1, k, device=tokens.device) < self.config.cold_rate  # (B, 1, K)
+            keep = keep & ~(cold & (tokens > self.n_source)[..., None])
+        embedded = self.inputs(tokens).view(*tokens.shape, k, dim)  # (B, L, K, D)
+        summed = (embedded * keep[..., None]).sum(1)  # (B, K, D)
+        user = summed / keep.sum(1)[..., None].clamp(min=1).sqrt()
+        user = torch.cat([user, user.new_ones(len(user), k, 1)], dim=2)  # (B, K, D + 1)
+        return user.view(len(user), 1, k * (dim + 1))
 
     def item_embeddings(self) -> Tensor:
-        return torch.cat([self.table, self.bias[:, None]], dim=1)  # (n_target + 1, D + 1)
+        k, dim = self.config.members, self.config.dim
+        rows = torch.cat([self.table.view(-1, k, dim), self.bias.view(-1, k, 1)], dim=2)  # (V, K, D + 1)
+        return rows.view(len(rows), k * (dim + 1))
 
     def log_probs(self, tokens: Tensor) -> Tensor:
-        """(B, L) tokens -> (B, n_target + 1) log-probabilities of the target items; column 0 is -inf."""
-        logits = self(tokens)[:, -1].float() @ self.item_embeddings().float().T
-        return F.log_softmax(logits.index_fill(1, logits.new_zeros(1, dtype=torch.long), -torch.inf), 1)
+        """(B, L) tokens -> (B, n_target + 1) the members' mean log-probabilities of the target items (the
+        log of their normalised geometric mean, up to a constant per user); column 0 is -inf."""
+        logits = member_logits(self(tokens)[:, -1], self.item_embeddings(), self.config.members)
+        return F.log_softmax(logits, 2).mean(1)
 
 
-def multinomial_loss(hidden: Tensor, labels: Tensor, table: Tensor) -> Tensor:
-    """Mean over users of the mean negative log-likelihood of their target items (`labels`, 0 = none)."""
-    logits = hidden[:, -1].float() @ table.float().T  # (B, V)
-    logits[:, 0] = -torch.inf
-    mask = labels != 0
-    log_p = F.log_softmax(logits, 1).gather(1, labels).where(mask, 0.0)  # (B, L); padding's -inf out
-    per_user = log_p.sum(1) / mask.sum(1).clamp(min=1)
-    return -per_user[mask.any(1)].mean()
+def member_logits(hidden: Tensor, table: Tensor, members: int) -> Tensor:
+    """(B, K * E) users, (V, K * E) items -> (B, K, V) each member's logits; column 0 (padding) -inf."""
+    users, items = hidden.float().view(len(hidden), members, -1), table.float().view(len(table), members, -1)
+    logits = torch.einsum("bke,vke->bkv", users, items)
+    logits[..., 0] = -torch.inf
+    return logits
+
+
+def multinomial_loss(members: int) -> LossFn:
+    """The loss of `members` side-by-side models: the mean over members and users of the mean negative
+    log-likelihood of each user's target items (`labels`, 0 = none)."""
+
+    def multinomial_loss(hidden: Tensor, labels: Tensor, table: Tensor) -> Tensor:
+        log_p = F.log_softmax(member_logits(hidden[:, -1], table, members), 2)  # (B, K, V)
+        mask = labels != 0
+        picked = log_p.gather(2, labels[:, None].expand(-1, members, -1)).where(mask[:, None], 0.0)
+        per_user = picked.sum(2) / mask.sum(1, keepdim=True).clamp(min=1)  # (B, K); padding's -inf out
+        return -per_user[mask.any(1)].mean()
+
+    return multinomial_loss
 
 
 def distinct_recent(sequences: pl.DataFrame) -> pl.DataFrame:
@@ -258,7 +280,7 @@ class Bag(Strategy):
             model,
             examples(data, ctx.source_domain, fit_users, model),
             validation_metric(pseudo_cold_cases(held_out), n_target, lambda m: BagScorer(m, source)),
-            loss_fn=multinomial_loss,
+            loss_fn=multinomial_loss(config.bag.members),
             finish=choose,
             record={
                 "source_domain": ctx.source_domain,

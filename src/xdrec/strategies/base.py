@@ -46,6 +46,16 @@ class BagConfig:
     cold_rate: float = 0.5  # share of training users whose whole target input is dropped
     target_input: bool = True  # False: source items only (the cold-start reference's softmax-bag)
     weight_decay: float = 1.0  # AdamW's, for this model (replaces the training config's)
+    members: int = 1  # independent models trained side by side, their log-probabilities averaged
+
+    def __post_init__(self) -> None:
+        if self.dim < 1 or self.members < 1:
+            raise XdrecError(f"bag: dim and members must be at least 1, got {self.dim} and {self.members}")
+        if not (0 <= self.dropout < 1 and 0 <= self.cold_rate <= 1):
+            raise XdrecError(
+                "bag: dropout must be in [0, 1) and cold_rate in [0, 1], "
+                f"got {self.dropout} and {self.cold_rate}"
+            )
 
 
 @dataclass(frozen=True)
