@@ -127,6 +127,11 @@ def test_stored_settings_apply_unless_given(prepared: Workspace) -> None:
         TransferConfig(), {"bag.dropout": 0.1, "dropout": 0.4}
     )  # a dotted name: that config's
     assert dotted.bag.dropout == 0.1 and dotted.model.dropout == 0.4
+    # --bag-dropout (`bag_dropout`) keeps bag.dropout; --dropout keeps the model's alone.
+    given = with_params(TransferConfig(), {"bag.dropout": 0.1, "dropout": 0.4}, keep={"bag_dropout"})
+    assert given.bag.dropout == TransferConfig().bag.dropout and given.model.dropout == 0.4
+    given = with_params(TransferConfig(), {"bag.dropout": 0.1, "dropout": 0.4}, keep={"dropout"})
+    assert given.bag.dropout == 0.1 and given.model.dropout is None
     (same,), found = apply_tuned(prepared, data, "fusion", (TransferConfig(),))  # nothing tuned for fusion
     assert found is None and same == TransferConfig()
     # Settings chosen on another version of the dataset are not used.

@@ -63,7 +63,11 @@ def with_params(config: C, params: Mapping[str, Param], keep: Collection[str] = 
             prefix = f"{f.name}."
             own = {k.removeprefix(prefix): v for k, v in params.items() if k.startswith(prefix)}
             flat = {k: v for k, v in params.items() if "." not in k}
-            nested = with_params(value, flat | own, keep)
+            # A dotted setting is kept by its own option (`bag.dropout` by --bag-dropout: `bag_dropout`),
+            # not by the flat one of the same name (--dropout is the model's).
+            option = f"{f.name}_"
+            own_keep = {k.removeprefix(option) for k in keep if k.startswith(option)}
+            nested = with_params(value, flat | own, {k for k in keep if k not in own} | own_keep)
             if nested is not value:
                 changes[f.name] = nested
         elif f.name in params and f.name not in keep and params[f.name] != value:
