@@ -74,7 +74,7 @@ def interrupted(out: Path, epochs: int, resume: bool) -> SASRec:
 def main() -> None:
     import torch.distributed as dist
 
-    from xdrec.distributed import shutdown
+    from xdrec.distributed import exit_process
 
     out = Path(sys.argv[1])
     results = {}
@@ -90,7 +90,7 @@ def main() -> None:
             state = {k: v.contiguous() for k, v in model.state_dict().items()}
             save_file(state, str(out / f"{name}.safetensors"))
         (out / "results.json").write_text(json.dumps(results))
-    shutdown()
+    exit_process(0, clean=True)
 
 
 if __name__ == "__main__":

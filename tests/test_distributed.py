@@ -26,14 +26,15 @@ def torchrun(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
         "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])),
         "OMP_NUM_THREADS": "1",
     }
-    return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=300,
-    )
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
+    for _ in range(2):
+        done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+        # gloo can abort a process in its own thread teardown (SIGABRT, "terminate called without an
+        # active exception"; see xdrec.distributed.exit_process), rarely, on a loaded machine. That is
+        # torch's, not a wrong result: run once more. Any other failure, or a second abort, fails the test.
+        if done.returncode == 0 or "terminate called without an active exception" not in done.stderr:
+            return done
+    return done
 
 
 def test_two_gloo_processes_train_what_one_process_trains(tmp_path: Path) -> None:

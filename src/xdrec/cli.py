@@ -944,13 +944,15 @@ def main() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if os.environ.get("RANK", "0") != "0":  # `torchrun -m xdrec ...`: rank 0 alone prints
         console.quiet = stderr.quiet = True
-    clean = False
+    code = 0
     try:
         app()
-        clean = True
     except SystemExit as e:
-        clean = e.code in (None, 0)
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        raise
+    except BaseException:
+        code = 1
         raise
     finally:
         if "xdrec.distributed" in sys.modules:  # only imported (with torch) by commands that train
-            sys.modules["xdrec.distributed"].shutdown(wait=clean)
+            sys.modules["xdrec.distributed"].exit_process(code, clean=code == 0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +85,23 @@ def shutdown(wait: bool = True) -> None:
         if wait and active():
             dist.barrier()
         dist.destroy_process_group()
+
+
+def exit_process(code: int, clean: bool) -> None:
+    """Leave the process group, then end a distributed process at once with `code`.
+
+    Skipping interpreter finalization is deliberate: gloo's worker threads can still hold work objects
+    whose destruction during finalization aborts the process ("terminate called without an active
+    exception", SIGABRT) even after destroy_process_group, now and then on a loaded machine, which
+    torchrun then reports as a failed run. Everything xdrec writes is on disk (atomically) and its
+    locks are released by then. A process that never joined a group returns normally.
+    """
+    joined = dist.is_available() and dist.is_initialized()
+    shutdown(wait=clean)
+    if joined:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def active() -> bool:
