@@ -26,7 +26,7 @@ from polars.testing import assert_frame_equal
 from safetensors import safe_open
 
 REPO = Path(__file__).resolve().parents[1]
-FOOD_KITCHEN = REPO.parent / "shared" / "data" / "food_kitchen"
+FOOD_KITCHEN = Path(os.environ.get("XDREC_FOOD_KITCHEN", REPO.parent / "shared" / "data" / "food_kitchen"))
 TIMINGS = {"seconds", "sequences_per_s"}
 
 
