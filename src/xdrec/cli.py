@@ -907,7 +907,7 @@ def demo(
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """The whole pipeline on the embedded SYNTHETIC two-domain data (about two minutes on 2 CPU cores).
+    """The whole pipeline on the embedded SYNTHETIC two-domain data (under a minute on 2 CPU cores).
 
     Runs in --workspace if given, else in xdrec-demo-<user> in the system's temporary folder, which the
     next demo reuses (one folder, never one more per run).
