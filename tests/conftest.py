@@ -9,6 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from xdrec.data.schema import RAW_SCHEMA
 from xdrec.workspace import Workspace
 
 # As the CLI does: idle OpenMP workers must not spin. Conftest loads before any test module imports torch.
@@ -37,13 +38,7 @@ def random_raw(
             * 86_400_000,
             "domain": [domain] * n_rows,
         },
-        schema={
-            "user": pl.String,
-            "item": pl.String,
-            "rating": pl.Float32,
-            "timestamp": pl.Int64,
-            "domain": pl.String,
-        },
+        schema=RAW_SCHEMA,
     )
 
 

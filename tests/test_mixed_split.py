@@ -10,6 +10,7 @@ from conftest import FOOD, KITCHEN, random_raw
 from xdrec.cli import app
 from xdrec.data.dataset import Dataset
 from xdrec.data.prepare import PrepareConfig, build_tables, prepare
+from xdrec.data.schema import RAW_SCHEMA
 from xdrec.workspace import Workspace
 
 
@@ -88,13 +89,7 @@ def test_same_timestamp_orders_source_first_then_target() -> None:
                 "timestamp": times,
                 "domain": [domain] * n,
             },
-            schema={
-                "user": pl.String,
-                "item": pl.String,
-                "rating": pl.Float32,
-                "timestamp": pl.Int64,
-                "domain": pl.String,
-            },
+            schema=RAW_SCHEMA,
         )
 
     # the target's last item and the source's last item share a time: target is test, source valid
