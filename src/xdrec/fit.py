@@ -70,12 +70,13 @@ def fit(
     (single process only: under torchrun the ranks could not agree on it before the process group
     exists, so None means a fresh start there)."""
     epoch = interrupted_epoch(out_dir)
+    started = {"record": record, "train": asdict(config)}
     if distributed.launched().distributed:
         resume = bool(resume)
         if distributed.is_main():
-            start_run(out_dir, {"record": record, "train": asdict(config)}, resume)
+            start_run(out_dir, started, resume)
     else:
-        resume = start_run(out_dir, {"record": record, "train": asdict(config)}, resume)
+        resume = start_run(out_dir, started, resume)
     if epoch and not resume and distributed.is_main():  # say so: its state is about to go
         Console(stderr=True).print(
             f"note: starting {out_dir.name} over; its interrupted run (epoch {epoch}) is dropped"

@@ -33,7 +33,7 @@ from xdrec.strategies import DEFAULT, STRATEGIES, BagConfig, MappingLoss, Transf
 from xdrec.training import TrainConfig
 from xdrec.tuned import Tuned, apply_tuned
 from xdrec.workspace import Workspace, file_sha256, read_json
-from xdrec.zoo import POPULARITY, load_scorer, model_domain, trained_models
+from xdrec.zoo import POPULARITY, load_scorer, model_domain, model_fingerprint, trained_models
 
 if TYPE_CHECKING:
     from xdrec.data.synthetic import SyntheticConfig
@@ -292,7 +292,9 @@ def run(
                 tuned=config.tuned, keep=config.keep,
             )  # fmt: skip
 
-    if embeddings_match(workspace.embeddings("source-only"), data, _fingerprint(workspace, "source-only")):
+    if embeddings_match(
+        workspace.embeddings("source-only"), data, model_fingerprint(workspace, "source-only")
+    ):
         log("embed: unchanged, reused")
     else:
         log("embed: source-only user vectors")
@@ -303,7 +305,7 @@ def run(
     directions = (target, source) if config.reverse else (target,)
     if config.reverse:
         if embeddings_match(
-            workspace.embeddings("target-only"), data, _fingerprint(workspace, "target-only")
+            workspace.embeddings("target-only"), data, model_fingerprint(workspace, "target-only")
         ):
             log("embed: target-only unchanged, reused")
         else:
@@ -388,7 +390,7 @@ def _model_is_current(
     same_data = config.get("dataset", {}).get("manifest_hash") == data.manifest_hash
     model = config.get("model")
     same_model = model is None or all(model.get(k) == v for k, v in architecture.items())
-    inputs = {model: _fingerprint(workspace, model) for model in config.get(BUILT_FROM, {})}
+    inputs = {model: model_fingerprint(workspace, model) for model in config.get(BUILT_FROM, {})}
     return (
         same_data
         and same_model
@@ -398,15 +400,9 @@ def _model_is_current(
     )
 
 
-def _fingerprint(workspace: Workspace, name: str) -> str | None:
-    """The fingerprint of models/<name>/'s weights; "missing" when there is no such model."""
-    path = workspace.model_dir(name) / CONFIG
-    return read_json(path).get("fingerprint") if path.exists() else "missing"
-
-
 # ------------------------------------------------------------------------------------------------ demo
 
-# Short training for the two-minute demo: a higher learning rate and an early stop after two flat epochs.
+# Short training for the demo: a higher learning rate and an early stop after two flat epochs.
 DEMO_TRAIN = TrainConfig(epochs=10, patience=2, batch_size=128, lr=3e-3, seed=42)
 
 

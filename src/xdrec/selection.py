@@ -24,15 +24,13 @@ from dataclasses import asdict, dataclass
 
 import polars as pl
 
-from xdrec.checkpoint import CONFIG
 from xdrec.data.dataset import Dataset
 from xdrec.errors import XdrecError
 from xdrec.evaluation import ALL_SEGMENT, COLD_SEGMENT, per_user_metrics, segment_sort_key
-from xdrec.validation import VALIDATION_USERS
+from xdrec.validation import METRIC, VALIDATION_USERS
 from xdrec.workspace import Workspace, read_json, write_json
-from xdrec.zoo import POPULARITY, load_scorer, serves, trained_models
+from xdrec.zoo import POPULARITY, load_scorer, model_fingerprint, serves, trained_models
 
-METRIC = "NDCG@10"
 FILE = "selection.json"
 MIN_USERS = 100  # fewer validation users in a segment: chosen by the `all` segment's scores
 
@@ -68,7 +66,7 @@ def selection_cases(data: Dataset, max_users: int = VALIDATION_USERS, seed: int 
 def select_models(workspace: Workspace, data: Dataset, device: str = "auto") -> Selection:
     """The cached choice if its models are still the workspace's, else a new validation ranking (saved)."""
     names = [POPULARITY, *(m for m in trained_models(workspace, data, data.target) if m != POPULARITY)]
-    models = {name: _fingerprint(workspace, name) for name in names}
+    models = {name: model_fingerprint(workspace, name) for name in names}
     path = workspace.reports_dir / data.name / data.target / FILE
     if path.exists():
         cached = Selection(**read_json(path))
@@ -117,9 +115,3 @@ def select_models(workspace: Workspace, data: Dataset, device: str = "auto") -> 
     with contextlib.suppress(OSError):
         write_json(path, asdict(selection))
     return selection
-
-
-def _fingerprint(workspace: Workspace, name: str) -> str | None:
-    if name == POPULARITY:
-        return None
-    return read_json(workspace.model_dir(name) / CONFIG).get("fingerprint")

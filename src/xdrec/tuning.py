@@ -48,11 +48,11 @@ from xdrec.models.sasrec import SASRecConfig
 from xdrec.strategies.base import TransferConfig
 from xdrec.training import TrainConfig, train
 from xdrec.tuned import Param, Tuned, load_tuned, settings_path, with_params
+from xdrec.validation import METRIC
 from xdrec.workspace import Workspace, write_json
 
 Model = Literal["source-only", "target-only", "mapping", "finetune", "fusion", "joint", "bag"]
 MODELS: tuple[str, ...] = get_args(Model)
-METRIC = "NDCG@10"
 JOURNAL = ".journal"
 
 

@@ -80,6 +80,15 @@ def serves(workspace: Workspace, name: str, segment: str) -> bool:
     return segment in strategy.serves if strategy is not None else segment != "cold"
 
 
+def model_fingerprint(workspace: Workspace, name: str) -> str | None:
+    """The fingerprint of models/<name>/'s weights: None for popularity (no weights), "missing" when
+    there is no such model (so it never equals a recorded fingerprint)."""
+    if name == POPULARITY:
+        return None
+    path = workspace.model_dir(name) / CONFIG
+    return read_json(path).get("fingerprint") if path.exists() else "missing"
+
+
 def model_domain(workspace: Workspace, name: str) -> str | None:
     path: Path = workspace.model_dir(name) / CONFIG
     return read_json(path).get("domain") if path.exists() else None
