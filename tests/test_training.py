@@ -115,7 +115,7 @@ def test_resume_without_a_saved_state_starts_fresh(tmp_path: Path) -> None:
 
 
 def test_early_stopping_keeps_the_best_weights(tmp_path: Path) -> None:
-    metrics = iter([0.1, 0.3, 0.2, 0.25, 0.29, 0.9])
+    metrics = iter([0.1, 0.3, 0.2, 0.25, 0.29, 0.28, 0.9])
     snapshots: list[dict[str, Tensor]] = []
 
     def validate(model: torch.nn.Module) -> float:
@@ -125,15 +125,29 @@ def test_early_stopping_keeps_the_best_weights(tmp_path: Path) -> None:
 
     model = new_model()
     result = train(
-        model, examples(), config(epochs=6, patience=3), validate=validate, out_dir=tmp_path, progress=False
+        model, examples(), config(epochs=7, patience=3), validate=validate, out_dir=tmp_path, progress=False
     )
-    assert result.stopped_early and result.epochs_run == 5  # epochs 3, 4, 5 brought nothing better than 2
+    # epochs 3-5 brought nothing better than 2, but no run stops before twice its patience (epoch 6)
+    assert result.stopped_early and result.epochs_run == 6
     assert result.best_epoch == 2 and result.best_metric == 0.3
     assert same(weights(model), snapshots[1])
     lines = [json.loads(line) for line in (tmp_path / METRICS).read_text().splitlines()]
-    assert [line["epoch"] for line in lines] == [1, 2, 3, 4, 5]
-    assert [line["best"] for line in lines] == [True, True, False, False, False]
+    assert [line["epoch"] for line in lines] == [1, 2, 3, 4, 5, 6]
+    assert [line["best"] for line in lines] == [True, True, False, False, False, False]
     assert {"loss", "sequences_per_s", "NDCG@10", "step"} <= lines[0].keys()
+
+
+def test_a_slow_starter_is_not_stopped_on_its_first_plateau() -> None:
+    # Validation flat for the first five epochs, then rising: patience 3 alone would stop at epoch 4.
+    metrics = iter([0.01, 0.01, 0.01, 0.01, 0.01, 0.2, 0.3])
+    result = train(
+        new_model(),
+        examples(),
+        config(epochs=7, patience=3),
+        validate=lambda _: next(metrics),
+        progress=False,
+    )
+    assert not result.stopped_early and result.epochs_run == 7 and result.best_epoch == 7
 
 
 def test_training_reduces_the_loss_and_reports_the_choice() -> None:

@@ -357,7 +357,12 @@ BatchOpt = Annotated[int, typer.Option(min=1, help="Sequences per training batch
 LrOpt = Annotated[float, typer.Option(help="AdamW learning rate.")]
 WeightDecayOpt = Annotated[float, typer.Option(help="AdamW weight decay.")]
 PatienceOpt = Annotated[
-    int, typer.Option(min=1, help="Stop after this many epochs without a better validation metric.")
+    int,
+    typer.Option(
+        min=1,
+        help="Stop after this many epochs without a better validation metric "
+        "(never before twice this many epochs: slow starters get a chance).",
+    ),
 ]
 LossOpt = Annotated[
     LossName, typer.Option(help="auto (full softmax when it fits, else sampled), ce, bce or sampled.")

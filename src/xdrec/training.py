@@ -74,7 +74,7 @@ class TrainConfig:
     in_batch: bool = False  # `sampled`: the batch's other labels are negatives too (mixed negatives)
     # Larger batches take fewer steps per epoch: scale lr by (global batch / BASE_BATCH) ** 1/2 or 1.
     lr_scaling: LrScaling = "none"
-    patience: int = 5  # epochs without a better validation metric before stopping
+    patience: int = 5  # epochs without a better validation metric before stopping (see min_epochs)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     compile: bool = False  # torch.compile the model (pays off on CUDA for long runs)
@@ -97,6 +97,11 @@ class TrainConfig:
         """The learning rate the optimizer uses: `lr`, scaled for the global batch by `lr_scaling`."""
         power = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}[self.lr_scaling]
         return self.lr if power == 0.0 else self.lr * (self.batch_size * world_size / BASE_BATCH) ** power
+
+
+def min_epochs(config: TrainConfig) -> int:
+    """The epochs every run trains before early stopping may end it: twice its patience."""
+    return min(2 * config.patience, config.epochs)
 
 
 @dataclass(frozen=True)
@@ -218,7 +223,10 @@ def train(
             if on_epoch is not None:
                 on_epoch(line)
     if run.state.stopped_early:
-        console.log(f"stopped early: no better {metric_name} for {config.patience} epochs")
+        console.log(
+            f"stopped early: no better {metric_name} for {config.patience} epochs "
+            f"(best epoch {run.state.best_epoch} of {run.state.epoch})"
+        )
     run.finish()
     state = run.state
     return TrainResult(
@@ -365,7 +373,11 @@ class _Run:
             self.best = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         else:
             state.bad_epochs += 1
-            state.stopped_early = state.bad_epochs >= self.config.patience
+            # A slow starter can sit on a plateau for its first epochs while its loss still falls
+            # (`joint` did for five): no run is judged before it has had twice its patience.
+            state.stopped_early = state.bad_epochs >= self.config.patience and epoch >= min_epochs(
+                self.config
+            )
         return improved
 
     def finish(self) -> None:
