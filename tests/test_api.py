@@ -16,6 +16,7 @@ from xdrec.cli import app
 from xdrec.data.splits import SplitKind
 from xdrec.models.losses import LOSSES
 from xdrec.strategies import MappingLoss
+from xdrec.training import LrScaling
 from xdrec.tuning import Model
 
 
@@ -34,6 +35,7 @@ def test_importing_the_package_loads_neither_torch_nor_polars() -> None:
 def test_cli_choices_are_the_librarys() -> None:
     assert get_args(cli.SplitName) == get_args(SplitKind)
     assert get_args(cli.LossName) == ("auto", *LOSSES)
+    assert get_args(cli.LrScalingName) == get_args(LrScaling)
     assert get_args(cli.MappingLossName) == get_args(MappingLoss)
     assert get_args(cli.TuneModelName) == get_args(Model)
 

@@ -152,7 +152,7 @@ def target_users(ws: Workspace) -> dict[str, tuple[str, set[str]]]:
 def test_pretrain_trains_the_source_by_default_with_json_summary(chain: Chain) -> None:
     summary = chain.json("pretrain")
     assert set(summary) == {
-        "model", "domain", "dataset", "path", "loss", "loss_reason", "epochs_run", "best_epoch",
+        "model", "domain", "dataset", "path", "loss", "loss_reason", "lr", "epochs_run", "best_epoch",
         "valid_NDCG@10", "seconds", "device", "world_size", "tuned",
     }  # fmt: skip
     assert summary["model"] == "source-only" and summary["domain"] == SOURCE
@@ -208,6 +208,24 @@ def test_model_options_are_trained_and_recorded(chain_copy: Workspace) -> None:
     wrong = invoke(chain_copy, "transfer", "--strategy", "finetune", "--hidden", "48", *TRAIN, "--quiet")
     one_error_line(wrong, "--hidden must stay 24")
     one_error_line(invoke(chain_copy, "pretrain", "--hidden", "25", *TRAIN), "divisible by heads")
+
+
+def test_large_batch_options_are_trained_and_recorded(chain_copy: Workspace) -> None:
+    large = ("--batch-size", "256", "--lr", "0.002", "--lr-scaling", "sqrt")
+    result = ok(invoke(chain_copy, "pretrain", *large, "--loss", "sampled", "--in-batch", *TRAIN, "--json"))
+    summary = json.loads(result.stdout)
+    assert summary["loss"] == "sampled" and summary["lr"] == pytest.approx(0.002 * 2**0.5)  # (256/128)^1/2
+    train = json.loads((chain_copy.model_dir("source-only") / "config.json").read_text())["train"]
+    assert (train["in_batch"], train["lr_scaling"], train["lr"]) == (True, "sqrt", 0.002)
+    ok(invoke(chain_copy, "embed", "--device", "cpu"))
+    ok(invoke(chain_copy, "transfer", "--strategy", "finetune", "--lr-scaling", "linear", *TRAIN, "--quiet"))
+    train = json.loads((chain_copy.model_dir("finetune") / "config.json").read_text())["train"]
+    assert (train["in_batch"], train["lr_scaling"]) == (False, "linear")
+    one_error_line(invoke(chain_copy, "pretrain", "--in-batch", "--loss", "ce", *TRAIN), "sampled loss")
+    wrong = invoke(chain_copy, "transfer", "--lr-scaling", "cubic", *TRAIN)
+    assert wrong.exit_code == 2 and "sqrt" in wrong.stderr
+    shown = flat(invoke(chain_copy, "run", "--help").stdout)
+    assert "--in-batch" in shown and "--lr-scaling" in shown
 
 
 def test_bag_options_are_trained_and_recorded(chain_copy: Workspace) -> None:

@@ -368,6 +368,21 @@ LossOpt = Annotated[
     LossName, typer.Option(help="auto (full softmax when it fits, else sampled), ce, bce or sampled.")
 ]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the model (pays off on CUDA).")]
+LrScalingName = Literal["none", "sqrt", "linear"]  # xdrec.training.LrScaling (a test keeps them equal)
+LrScalingOpt = Annotated[
+    LrScalingName,
+    typer.Option(
+        help="Scale --lr for large batches: lr x (global batch / 128) ** 1/2 (sqrt) or ** 1 (linear); "
+        "the global batch is --batch-size x the torchrun processes. none: --lr as given."
+    ),
+]
+InBatchOpt = Annotated[
+    bool,
+    typer.Option(
+        help="sampled loss: the batch's other labels are negatives too, beside the shared popularity "
+        "ones (logQ-corrected; costs a (positions x positions) score matrix per batch)."
+    ),
+]
 
 
 def _train_config(
@@ -379,6 +394,8 @@ def _train_config(
     loss: str,
     seed: int,
     device: str,
+    lr_scaling: str = "none",
+    in_batch: bool = False,
     compile_model: bool = False,
 ):
     from xdrec.training import TrainConfig
@@ -392,6 +409,8 @@ def _train_config(
         loss=loss,
         seed=seed,
         device=device,
+        lr_scaling=lr_scaling,  # type: ignore[arg-type]
+        in_batch=in_batch,
         compile=compile_model,
     )
 
@@ -428,6 +447,8 @@ def pretrain(
     lr: LrOpt = 1e-3,
     weight_decay: WeightDecayOpt = 0.0,
     patience: PatienceOpt = 5,
+    lr_scaling: LrScalingOpt = "none",
+    in_batch: InBatchOpt = False,
     hidden: HiddenOpt = None,
     blocks: BlocksOpt = None,
     heads: HeadsOpt = None,
@@ -444,7 +465,19 @@ def pretrain(
     from xdrec.models import SASRecConfig
     from xdrec.pretraining import pretrain as train_sasrec
 
-    config = _train_config(epochs, batch_size, lr, weight_decay, patience, loss, seed, device, compile_model)
+    config = _train_config(
+        epochs,
+        batch_size,
+        lr,
+        weight_decay,
+        patience,
+        loss,
+        seed,
+        device,
+        lr_scaling,
+        in_batch,
+        compile_model,
+    )
     model = _model_options(hidden, blocks, heads, dropout, max_len).apply(SASRecConfig(0))
     result = train_sasrec(
         _workspace(ctx),
@@ -465,6 +498,7 @@ def pretrain(
         "path": str(result.model_dir),
         "loss": t.loss,
         "loss_reason": t.loss_reason,
+        "lr": t.lr,
         "epochs_run": t.epochs_run,
         "best_epoch": t.best_epoch,
         "valid_NDCG@10": t.best_metric,
@@ -547,6 +581,8 @@ def transfer(
     lr: LrOpt = 1e-3,
     weight_decay: WeightDecayOpt = 0.0,
     patience: PatienceOpt = 5,
+    lr_scaling: LrScalingOpt = "none",
+    in_batch: InBatchOpt = False,
     hidden: HiddenOpt = None,
     blocks: BlocksOpt = None,
     heads: HeadsOpt = None,
@@ -582,7 +618,9 @@ def transfer(
     from xdrec.strategies import transfer as train_strategies
 
     config = TransferConfig(
-        train=_train_config(epochs, batch_size, lr, weight_decay, patience, loss, seed, device),
+        train=_train_config(
+            epochs, batch_size, lr, weight_decay, patience, loss, seed, device, lr_scaling, in_batch
+        ),
         model=_model_options(hidden, blocks, heads, dropout, max_len),
         mapping_loss=mapping_loss,
         bag=_bag_config(bag_dim, bag_dropout, bag_cold_rate, bag_target_input, bag_weight_decay, bag_members),
@@ -830,6 +868,8 @@ def run(
     lr: LrOpt = 1e-3,
     weight_decay: WeightDecayOpt = 0.0,
     patience: PatienceOpt = 5,
+    lr_scaling: LrScalingOpt = "none",
+    in_batch: InBatchOpt = False,
     hidden: HiddenOpt = None,
     blocks: BlocksOpt = None,
     heads: HeadsOpt = None,
@@ -858,7 +898,17 @@ def run(
             min_user, min_item, split, cold_start, seed, one_pass, t1, t2, min_per_domain
         ),
         train=_train_config(
-            epochs, batch_size, lr, weight_decay, patience, loss, seed, device, compile_model
+            epochs,
+            batch_size,
+            lr,
+            weight_decay,
+            patience,
+            loss,
+            seed,
+            device,
+            lr_scaling,
+            in_batch,
+            compile_model,
         ),
         model=_model_options(hidden, blocks, heads, dropout, max_len),
         strategies=tuple(parse_strategies(strategy)),

@@ -24,7 +24,7 @@ N x batch_size examples and trains on its share of each (every N-th example), an
 weighted by its share of the batch's labelled positions, so the averaged gradient is the one a single
 process would compute on the whole global batch (exactly, for the built-in losses, which are means over
 labelled positions; with dropout the masks differ). Rank 0 alone prints and writes metrics and state;
-validation is sharded by users and reduced (`xdrec.validation.validation_metric`).
+validation is sharded by users and gathered (`xdrec.validation.validation_metric`).
 """
 
 from __future__ import annotations
@@ -88,6 +88,8 @@ class TrainConfig:
             raise XdrecError(f"learning rate must be positive, got {self.lr}")
         if self.loss != "auto" and self.loss not in LOSSES:
             raise XdrecError(f"unknown loss {self.loss!r}: choose auto, {', '.join(LOSSES)}")
+        if self.in_batch and self.loss in ("ce", "bce"):
+            raise XdrecError(f"in-batch negatives are for the sampled loss (or auto), not {self.loss}")
         if self.lr_scaling not in get_args(LrScaling):
             raise XdrecError(
                 f"unknown lr scaling {self.lr_scaling!r}: choose {', '.join(get_args(LrScaling))}"
