@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from xdrec.backbone import SequenceScorer
+from xdrec.evaluation import per_user_metrics
 from xdrec.models.sasrec import SASRec, SASRecConfig
 from xdrec.training import Examples, TrainConfig, train
 from xdrec.validation import validation_metric
@@ -71,6 +72,16 @@ def interrupted(out: Path, epochs: int, resume: bool) -> SASRec:
     return model
 
 
+def ranked(negatives: int | None) -> pl.DataFrame:
+    """Every validation case ranked by a fixed (untrained) model; sharded under torchrun."""
+    torch.manual_seed(5)
+    model = SASRec(SASRecConfig(N_ITEMS, hidden=16, blocks=1, heads=2, max_len=MAX_LEN, dropout=0.0))
+    scorer = SequenceScorer(model)
+    return per_user_metrics(
+        scorer, cases(), N_ITEMS, ks=(5, 10), negatives=negatives, batch_size=4, sharded=True
+    )
+
+
 def main() -> None:
     import torch.distributed as dist
 
@@ -85,6 +96,7 @@ def main() -> None:
     interrupted(out / "split", 2, resume=False)
     torch.manual_seed(123)  # whatever the global RNG holds now must not matter
     models["resumed"] = interrupted(out / "split", 3, resume=True)
+    results["ranked"] = {str(n): ranked(n).to_dicts() for n in (None, 6)}  # full, sampled-6
     if dist.get_rank() == 0:
         for name, model in models.items():
             state = {k: v.contiguous() for k, v in model.state_dict().items()}

@@ -301,7 +301,8 @@ def test_transfer_trains_the_named_strategies_only(chain: Chain) -> None:
     rows = chain.json("transfer-two")
     assert [r["strategy"] for r in rows] == ["fusion", "mapping"]
     assert all(
-        set(r) == {"strategy", "path", "serves", "epochs_run", "valid", "seconds", "tuned"} for r in rows
+        set(r) == {"strategy", "path", "serves", "epochs_run", "valid", "seconds", "world_size", "tuned"}
+        for r in rows
     )
     assert chain.models_after["transfer-two"] == ["fusion", "mapping", "source-only", "target-only"]
     for r in rows:

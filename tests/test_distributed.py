@@ -8,12 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import polars as pl
 import pytest
 import torch
+from polars.testing import assert_frame_equal
 from safetensors.torch import load_file
 
 from xdrec.distributed import launched
 from xdrec.errors import XdrecError
+from xdrec.evaluation import KEY_COLUMNS
 
 sys.path.insert(0, str(Path(__file__).parent))
 import ddp_worker
@@ -58,6 +61,12 @@ def test_two_gloo_processes_train_what_one_process_trains(tmp_path: Path) -> Non
         # Rank 0 alone wrote the state: three epochs of metrics, one state directory.
         lines = (tmp_path / f"run-{loss}" / "metrics.jsonl").read_text().splitlines()
         assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+    # Evaluation sharded by users (full and sampled: the same negatives) == one process, rows in order.
+    for negatives in (None, 6):
+        expected = ddp_worker.ranked(negatives)
+        got = pl.DataFrame(ranked["ranked"][str(negatives)], schema=expected.schema)
+        assert got.select(KEY_COLUMNS).equals(expected.select(KEY_COLUMNS))
+        assert_frame_equal(got, expected, check_exact=False, abs_tol=1e-9)
     # Interrupted after 2 epochs and resumed by both ranks == 3 epochs in one go (every rank's RNG saved).
     whole, resumed = (load_file(str(tmp_path / f"{name}.safetensors")) for name in ("whole", "resumed"))
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
@@ -92,3 +101,89 @@ def test_torchrun_pretrain_prints_one_result_and_writes_one_checkpoint(small_wor
     assert config["world_size"] == 2 and (model_dir / "model.safetensors").exists()
     lines = (model_dir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]  # one writer
+
+
+def xdrec(ws: Path, *args: str) -> str:
+    """One xdrec command in this process (one rank); its stdout."""
+    from typer.testing import CliRunner
+
+    from xdrec.cli import app
+
+    done = CliRunner().invoke(app, ["--workspace", str(ws), *args])
+    assert done.exit_code == 0, done.output
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A prepared workspace with source-only, target-only and the source user vectors (one process)."""
+    from conftest import random_raw
+
+    ws = tmp_path_factory.mktemp("trained") / "ws"
+    (ws / "raw").mkdir(parents=True)
+    random_raw("Src", 300, 120, 6000, seed=1).write_parquet(ws / "raw" / "Src.parquet")
+    random_raw("Tgt", 300, 150, 5000, seed=2).write_parquet(ws / "raw" / "Tgt.parquet")
+    xdrec(ws, "prepare", "Src", "Tgt", "--min-item", "3", "--quiet")
+    for domain in ("Src", "Tgt"):
+        xdrec(ws, "pretrain", "--domain", domain, "--epochs", "1", "--device", "cpu", "--quiet")
+    xdrec(ws, "embed", "--device", "cpu")
+    return ws
+
+
+def test_torchrun_evaluate_shards_users_and_reports_what_one_process_reports(trained: Path) -> None:
+    args = ("evaluate", "--both-domains", "--bootstrap", "50", "--device", "cpu", "--json")
+    single = json.loads(xdrec(trained, *args))
+    done = torchrun("-m", "xdrec", "--workspace", str(trained), *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout)  # one JSON document: rank 1 printed nothing
+    assert got.pop("world_size") == 2 and "world_size" not in single
+    assert len(got["reports"]) == 2 and got["reports"][0]["results"]
+    assert_close(got, single)
+    for report in got["reports"]:  # rank 0 wrote the report it printed
+        saved = trained / "reports" / "Src+Tgt" / report["domain"] / "report.json"
+        assert json.loads(saved.read_text()) == report
+
+
+def assert_close(got: object, expected: object) -> None:
+    """Equal JSON, floats to 1e-9 (the ranks score differently composed batches)."""
+    if isinstance(expected, dict):
+        assert isinstance(got, dict) and got.keys() == expected.keys()
+        for key in expected:
+            assert_close(got[key], expected[key])
+    elif isinstance(expected, list):
+        assert isinstance(got, list) and len(got) == len(expected)
+        for a, b in zip(got, expected, strict=True):
+            assert_close(a, b)
+    elif isinstance(expected, float):
+        assert got == pytest.approx(expected, abs=1e-9)
+    else:
+        assert got == expected
+
+
+def test_torchrun_transfer_trains_what_one_process_trains(trained: Path, tmp_path: Path) -> None:
+    import shutil
+
+    ws = tmp_path / "ws"
+    shutil.copytree(trained, ws)
+    args = ("transfer", "--strategy", "mapping", "--epochs", "2", "--device", "cpu", "--json")
+    done = torchrun("-m", "xdrec", "--workspace", str(ws), *args, "--batch-size", "16")
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = json.loads(done.stdout)  # one result, from rank 0
+    assert row["strategy"] == "mapping" and row["world_size"] == 2 and row["epochs_run"] == 2
+    model_dir = ws / "models" / "mapping"
+    assert json.loads((model_dir / "config.json").read_text())["world_size"] == 2
+    lines = (model_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]  # one writer
+    ranked = load_file(str(model_dir / "model.safetensors"))
+    # One process at the same global batch (2 x 16) trains the same weights.
+    (single,) = json.loads(xdrec(ws, *args, "--batch-size", "32"))
+    assert single["world_size"] == 1 and single["valid"] == pytest.approx(row["valid"], abs=1e-6)
+    for name, value in load_file(str(model_dir / "model.safetensors")).items():
+        torch.testing.assert_close(ranked[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_torchrun_tune_is_refused_in_one_line(trained: Path) -> None:
+    done = torchrun("-m", "xdrec", "--workspace", str(trained), "tune", "--trials", "1", "--device", "cpu")
+    assert done.returncode == 1
+    assert done.stderr.count("error: ") == 1 and "error: tune runs in one process" in done.stderr
+    assert not (trained / "tuning").exists() or not any((trained / "tuning").rglob("*.journal"))

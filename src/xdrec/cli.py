@@ -644,6 +644,7 @@ def transfer(
             "epochs_run": r.training.epochs_run,
             "valid": r.training.best_metric,
             "seconds": round(r.training.seconds, 1),
+            "world_size": r.training.world_size,
             "tuned": _tuned(r.tuned),
         }
         for r in results
@@ -718,6 +719,9 @@ def evaluate(
     the domain it scores; a domain with no test user says so.
 
     Paired with target-only (cold users: popularity) on the same users: ▲ / ▼ = a significant gain / loss.
+
+    Under `torchrun --nproc-per-node N -m xdrec evaluate ...` each process ranks its share of the users;
+    the first prints and writes the report (--json then adds "world_size": N).
     """
     from xdrec.pipeline import evaluate_domains
     from xdrec.report import render_table, reports_to_json
@@ -733,7 +737,12 @@ def evaluate(
         strict=strict,
     )
     if as_json:
-        _print_json(reports_to_json([report for report, _ in results]))
+        from xdrec.distributed import launched
+
+        world = launched().world_size  # under torchrun: the ranks that shared the users (rank 0 prints)
+        _print_json(
+            reports_to_json([report for report, _ in results]) | ({"world_size": world} if world > 1 else {})
+        )
     else:
         from xdrec.views import absent_lines
 

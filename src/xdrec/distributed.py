@@ -133,6 +133,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def share(n: int) -> tuple[int, int]:
+    """This rank's contiguous share [start, stop) of n items (rank r of N: r*n//N to (r+1)*n//N), so the
+    shares in rank order are the items in order; (0, n) when not distributed."""
+    if not active():
+        return 0, n
+    rank, world = dist.get_rank(), dist.get_world_size()
+    return rank * n // world, (rank + 1) * n // world
+
+
 def gather(obj: Any) -> list[Any]:
     """Every rank's `obj` (picklable), in rank order, on every rank; [obj] when not distributed."""
     if not active():

@@ -74,6 +74,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from xdrec import distributed
 from xdrec.data.dataset import Dataset
 from xdrec.errors import XdrecError
 from xdrec.popularity import PopularityScorer
@@ -373,6 +374,7 @@ def _metrics_from_positions(
 def _rank_batches(
     scorer: Scorer,
     cases: pl.DataFrame,
+    rows: tuple[int, int],
     n_items: int,
     ks: tuple[int, ...],
     keep_seen: bool,
@@ -380,11 +382,13 @@ def _rank_batches(
     batch_size: int,
     inputs_on: torch.device,
 ) -> list[np.ndarray]:
-    """Score and rank `cases` batch by batch: one (batch, n_metrics) float64 array per batch."""
+    """Score and rank `cases[start:stop]` (`rows`) batch by batch: one (batch, n_metrics) float64 array
+    per batch. The sampler's rows are the cases' own positions, whatever the range."""
     values = []
+    first, stop = rows
     with torch.no_grad():
-        for start in range(0, cases.height, batch_size):
-            batch = cases.slice(start, batch_size)
+        for start in range(first, stop, batch_size):
+            batch = cases.slice(start, min(batch_size, stop - start))
             user_ids = torch.from_numpy(batch["user_id"].to_numpy().astype(np.int64)).to(inputs_on)
             history = pad_left(batch["history"]).to(inputs_on)
             if (
@@ -447,6 +451,7 @@ def per_user_metrics(
     seed: int = 0,
     batch_size: int = 512,
     device: torch.device | str | None = None,
+    sharded: bool = False,
 ) -> pl.DataFrame:
     """Rank the domain's items for every case and score the ranking (definitions: module docstring).
 
@@ -461,6 +466,11 @@ def per_user_metrics(
     and at most about one more matrix of that size of booleans / int32 bucket ids while counting. Inputs go
     to `device` (default: the scorer's parameters' device, else CPU); ranking runs wherever the scores come
     back. A scorer that is an `nn.Module` is put in eval mode (no dropout) for the call and restored after.
+
+    sharded: under torchrun (`xdrec.distributed`), every rank ranks its contiguous share of the users and
+    the shares are gathered, so each rank returns the whole frame a single process returns (the same rows
+    and negatives; the same values up to float rounding of differently composed batches). Every rank
+    must then make the same call. Without a process group it changes nothing.
     """
     ks = _check_ks(ks)
     if batch_size < 1:
@@ -476,13 +486,16 @@ def per_user_metrics(
     was_training = isinstance(scorer, torch.nn.Module) and scorer.training
     if was_training:
         scorer.eval()  # type: ignore[attr-defined]
+    rows = distributed.share(cases.height) if sharded else (0, cases.height)
     try:
-        values = _rank_batches(scorer, cases, n_items, ks, keep_seen, sampler, batch_size, inputs_on)
+        values = _rank_batches(scorer, cases, rows, n_items, ks, keep_seen, sampler, batch_size, inputs_on)
     finally:
         if was_training:
             scorer.train()  # type: ignore[attr-defined]
 
     matrix = np.concatenate(values) if values else np.zeros((0, len(names)))
+    if sharded and distributed.active():  # the shares in rank order: the cases in order
+        matrix = np.concatenate(distributed.gather(matrix))
     keys = cases.select(
         "user_id", pl.col("segment").cast(pl.String), protocol=pl.lit(protocol, dtype=pl.String)
     )
@@ -714,6 +727,9 @@ def evaluate_scorers(
     with_popularity=False, so every report shows how far the models are above it. All scorers see the same
     cases and, under sampled-N, the same negatives, so each row also carries its paired delta of the
     headline metric against the segment's baseline (`paired_deltas`).
+
+    Under torchrun every rank calls it and ranks its share of the users (`per_user_metrics`'s `sharded`);
+    each gets the whole report.
     """
     dataset.check_domain(domain)
     ks, negatives, bootstrap, seed = config.ks, config.negatives, config.bootstrap, config.seed
@@ -731,7 +747,7 @@ def evaluate_scorers(
     for scorer in scorers:
         per_user = per_user_metrics(
             scorer, cases, n_items, ks, keep_seen=config.keep_seen, negatives=negatives, seed=seed,
-            batch_size=config.batch_size, device=device,
+            batch_size=config.batch_size, device=device, sharded=True,
         )  # fmt: skip
         per_users[scorer.name] = per_user
         summary = summarize(per_user, bootstrap=bootstrap, seed=seed)

@@ -16,17 +16,19 @@ from typing import TYPE_CHECKING
 import polars as pl
 import torch
 
+from xdrec import distributed
 from xdrec.backbone import ModelOptions
 from xdrec.checkpoint import BUILT_FROM, CONFIG, stale_inputs
 from xdrec.data.dataset import Dataset
 from xdrec.data.overlap import overlap_report
 from xdrec.data.prepare import PrepareConfig, dataset_name, prepare
+from xdrec.devices import resolve_device
 from xdrec.embedding import embeddings_match
 from xdrec.errors import XdrecError
 from xdrec.evaluation import EvaluateConfig, Report, evaluate_scorers
 from xdrec.inventory import Absent, retrain_command, strict_error, untrained
 from xdrec.models.sasrec import SASRecConfig
-from xdrec.report import save_report
+from xdrec.report import report_paths, save_report
 from xdrec.scoring import pad_left
 from xdrec.selection import select_models
 from xdrec.strategies import DEFAULT, STRATEGIES, BagConfig, MappingLoss, TransferConfig, model_name
@@ -55,7 +57,14 @@ def evaluate(
     By default the models the pipeline trains but the workspace lacks, or holds stale, are left out and
     named in `report.absent`; `strict` makes that an error. Models named in `models` must all load.
     Writes reports/<dataset>/<domain>/report.json + .png (sampled: report-sampled-N.*) and returns them.
+
+    Under torchrun (`xdrec.distributed`) every rank ranks its share of the test users on its own device
+    and gets the whole report; rank 0 alone writes it.
     """
+    ranks = distributed.launched()
+    if ranks.distributed:  # join the process group; each rank scores on its device (its GPU on CUDA)
+        _, device = distributed.setup(resolve_device(config.device))
+        config = replace(config, device=str(device))
     data = Dataset.from_workspace(workspace, dataset)
     domain = domain or data.target
     data.check_domain(domain)
@@ -77,7 +86,8 @@ def evaluate(
         raise strict_error(absent)
     report = evaluate_scorers(data, domain, scorers, config)
     report = replace(report, absent=tuple(a.as_dict() for a in absent))
-    return report, save_report(report, report_dir(workspace, data, domain))
+    directory = report_dir(workspace, data, domain)
+    return report, save_report(report, directory) if ranks.main else report_paths(report, directory)
 
 
 def evaluate_domains(

@@ -195,13 +195,18 @@ def _delta_json(report: Report, row: dict) -> dict:
 def save_report(report: Report, directory: Path) -> dict[str, Path]:
     """Write report.json and report.png (sampled: report-sampled-N.json/.png) atomically into `directory`.
 
-    returns {"json": path, "plot": path}.
+    returns {"json": path, "plot": path} (`report_paths`).
     """
-    stem = "report" if not report.sampled else f"report-{report.protocol}"
-    paths = {"json": directory / f"{stem}.json", "plot": directory / f"{stem}.png"}
+    paths = report_paths(report, directory)
     write_json(paths["json"], report_to_json(report))
     _plot(report, paths["plot"])
     return paths
+
+
+def report_paths(report: Report, directory: Path) -> dict[str, Path]:
+    """Where `save_report` writes `report` in `directory`: {"json": path, "plot": path}."""
+    stem = "report" if not report.sampled else f"report-{report.protocol}"
+    return {"json": directory / f"{stem}.json", "plot": directory / f"{stem}.png"}
 
 
 def _plot(report: Report, path: Path) -> None:

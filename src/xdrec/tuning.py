@@ -41,6 +41,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from xdrec.backbone import ndcg_validator, training_examples
 from xdrec.data.dataset import Dataset
+from xdrec.distributed import launched
 from xdrec.errors import XdrecError
 from xdrec.fit import Plan
 from xdrec.models import build_backbone
@@ -175,6 +176,8 @@ def tune(
     """
     if model not in MODELS:
         raise XdrecError(f"cannot tune {model!r}: choose from {', '.join(MODELS)}")
+    if launched().distributed:  # every rank would run its own study in the one journal
+        raise XdrecError("tune runs in one process: start it without torchrun")
     started = time.perf_counter()
     data = Dataset.from_workspace(workspace, dataset)
     objective, base = _objective(workspace, data, model, config)  # checks what the model needs first

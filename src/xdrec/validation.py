@@ -10,7 +10,6 @@ from collections.abc import Callable
 import polars as pl
 import torch
 
-from xdrec import distributed
 from xdrec.evaluation import per_user_metrics
 from xdrec.scoring import Scorer
 
@@ -33,7 +32,8 @@ def validation_metric(
     `scorer_for`, on the validation `cases` (a seeded sample of `max_users`, the same every epoch).
 
     None when there are no validation cases (the trainer then keeps the last weights). Under torchrun each
-    rank ranks every world_size-th user and the sums are reduced, so all ranks get the same mean.
+    rank ranks its share of the users and the shares are gathered (`per_user_metrics`'s `sharded`), so
+    every rank gets the same mean.
     """
     if cases.height == 0:
         return None
@@ -42,12 +42,8 @@ def validation_metric(
     k = int(metric.split("@")[1])
 
     def validate(model: torch.nn.Module) -> float:
-        ranks = distributed.launched() if distributed.active() else distributed.Ranks()
-        shard = cases.gather_every(ranks.world_size, offset=ranks.rank) if ranks.distributed else cases
-        values = per_user_metrics(scorer_for(model), shard, n_items, ks=(k,))[metric]
-        if not ranks.distributed:
-            return float(values.mean())
-        total, users = distributed.all_sum([float(values.sum()), float(len(values))])
-        return total / users
+        return float(
+            per_user_metrics(scorer_for(model), cases, n_items, ks=(k,), sharded=True)[metric].mean()
+        )
 
     return validate
