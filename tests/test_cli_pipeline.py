@@ -287,6 +287,8 @@ def test_embed_writes_vectors_and_a_raw_user_index(chain: Chain) -> None:
     assert users["user_id"].to_list() == user_ids  # row r of `vectors` is that user
     raw = dict(data.users.select("user_id", "user").iter_rows())
     assert all(raw[u] == name for u, name in users.select("user_id", "user").iter_rows())
+    quiet = invoke(chain.ws, "embed", "-q")  # scripts pass -q to every stage
+    assert quiet.exit_code == 0 and quiet.stdout == "" and vectors.exists()
 
 
 def test_embed_before_pretrain_says_what_to_run(prepared: Workspace) -> None:

@@ -524,6 +524,7 @@ def embed(
     device: DeviceOpt = "auto",
     dataset: DatasetOpt = None,
     as_json: JsonOpt = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")] = False,
 ) -> None:
     """User vectors from the source model: embeddings/<model>.safetensors + a raw-user-id index."""
     from xdrec.embedding import embed as embed_users
@@ -531,7 +532,7 @@ def embed(
     result = embed_users(_workspace(ctx), dataset=dataset, model=model, device=device)
     if as_json:
         _print_json({k: getattr(result, k) for k in result.__dataclass_fields__})
-    else:
+    elif not quiet:
         console.print(
             f"{result.users:,} user vectors of dimension {result.dim} -> {result.path} "
             f"(index: {result.index})"
