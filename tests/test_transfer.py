@@ -20,10 +20,11 @@ from xdrec.evaluation import EvaluateConfig
 from xdrec.fit import Plan
 from xdrec.pipeline import evaluate, recommend
 from xdrec.pretraining import pretrain
+from xdrec.scoring import pad_left
 from xdrec.strategies import DEFAULT, STRATEGIES, TransferConfig, parse_strategies, transfer
 from xdrec.strategies.base import ScoringInputs, Strategy, TransferContext
 from xdrec.training import Examples, TrainConfig
-from xdrec.workspace import Workspace
+from xdrec.workspace import Workspace, read_json
 from xdrec.zoo import load_scorer
 
 SYNTHETIC = SyntheticConfig(n_users=1200)
@@ -126,6 +127,29 @@ def test_parse_strategies() -> None:
     assert parse_strategies(["joint", "fusion", "joint"]) == ["joint", "fusion"]
     with pytest.raises(XdrecError, match="unknown strategy"):
         parse_strategies(["nope"])
+
+
+def _scores(ws: Workspace, name: str) -> torch.Tensor:
+    data = Dataset.from_workspace(ws)
+    cases = data.eval_cases(data.target, "test").head(64)
+    users = torch.from_numpy(cases["user_id"].to_numpy().astype("int64"))
+    return load_scorer(ws, name, data, "cpu").scores(users, pad_left(cases["history"].to_list()))
+
+
+def test_finetune_serves_the_target_model_unless_validation_prefers_it(
+    trained: Workspace, tmp_path: Path
+) -> None:
+    config = read_json(trained.model_dir("finetune") / "config.json")
+    compared = config["valid_against_target"]
+    assert config["falls_back"] == (compared["own"] <= compared["target"])
+    assert torch.equal(_scores(trained, "finetune"), _scores(trained, "target-only")) == config["falls_back"]
+    # A fine-tuning that barely moves from its random item embeddings loses to target-only: it falls back.
+    copy = Workspace(tmp_path / "ws")
+    shutil.copytree(trained.root, copy.root)
+    barely = TransferConfig(train=replace(FAST, epochs=1, lr=1e-6))
+    (result,) = transfer(copy, ["finetune"], config=barely, progress=False)
+    assert result.falls_back
+    assert torch.equal(_scores(copy, "finetune"), _scores(copy, "target-only"))
 
 
 def test_transfer_needs_embeddings_first(trained: Workspace, tmp_path: Path) -> None:

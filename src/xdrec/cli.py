@@ -647,6 +647,7 @@ def transfer(
             "seconds": round(r.training.seconds, 1),
             "world_size": r.training.world_size,
             "tuned": _tuned(r.tuned),
+            "falls_back": r.falls_back,
         }
         for r in results
     ]
@@ -659,6 +660,8 @@ def transfer(
                 f"{r['epochs_run']} epochs ({r['seconds']}s{_tuned_note(result.tuned)}); "
                 f"serves {', '.join(r['serves'])} -> {r['path']}"
             )
+            if result.falls_back:
+                console.print("  not better than the target model on validation: warm users get its scores")
 
 
 # --- evaluate's options (also run's) ---

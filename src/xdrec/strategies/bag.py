@@ -274,7 +274,7 @@ class Bag(Strategy):
             assert isinstance(trained, BagModel)
             scorer = BagScorer(trained.to(target_model.device), source, target_model)
             (weight, decay), tried = choose_blend(scorer, warm, n_target)
-            return {"weight": weight, "decay": decay, "blends_tried": tried}
+            return {"weight": weight, "decay": decay, "blends_tried": tried, "falls_back": weight == 0}
 
         return Plan(
             model,

@@ -132,6 +132,8 @@ class TransferResult:
     training: TrainResult
     serves: frozenset[Segment]  # the segments the strategy scores from real evidence
     tuned: Tuned | None = None  # the stored `xdrec tune` settings it was trained with, if any
+    # True when validation preferred the target model it competes with: warm users get that model's scores
+    falls_back: bool = False
 
 
 class Strategy(ABC):
@@ -200,4 +202,5 @@ def fit_strategy(
         resume=resume,
         progress=progress,
     )
-    return TransferResult(name, out, fitted.training, strategy.serves)
+    falls_back = bool(fitted.checkpoint.config.get("falls_back", False))
+    return TransferResult(name, out, fitted.training, strategy.serves, falls_back=falls_back)
