@@ -303,12 +303,24 @@ def test_transfer_trains_the_named_strategies_only(chain: Chain) -> None:
     rows = chain.json("transfer-two")
     assert [r["strategy"] for r in rows] == ["fusion", "mapping"]
     assert all(
-        set(r) == {"strategy", "path", "serves", "epochs_run", "valid", "seconds", "world_size", "tuned"}
+        set(r)
+        == {
+            "strategy",
+            "path",
+            "serves",
+            "epochs_run",
+            "valid",
+            "seconds",
+            "world_size",
+            "tuned",
+            "falls_back",
+        }
         for r in rows
     )
     assert chain.models_after["transfer-two"] == ["fusion", "mapping", "source-only", "target-only"]
     for r in rows:
         assert Path(r["path"]) == chain.ws.model_dir(r["strategy"]) and r["epochs_run"] == 1
+        assert r["falls_back"] is False  # neither competes with the target model on warm users
 
 
 def test_transfer_all_trains_every_strategy_into_the_target(chain: Chain) -> None:
