@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from xdrec.backbone import load_backbone
+from xdrec.checkpoint import BUILT_FROM
 from xdrec.data.dataset import Dataset
 from xdrec.data.prepare import PrepareConfig, prepare
 from xdrec.data.synthetic import SyntheticConfig, write_raw
@@ -150,6 +152,22 @@ def test_finetune_serves_the_target_model_unless_validation_prefers_it(
     (result,) = transfer(copy, ["finetune"], config=barely, progress=False)
     assert result.falls_back
     assert torch.equal(_scores(copy, "finetune"), _scores(copy, "target-only"))
+
+
+def test_a_finetune_trained_before_the_fallback_still_loads(trained: Workspace, tmp_path: Path) -> None:
+    copy = Workspace(tmp_path / "ws")
+    shutil.copytree(trained.root, copy.root)
+    path = copy.model_dir("finetune") / "config.json"
+    config = read_json(path)
+    for key in ("target_model", "falls_back", "valid_against_target"):
+        del config[key]
+    del config[BUILT_FROM]["target-only"]
+    path.write_text(json.dumps(config))
+    data = Dataset.from_workspace(copy)
+    own = load_backbone(copy, "finetune", data, "cpu")  # its own weights, as before the fallback existed
+    cases = data.eval_cases(data.target, "test").head(64)
+    users = torch.from_numpy(cases["user_id"].to_numpy().astype("int64"))
+    assert torch.equal(_scores(copy, "finetune"), own.scores(users, pad_left(cases["history"].to_list())))
 
 
 def test_transfer_needs_embeddings_first(trained: Workspace, tmp_path: Path) -> None:

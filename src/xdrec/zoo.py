@@ -60,7 +60,8 @@ def load_scorer(workspace: Workspace, name: str, dataset: Dataset, device: str =
     if "source_vectors" in strategy.needs:
         vectors = load_user_vectors(workspace, dataset, config["embeddings"])
         current[config["embeddings"]] = vectors.model_fingerprint
-    if "target_model" in strategy.needs:
+    # A checkpoint from before its strategy needed the target model names none, and loads without it.
+    if "target_model" in strategy.needs and "target_model" in config:
         target_model = load_backbone(workspace, config["target_model"], dataset, device)
         current[config["target_model"]] = target_model.fingerprint
     checkpoint.check_built_from(current)
