@@ -103,6 +103,23 @@ def test_torchrun_pretrain_prints_one_result_and_writes_one_checkpoint(small_wor
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]  # one writer
 
 
+def test_torchrun_run_trains_every_stage_once_and_prints_one_report(tmp_path: Path) -> None:
+    from conftest import random_raw
+
+    ws = tmp_path / "ws"
+    (ws / "raw").mkdir(parents=True)
+    random_raw("Src", 200, 80, 3000, seed=1).write_parquet(ws / "raw" / "Src.parquet")
+    random_raw("Tgt", 200, 90, 2500, seed=2).write_parquet(ws / "raw" / "Tgt.parquet")
+    args = ("run", "Src", "Tgt", "--min-item", "3", "--epochs", "1", "--bootstrap", "20", "--device", "cpu")
+    done = torchrun("-m", "xdrec", "--workspace", str(ws), *args, "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)  # one JSON document: rank 1 printed nothing
+    assert report["world_size"] == 2 and report["results"]
+    for model in ("source-only", "target-only", "mapping", "finetune", "bag"):
+        config = json.loads((ws / "models" / model / "config.json").read_text())
+        assert config["world_size"] == 2, model
+
+
 def xdrec(ws: Path, *args: str) -> str:
     """One xdrec command in this process (one rank); its stdout."""
     from typer.testing import CliRunner

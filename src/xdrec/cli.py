@@ -188,6 +188,14 @@ def _print_json(obj: Any) -> None:
     console.print_json(json.dumps(obj, default=str))
 
 
+def _world_size() -> dict[str, int]:
+    """What --json adds under torchrun with N > 1 processes (rank 0 prints): {"world_size": N}."""
+    from xdrec.distributed import launched
+
+    world = launched().world_size
+    return {"world_size": world} if world > 1 else {}
+
+
 def _given(ctx: typer.Context) -> frozenset[str]:
     """The options the user set (command line or environment): they win over `xdrec tune`'s settings."""
     # By name: the context's ParameterSource may be another click's (Typer can carry its own).
@@ -741,12 +749,7 @@ def evaluate(
         strict=strict,
     )
     if as_json:
-        from xdrec.distributed import launched
-
-        world = launched().world_size  # under torchrun: the ranks that shared the users (rank 0 prints)
-        _print_json(
-            reports_to_json([report for report, _ in results]) | ({"world_size": world} if world > 1 else {})
-        )
+        _print_json(reports_to_json([report for report, _ in results]) | _world_size())
     else:
         from xdrec.views import absent_lines
 
@@ -944,7 +947,7 @@ def run(
     if as_json:  # the full-ranking report(s); the sampled one(s), when asked for, under "sampled"
         full = reports_to_json([r for r in reports if not r.sampled])
         sampled = [r for r in reports if r.sampled]
-        _print_json(full | ({"sampled": reports_to_json(sampled)} if sampled else {}))
+        _print_json(full | ({"sampled": reports_to_json(sampled)} if sampled else {}) | _world_size())
     else:
         for report in reports:
             console.print(render_table(report, plain=not console.is_terminal))
