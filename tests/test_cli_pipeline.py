@@ -739,6 +739,17 @@ def test_a_retrained_source_model_reruns_embed_and_every_strategy(ran: Ran, tmp_
     assert _rerun_stages(ws, ran.downloads) == []  # and now everything is current again
 
 
+def test_a_finetune_from_before_its_fallback_is_retrained(ran: Ran, tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    shutil.copytree(ran.ws.root, ws.root)
+    # A finetune checkpoint of an earlier xdrec: it named no target model (it did not compare with one).
+    config = ws.model_dir("finetune") / "config.json"
+    old = {k: v for k, v in json.loads(config.read_text()).items() if k not in ("target_model", "falls_back")}
+    config.write_text(json.dumps(old))
+    assert _rerun_stages(ws, ran.downloads) == ["transfer: finetune"]
+    assert "falls_back" in json.loads(config.read_text())
+
+
 def test_re_embedding_with_the_same_source_model_retrains_no_strategy(ran: Ran, tmp_path: Path) -> None:
     ws = Workspace(tmp_path / "ws")
     shutil.copytree(ran.ws.root, ws.root)

@@ -32,6 +32,7 @@ from xdrec.report import report_paths, save_report
 from xdrec.scoring import pad_left
 from xdrec.selection import select_models
 from xdrec.strategies import DEFAULT, STRATEGIES, BagConfig, MappingLoss, TransferConfig, model_name
+from xdrec.strategies.base import Strategy
 from xdrec.training import TrainConfig
 from xdrec.tuned import Tuned, apply_tuned
 from xdrec.workspace import Workspace, file_sha256, read_json
@@ -329,7 +330,9 @@ def run(
             (effective,), tuned = _settings(workspace, data, model, (transfer_config,), config)
             own = STRATEGIES[strategy].options(effective)
             train = STRATEGIES[strategy].train_config(effective)
-            if _model_is_current(workspace, model, data, train, effective.model.given(), **own):
+            if _model_is_current(workspace, model, data, train, effective.model.given(), **own) and (
+                _records_its_inputs(workspace, model, STRATEGIES[strategy])
+            ):
                 log(f"transfer: {model} unchanged, reused")
             else:
                 log(f"transfer: {model}" + _tuned_note(tuned))
@@ -407,6 +410,14 @@ def _model_is_current(
         and config.get("train") == asdict(train)
         and all(config.get(k) == v for k, v in expected.items())
         and not stale_inputs(config, inputs)
+    )
+
+
+def _records_its_inputs(workspace: Workspace, name: str, strategy: Strategy) -> bool:
+    """models/<name>/ names the target model the strategy needs: a checkpoint from before the strategy
+    needed one (finetune before its fallback) still loads, but `run` retrains it to the current contract."""
+    return "target_model" not in strategy.needs or "target_model" in read_json(
+        workspace.model_dir(name) / CONFIG
     )
 
 
