@@ -134,8 +134,12 @@ def test_the_reverse_direction_is_built_from_the_target_model(mixed_workspace: W
     forward = json.loads((mixed_workspace.model_dir("fusion") / "config.json").read_text())
     assert (config["domain"], config["role"], config["embeddings"]) == (SOURCE, "source", "target-only")
     assert (forward["domain"], forward["role"], forward["embeddings"]) == (TARGET, "target", "source-only")
-    target_only = json.loads((mixed_workspace.model_dir("target-only") / "config.json").read_text())
-    assert config["built_from"] == {"target-only": target_only["fingerprint"]}
+    fingerprint = {
+        name: json.loads((mixed_workspace.model_dir(name) / "config.json").read_text())["fingerprint"]
+        for name in ("target-only", "source-only")
+    }
+    # Its vectors come from target-only; the single-domain model it competes with is source-only's.
+    assert config["built_from"] == fingerprint and config["target_model"] == "source-only"
 
 
 def test_the_reverse_direction_without_its_vectors_says_what_to_run(

@@ -368,6 +368,8 @@ def test_evaluate_after_a_killed_training_says_how_to_resume(copy: Workspace) ->
 
 
 def test_evaluate_after_a_new_prepare_and_a_retrain_names_stale_models(copy: Workspace) -> None:
+    # fusion is compared with target-only after training: it needs one
+    assert invoke(copy, "pretrain", "--domain", TARGET, *TRAIN, "-q").exit_code == 0
     assert invoke(copy, "transfer", "--strategy", "fusion", *TRAIN, "-q").exit_code == 0
     assert "fusion" not in absent_of(copy)
     assert invoke(copy, "pretrain", *TRAIN, "--lr", "0.01", "-q").exit_code == 0
@@ -423,6 +425,8 @@ def test_transfer_resumes_an_interrupted_strategy(copy: Workspace, monkeypatch) 
     def killed(*_args, **_kwargs):
         raise KeyboardInterrupt
 
+    # fusion is compared with target-only after training: it needs one
+    assert invoke(copy, "pretrain", "--domain", TARGET, *TRAIN, "-q").exit_code == 0
     monkeypatch.setattr(xdrec.fit, "save_checkpoint", killed)
     args = ("transfer", "--strategy", "fusion", "--device", "cpu", "--epochs", "1", "-q")
     assert invoke(copy, *args).exit_code == 130

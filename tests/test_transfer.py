@@ -138,20 +138,36 @@ def _scores(ws: Workspace, name: str) -> torch.Tensor:
     return load_scorer(ws, name, data, "cpu").scores(users, pad_left(cases["history"].to_list()))
 
 
-def test_finetune_serves_the_target_model_unless_validation_prefers_it(
-    trained: Workspace, tmp_path: Path
+def test_the_fallback_follows_the_recorded_validation(trained: Workspace) -> None:
+    for name in ("finetune", "fusion", "joint"):
+        config = read_json(trained.model_dir(name) / "config.json")
+        compared = config["valid_against_target"]
+        assert config["falls_back"] == (compared["own"] <= compared["target"]), name
+
+
+@pytest.mark.parametrize("strategy", ["finetune", "joint"])
+def test_a_strategy_validation_does_not_prefer_serves_target_only_to_users_with_history(
+    trained: Workspace, tmp_path: Path, strategy: str
 ) -> None:
-    config = read_json(trained.model_dir("finetune") / "config.json")
-    compared = config["valid_against_target"]
-    assert config["falls_back"] == (compared["own"] <= compared["target"])
-    assert torch.equal(_scores(trained, "finetune"), _scores(trained, "target-only")) == config["falls_back"]
-    # A fine-tuning that barely moves from its random item embeddings loses to target-only: it falls back.
+    # A training that barely moves from its random item embeddings loses to target-only: it falls back.
     copy = Workspace(tmp_path / "ws")
     shutil.copytree(trained.root, copy.root)
     barely = TransferConfig(train=replace(FAST, epochs=1, lr=1e-6))
-    (result,) = transfer(copy, ["finetune"], config=barely, progress=False)
+    (result,) = transfer(copy, [strategy], config=barely, progress=False)
     assert result.falls_back
-    assert torch.equal(_scores(copy, "finetune"), _scores(copy, "target-only"))
+    data = Dataset.from_workspace(copy)
+    cases = data.eval_cases(data.target, "test")
+    users = torch.from_numpy(cases["user_id"].to_numpy().astype("int64"))
+    history = pad_left(cases["history"].to_list())
+    scorer = load_scorer(copy, strategy, data, "cpu")
+    got, target = (
+        scorer.scores(users, history),
+        load_scorer(copy, "target-only", data, "cpu").scores(users, history),
+    )
+    has_history = (history != 0).any(1)
+    assert has_history.any() and (~has_history).any()  # warm and cold users
+    assert torch.equal(got[has_history], target[has_history])
+    assert torch.equal(got[~has_history], scorer.own.scores(users, history)[~has_history])  # its own for cold
 
 
 def test_a_finetune_trained_before_the_fallback_still_loads(trained: Workspace, tmp_path: Path) -> None:
@@ -200,11 +216,12 @@ def test_strategies_refuse_inputs_retrained_after_them(trained: Workspace, tmp_p
     transfer(ws, ["fusion", "mapping"], config=TransferConfig(train=FAST), progress=False)
     load_scorer(ws, "fusion", data, "cpu")
     load_scorer(ws, "mapping", data, "cpu")
-    # mapping also scores against the target-only model's item table.
+    # mapping scores against the target-only model's item table; the others were compared with it (or
+    # blend with it) on validation, so a retrained target-only makes every strategy stale.
     pretrain(ws, domain=data.target, train_config=replace(FAST, seed=1), progress=False)
-    with pytest.raises(XdrecError, match="earlier target-only"):
-        load_scorer(ws, "mapping", data, "cpu")
-    load_scorer(ws, "fusion", data, "cpu")
+    for name in STRATEGIES:
+        with pytest.raises(XdrecError, match="earlier target-only"):
+            load_scorer(ws, name, data, "cpu")
 
 
 # ------------------------------------------------------------------------------ the extension point

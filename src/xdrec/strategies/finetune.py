@@ -3,30 +3,23 @@
 The item embeddings are new (the target has its own items); what carries over is how the source model
 learned to read a sequence. Training, validation and checkpoint are exactly the target-only model's, so it
 loads as a plain backbone. It needs target history: a cold-start user gets the empty-history output.
-
-A start from the source's blocks can also hurt (on Grocery -> Home_and_Kitchen with tuned settings it
-did: validation 0.0254 against target-only's 0.0272, and a significant loss on test). So after training
-the fine-tuned model is compared with the target model on the same validation users, and when it is not
-better it serves the target model's scores (`falls_back` in its config.json): a default strategy never
-serves warm users a model that validation says is worse than the one it competes with.
+When validation does not prefer it to the target model, it serves that model's scores (see fallback.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
 
 import torch
 
 from xdrec.backbone import SequenceScorer, backbone_from_checkpoint, ndcg_validator, training_examples
 from xdrec.checkpoint import Checkpoint
 from xdrec.errors import XdrecError
-from xdrec.evaluation import per_user_metrics
 from xdrec.fit import Plan
 from xdrec.models import backbone_kind, build_backbone
 from xdrec.scoring import Scorer
 from xdrec.strategies.base import ScoringInputs, Strategy, TransferConfig, TransferContext
-from xdrec.validation import METRIC, VALIDATION_USERS
+from xdrec.strategies.fallback import compare_with_target, with_fallback
 
 
 class Finetune(Strategy):
@@ -48,26 +41,16 @@ class Finetune(Strategy):
             )
         model = build_backbone(cfg)
         model.load_blocks(ctx.source.model.state_dict())  # type: ignore[attr-defined]
-        cases = data.eval_cases(target, "valid")
-        if cases.height > VALIDATION_USERS:  # the users early stopping ranks (validation_metric's sample)
-            cases = cases.sample(VALIDATION_USERS, seed=0).sort("user_id")
 
-        def mean_ndcg(scorer: Scorer) -> float:
-            return float(per_user_metrics(scorer, cases, cfg.n_items, ks=(10,))[METRIC].mean())
-
-        def compare(trained: torch.nn.Module) -> dict[str, Any]:
-            if cases.height == 0:
-                return {"falls_back": False}
-            own = mean_ndcg(SequenceScorer(trained, self.name))  # type: ignore[arg-type]
-            theirs = mean_ndcg(target_model)
-            return {"falls_back": own <= theirs, "valid_against_target": {"own": own, "target": theirs}}
+        def scorer_for(trained: torch.nn.Module) -> Scorer:
+            return SequenceScorer(trained, self.name)  # type: ignore[arg-type]
 
         return Plan(
             model,  # type: ignore[arg-type]
             training_examples(data.train_sequences(target), cfg.max_len),
             ndcg_validator(data, target, self.name),
             item_counts=data.item_counts(target),
-            finish=compare,
+            finish=compare_with_target(data, target, scorer_for, target_model),
             record={
                 "kind": backbone_kind(cfg),
                 "n_items": cfg.n_items,
@@ -77,7 +60,6 @@ class Finetune(Strategy):
         )
 
     def load(self, checkpoint: Checkpoint, inputs: ScoringInputs) -> Scorer:
-        if checkpoint.config.get("falls_back"):
-            assert inputs.target_model is not None
-            return inputs.target_model
-        return backbone_from_checkpoint(checkpoint, inputs.device)
+        return with_fallback(
+            backbone_from_checkpoint(checkpoint, inputs.device), checkpoint, inputs.target_model
+        )

@@ -19,8 +19,9 @@ from xdrec.devices import resolve_device
 from xdrec.embedding import UserVectors
 from xdrec.fit import Plan
 from xdrec.models import BackboneConfig, backbone_kind, build_backbone, load_config
-from xdrec.scoring import pad_left
+from xdrec.scoring import Scorer, pad_left
 from xdrec.strategies.base import ScoringInputs, Strategy, TransferConfig, TransferContext
+from xdrec.strategies.fallback import compare_with_target, with_fallback
 from xdrec.training import Examples
 from xdrec.validation import validation_metric
 
@@ -81,25 +82,29 @@ def examples(sequences: pl.DataFrame, vectors: UserVectors, slot: int, max_len: 
 class Fusion(Strategy):
     name = "fusion"
     serves = frozenset({"warm", "cold", "target-only"})
-    needs = frozenset({"source_vectors"})
+    needs = frozenset({"source_vectors", "target_model"})  # the target model: fallback.py
 
     def build(self, ctx: TransferContext, config: TransferConfig, inputs: ScoringInputs) -> Plan:
         data, target, vectors = ctx.dataset, ctx.target, ctx.vectors
+        assert inputs.target_model is not None
         cfg = config.architecture(ctx, data.n_items(target) + 1)  # + the slot
         model = FusionModel(cfg, vectors.dim)
-        validate = validation_metric(
-            data.eval_cases(target, "valid"), data.n_items(target), lambda m: FusionScorer(m, vectors)
-        )
+
+        def scorer_for(trained: nn.Module) -> Scorer:
+            return FusionScorer(trained, vectors)  # type: ignore[arg-type]
+
         return Plan(
             model,
             examples(data.train_sequences(target), vectors, model.slot, cfg.max_len),
-            validate,
+            validation_metric(data.eval_cases(target, "valid"), data.n_items(target), scorer_for),
+            finish=compare_with_target(data, target, scorer_for, inputs.target_model),
             record={"backbone": backbone_kind(cfg), "model": asdict(cfg), "source_dim": vectors.dim},
         )
 
-    def load(self, checkpoint: Checkpoint, inputs: ScoringInputs) -> FusionScorer:
+    def load(self, checkpoint: Checkpoint, inputs: ScoringInputs) -> Scorer:
         assert inputs.vectors is not None
         config = checkpoint.config
         model = FusionModel(load_config(config), config["source_dim"])
         model.load_state_dict(checkpoint.state_dict())
-        return FusionScorer(model.to(resolve_device(inputs.device)).eval(), inputs.vectors)
+        own = FusionScorer(model.to(resolve_device(inputs.device)).eval(), inputs.vectors)
+        return with_fallback(own, checkpoint, inputs.target_model)

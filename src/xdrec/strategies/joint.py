@@ -21,8 +21,9 @@ from xdrec.data.dataset import Dataset
 from xdrec.devices import resolve_device
 from xdrec.fit import Plan
 from xdrec.models import BackboneConfig, backbone_kind, build_backbone, load_config
-from xdrec.scoring import pad_left
+from xdrec.scoring import Scorer, pad_left
 from xdrec.strategies.base import ScoringInputs, Strategy, TransferConfig, TransferContext
+from xdrec.strategies.fallback import compare_with_target, with_fallback
 from xdrec.training import Examples
 from xdrec.validation import validation_metric
 
@@ -121,26 +122,31 @@ class JointScorer:
 class Joint(Strategy):
     name = "joint"
     serves = frozenset({"warm", "cold", "target-only"})
+    needs = frozenset({"target_model"})  # what it is compared with on validation (fallback.py)
 
     def build(self, ctx: TransferContext, config: TransferConfig, inputs: ScoringInputs) -> Plan:
         data, target = ctx.dataset, ctx.target
+        assert inputs.target_model is not None
         n_target = data.n_items(target)
         cfg = config.architecture(ctx, n_target + data.n_items(ctx.source_domain))
         model = JointModel(cfg, n_target)
         tokens = scoring_timelines(data, target, cfg.max_len)
-        validate = validation_metric(
-            data.eval_cases(target, "valid"), n_target, lambda m: JointScorer(m, tokens)
-        )
+
+        def scorer_for(trained: nn.Module) -> Scorer:
+            return JointScorer(trained, tokens)  # type: ignore[arg-type]
+
         return Plan(
             model,
             examples(data, target, cfg.max_len),
-            validate,
+            validation_metric(data.eval_cases(target, "valid"), n_target, scorer_for),
+            finish=compare_with_target(data, target, scorer_for, inputs.target_model),
             record={"backbone": backbone_kind(cfg), "model": asdict(cfg), "n_target": n_target},
         )
 
-    def load(self, checkpoint: Checkpoint, inputs: ScoringInputs) -> JointScorer:
+    def load(self, checkpoint: Checkpoint, inputs: ScoringInputs) -> Scorer:
         config = checkpoint.config
         model = JointModel(load_config(config), config["n_target"])
         model.load_state_dict(checkpoint.state_dict())
         tokens = scoring_timelines(inputs.dataset, config["domain"], model.sasrec.cfg.max_len)
-        return JointScorer(model.to(resolve_device(inputs.device)).eval(), tokens)
+        own = JointScorer(model.to(resolve_device(inputs.device)).eval(), tokens)
+        return with_fallback(own, checkpoint, inputs.target_model)

@@ -1,0 +1,75 @@
+"""A strategy that competes with the target model for users who have target history serves that model
+instead when validation does not prefer it.
+
+On Grocery -> Home_and_Kitchen with tuned settings, `finetune` (validation 0.0254 against target-only's
+0.0272) and `joint` (0.0208) lost significantly to target-only on the warm test users: a strategy that
+validation already knew to be worse. So after training, `compare_with_target` (a plan's `finish` hook)
+ranks the validation users early stopping ranks (every one has target history) with the trained model
+and with the target model, and records `falls_back` when the trained one is not better. `with_fallback`
+then gives users with target history the target model's scores; users without (cold) keep the
+strategy's own. `bag` makes the same choice through its blend weight (0 = target-only alone).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from xdrec.backbone import SequenceScorer
+from xdrec.checkpoint import Checkpoint
+from xdrec.data.dataset import Dataset
+from xdrec.evaluation import per_user_metrics
+from xdrec.scoring import Scorer
+from xdrec.validation import METRIC, VALIDATION_USERS
+
+
+def compare_with_target(
+    data: Dataset,
+    domain: str,
+    scorer_for: Callable[[nn.Module], Scorer],
+    target_model: SequenceScorer,
+) -> Callable[[nn.Module], dict[str, Any]]:
+    """A `Plan.finish` hook: {"falls_back": trained model not better than `target_model` on validation,
+    "valid_against_target": both means}. Runs on one process (rank 0 under torchrun), unsharded."""
+    cases = data.eval_cases(domain, "valid")
+    if cases.height > VALIDATION_USERS:  # the users early stopping ranks (validation_metric's sample)
+        cases = cases.sample(VALIDATION_USERS, seed=0).sort("user_id")
+    n_items = data.n_items(domain)
+
+    def mean(scorer: Scorer) -> float:
+        return float(per_user_metrics(scorer, cases, n_items, ks=(10,))[METRIC].mean())
+
+    def compare(trained: nn.Module) -> dict[str, Any]:
+        if cases.height == 0:
+            return {"falls_back": False}
+        own, target = mean(scorer_for(trained)), mean(target_model)
+        return {"falls_back": own <= target, "valid_against_target": {"own": own, "target": target}}
+
+    return compare
+
+
+class WarmFallback:
+    """Users with target history: the target model's scores; the others: the strategy's own."""
+
+    def __init__(self, own: Scorer, target: Scorer, name: str) -> None:
+        self.own, self.target, self.name = own, target, name
+
+    @torch.no_grad()
+    def scores(self, user_ids: Tensor, history: Tensor) -> Tensor:
+        has_history = (history != 0).any(1).cpu()
+        target = self.target.scores(user_ids, history)
+        if has_history.all():
+            return target
+        own = self.own.scores(user_ids, history).to(target.device, target.dtype)
+        return torch.where(has_history.to(target.device)[:, None], target, own)
+
+
+def with_fallback(own: Scorer, checkpoint: Checkpoint, target_model: SequenceScorer | None) -> Scorer:
+    """The scorer a strategy's `load` returns: `own`, or its fallback when the checkpoint says so (a
+    checkpoint from before the fallback existed names no target model and gets `own`)."""
+    if not checkpoint.config.get("falls_back") or target_model is None:
+        return own
+    return WarmFallback(own, target_model, own.name)
