@@ -43,7 +43,7 @@ from torch import Tensor
 
 from xdrec.data.dataset import Dataset
 from xdrec.evaluation import per_user_metrics
-from xdrec.scoring import pad_left
+from xdrec.scoring import Precomputed, pad_left
 from xdrec.workspace import Workspace
 from xdrec.zoo import load_scorer, trained_models
 
@@ -54,19 +54,6 @@ from transfer_gain import paired_ci
 METRIC = "NDCG@10"
 LAMBDAS = (10.0, 30.0, 100.0, 300.0, 1000.0)
 WEIGHTS = (0.03, 0.06, 0.125, 0.25, 0.5, 1.0)
-
-
-class Fixed:
-    """A Scorer over a fixed set of users whose scores are already computed."""
-
-    name = "fixed"
-
-    def __init__(self, user_ids: Tensor, scores: Tensor) -> None:
-        self.row = {int(u): i for i, u in enumerate(user_ids)}
-        self.given = scores
-
-    def scores(self, user_ids: Tensor, history: Tensor) -> Tensor:
-        return self.given[torch.tensor([self.row[int(u)] for u in user_ids])]
 
 
 def ease(x: Tensor, lam: float) -> Tensor:
@@ -106,7 +93,7 @@ class Split:
         self.workspace, self.data = workspace, data
 
     def ndcg(self, scores: Tensor) -> np.ndarray:
-        metrics = per_user_metrics(Fixed(self.users, scores), self.cases, self.n_items, ks=(10,))
+        metrics = per_user_metrics(Precomputed(self.users, scores), self.cases, self.n_items, ks=(10,))
         return metrics.sort("user_id")[METRIC].to_numpy()
 
 

@@ -46,6 +46,18 @@ class FactoredScorer(Scorer, Protocol):
 Sequences = Sequence[np.ndarray | Sequence[int]] | pl.Series | torch.Tensor
 
 
+class Precomputed:
+    """A Scorer over a fixed set of users whose scores are already computed (to rank them with the
+    project's metrics, e.g. while choosing a blend on validation)."""
+
+    def __init__(self, user_ids: torch.Tensor, scores: torch.Tensor, name: str = "precomputed") -> None:
+        self.row = {int(u): i for i, u in enumerate(user_ids)}
+        self.given, self.name = scores, name
+
+    def scores(self, user_ids: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        return self.given[torch.tensor([self.row[int(u)] for u in user_ids])]
+
+
 def pad_left(sequences: Sequences, width: int | None = None) -> torch.Tensor:
     """Item-id sequences -> (B, W) long, right-aligned and left-padded with 0.
 

@@ -34,7 +34,7 @@ from xdrec.checkpoint import Checkpoint
 from xdrec.data.dataset import Dataset
 from xdrec.evaluation import per_user_metrics
 from xdrec.fit import Plan
-from xdrec.scoring import pad_left
+from xdrec.scoring import Precomputed, pad_left
 from xdrec.strategies.base import BagConfig, ScoringInputs, Strategy, TransferConfig, TransferContext
 from xdrec.strategies.mapping import pseudo_cold_cases, split_pseudo_cold
 from xdrec.training import Examples, LossFn, TrainConfig
@@ -181,19 +181,6 @@ def blend(bag: Tensor, own: Tensor, history: Tensor, weight: float, decay: float
     return torch.where(n == 0, bag, warm)
 
 
-class _Precomputed:
-    """A Scorer over a fixed chunk of users whose scores are already known (for choosing the blend)."""
-
-    name = "blend"
-
-    def __init__(self, user_ids: Tensor, scores: Tensor) -> None:
-        self.row = {int(u): i for i, u in enumerate(user_ids)}
-        self.given = scores
-
-    def scores(self, user_ids: Tensor, history: Tensor) -> Tensor:
-        return self.given[torch.tensor([self.row[int(u)] for u in user_ids])]
-
-
 def choose_blend(
     scorer: BagScorer, cases: pl.DataFrame, n_items: int
 ) -> tuple[tuple[float, float], dict[str, float]]:
@@ -210,7 +197,7 @@ def choose_blend(
         bag, own = scorer.parts(users, history)
         assert own is not None
         for w, d in grid:
-            given = _Precomputed(users, blend(bag, own, history.to(bag.device), w, d))
+            given = Precomputed(users, blend(bag, own, history.to(bag.device), w, d), "blend")
             sums[w, d] += float(per_user_metrics(given, chunk, n_items)["NDCG@10"].sum())
     means = {pair: total / max(cases.height, 1) for pair, total in sums.items()}
     best = max(grid, key=lambda pair: (means[pair], -pair[0], -pair[1]))
