@@ -336,7 +336,7 @@ def run(
                 log(f"transfer: {model} unchanged, reused")
             else:
                 log(f"transfer: {model}" + _tuned_note(tuned))
-                transfer(
+                (result,) = transfer(
                     workspace,
                     [strategy],
                     dataset=name,
@@ -347,6 +347,11 @@ def run(
                     tuned=config.tuned,
                     keep=config.keep,
                 )
+                if result.falls_back:
+                    log(
+                        f"transfer: {model} not better than the target model on validation: "
+                        "users with target history get its scores"
+                    )
 
     domains = evaluation_domains(data, both=config.reverse)
     models = [f"{data.role(domain)}-only" for domain in domains] + strategy_models
