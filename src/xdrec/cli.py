@@ -625,6 +625,7 @@ def transfer(
     """
     from xdrec.strategies import TransferConfig
     from xdrec.strategies import transfer as train_strategies
+    from xdrec.strategies.fallback import FALLS_BACK
 
     config = TransferConfig(
         train=_train_config(
@@ -669,7 +670,7 @@ def transfer(
                 f"serves {', '.join(r['serves'])} -> {r['path']}"
             )
             if result.falls_back:
-                console.print("  not better than the target model on validation: warm users get its scores")
+                console.print(f"  {FALLS_BACK}")
 
 
 # --- evaluate's options (also run's) ---

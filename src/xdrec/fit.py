@@ -43,9 +43,10 @@ class Plan:
     item_counts: np.ndarray | None = None  # training popularity, for the `sampled` loss's negatives
     loss_fn: LossFn | None = None  # replaces the configured loss (e.g. a regression loss)
     record: Mapping[str, Any] = field(default_factory=dict)  # config.json fields of this model's own
-    # Called with the trained model (best weights, eval mode) before saving; returns more config.json
-    # fields, e.g. a setting chosen on validation with the trained model (bag's blend weight).
-    finish: Callable[[nn.Module], Mapping[str, Any]] | None = None
+    # Called with the trained model (best weights, eval mode) and its training result before saving;
+    # returns more config.json fields, e.g. a setting chosen on validation with the trained model (bag's
+    # blend weight, a strategy's fallback to the target model).
+    finish: Callable[[nn.Module, TrainResult], Mapping[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ def fit(
     if not distributed.is_main():  # under torchrun every rank holds the same weights; rank 0 writes them
         distributed.barrier()
         return Fitted(plan.model, result, read_checkpoint(out_dir))
-    finished = plan.finish(plan.model) if plan.finish is not None else {}
+    finished = plan.finish(plan.model, result) if plan.finish is not None else {}
     checkpoint = save_checkpoint(
         out_dir,
         plan.model.state_dict(),

@@ -33,6 +33,7 @@ from xdrec.scoring import pad_left
 from xdrec.selection import select_models
 from xdrec.strategies import DEFAULT, STRATEGIES, BagConfig, MappingLoss, TransferConfig, model_name
 from xdrec.strategies.base import Strategy
+from xdrec.strategies.fallback import FALLS_BACK
 from xdrec.training import TrainConfig
 from xdrec.tuned import Tuned, apply_tuned
 from xdrec.workspace import Workspace, file_sha256, read_json
@@ -348,10 +349,7 @@ def run(
                     keep=config.keep,
                 )
                 if result.falls_back:
-                    log(
-                        f"transfer: {model} not better than the target model on validation: "
-                        "users with target history get its scores"
-                    )
+                    log(f"transfer: {model} {FALLS_BACK}")
 
     domains = evaluation_domains(data, both=config.reverse)
     models = [f"{data.role(domain)}-only" for domain in domains] + strategy_models

@@ -27,7 +27,7 @@ import polars as pl
 from xdrec.data.dataset import Dataset
 from xdrec.errors import XdrecError
 from xdrec.evaluation import ALL_SEGMENT, COLD_SEGMENT, per_user_metrics, segment_sort_key
-from xdrec.validation import METRIC, VALIDATION_USERS
+from xdrec.validation import METRIC, VALIDATION_USERS, validation_sample
 from xdrec.workspace import Workspace, read_json, write_json
 from xdrec.zoo import POPULARITY, load_scorer, model_fingerprint, serves, trained_models
 
@@ -54,9 +54,7 @@ class Selection:
 def selection_cases(data: Dataset, max_users: int = VALIDATION_USERS, seed: int = 0) -> pl.DataFrame:
     """The target's validation cases (a seeded sample of at most `max_users` users) plus their pseudo-cold
     copies: every user with source history again, with an empty target history and the segment `cold`."""
-    cases = data.eval_cases(data.target, "valid")
-    if cases.height > max_users:
-        cases = cases.sample(max_users, seed=seed).sort("user_id")
+    cases = validation_sample(data.eval_cases(data.target, "valid"), max_users, seed)
     pseudo_cold = cases.filter(pl.col("segment") == "warm").with_columns(
         history=pl.lit([], dtype=cases.schema["history"]), segment=pl.lit(COLD_SEGMENT)
     )

@@ -19,6 +19,12 @@ VALIDATION_USERS = 10_000
 METRIC = "NDCG@10"
 
 
+def validation_sample(cases: pl.DataFrame, max_users: int = VALIDATION_USERS, seed: int = 0) -> pl.DataFrame:
+    """The validation users early stopping ranks: a seeded sample of at most `max_users` of `cases`, in
+    user order (every choice made on validation after training ranks the same ones)."""
+    return cases.sample(max_users, seed=seed).sort("user_id") if cases.height > max_users else cases
+
+
 def validation_metric(
     cases: pl.DataFrame,
     n_items: int,
@@ -37,8 +43,7 @@ def validation_metric(
     """
     if cases.height == 0:
         return None
-    if cases.height > max_users:
-        cases = cases.sample(max_users, seed=seed).sort("user_id")
+    cases = validation_sample(cases, max_users, seed)
     k = int(metric.split("@")[1])
 
     def validate(model: torch.nn.Module) -> float:

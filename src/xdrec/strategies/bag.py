@@ -37,8 +37,8 @@ from xdrec.fit import Plan
 from xdrec.scoring import Precomputed, pad_left
 from xdrec.strategies.base import BagConfig, ScoringInputs, Strategy, TransferConfig, TransferContext
 from xdrec.strategies.mapping import pseudo_cold_cases, split_pseudo_cold
-from xdrec.training import Examples, LossFn, TrainConfig
-from xdrec.validation import VALIDATION_USERS, validation_metric
+from xdrec.training import Examples, LossFn, TrainConfig, TrainResult
+from xdrec.validation import validation_metric, validation_sample
 
 # Most recent distinct items per domain a user's bag keeps: as SASRec's default max_len, so the training
 # examples take at most twice the memory of its windows (on food_kitchen no user has more than 43).
@@ -186,8 +186,7 @@ def choose_blend(
 ) -> tuple[tuple[float, float], dict[str, float]]:
     """(weight, decay) with the best mean NDCG@10 on the warm validation `cases` (a seeded sample of at
     most VALIDATION_USERS, as early stopping ranks; ties: the smaller), and every pair's value."""
-    if cases.height > VALIDATION_USERS:
-        cases = cases.sample(VALIDATION_USERS, seed=0).sort("user_id")
+    cases = validation_sample(cases)
     grid = [(w, d) for w in WEIGHTS for d in (DECAYS if w else (0.0,))]
     sums = dict.fromkeys(grid, 0.0)
     for start in range(0, cases.height, CHUNK):
@@ -257,7 +256,7 @@ class Bag(Strategy):
         fit_users, held_out = split_pseudo_cold(sequences, config.train.seed)
         warm = data.eval_cases(target, "valid").filter(pl.col("segment") == "warm")
 
-        def choose(trained: torch.nn.Module) -> dict[str, Any]:
+        def choose(trained: torch.nn.Module, _: TrainResult) -> dict[str, Any]:
             assert isinstance(trained, BagModel)
             scorer = BagScorer(trained.to(target_model.device), source, target_model)
             (weight, decay), tried = choose_blend(scorer, warm, n_target)

@@ -4,8 +4,8 @@ instead when validation does not prefer it.
 On Grocery -> Home_and_Kitchen with tuned settings, `finetune` (validation 0.0254 against target-only's
 0.0272) and `joint` (0.0208) lost significantly to target-only on the warm test users: a strategy that
 validation already knew to be worse. So after training, `compare_with_target` (a plan's `finish` hook)
-ranks the validation users early stopping ranks (every one has target history) with the trained model
-and with the target model, and records `falls_back` when the trained one is not better. `with_fallback`
+ranks the validation users early stopping ranked (every one has target history) with the target model
+and records `falls_back` when the trained model's best validation score is not above it. `with_fallback`
 then gives users with target history the target model's scores; users without (cold) keep the
 strategy's own. `bag` makes the same choice through its blend weight (0 = target-only alone).
 """
@@ -23,29 +23,23 @@ from xdrec.checkpoint import Checkpoint
 from xdrec.data.dataset import Dataset
 from xdrec.evaluation import per_user_metrics
 from xdrec.scoring import Scorer
-from xdrec.validation import METRIC, VALIDATION_USERS
+from xdrec.training import TrainResult
+from xdrec.validation import METRIC, validation_sample
 
 
 def compare_with_target(
-    data: Dataset,
-    domain: str,
-    scorer_for: Callable[[nn.Module], Scorer],
-    target_model: SequenceScorer,
-) -> Callable[[nn.Module], dict[str, Any]]:
-    """A `Plan.finish` hook: {"falls_back": trained model not better than `target_model` on validation,
-    "valid_against_target": both means}. Runs on one process (rank 0 under torchrun), unsharded."""
-    cases = data.eval_cases(domain, "valid")
-    if cases.height > VALIDATION_USERS:  # the users early stopping ranks (validation_metric's sample)
-        cases = cases.sample(VALIDATION_USERS, seed=0).sort("user_id")
-    n_items = data.n_items(domain)
+    data: Dataset, domain: str, target_model: SequenceScorer
+) -> Callable[[nn.Module, TrainResult], dict[str, Any]]:
+    """A `Plan.finish` hook for a plan validated on `domain`'s validation users: {"falls_back": its best
+    validation score not above `target_model`'s on the same users, "valid_against_target": both}. Runs on
+    one process (rank 0 under torchrun), unsharded."""
+    cases = validation_sample(data.eval_cases(domain, "valid"))
 
-    def mean(scorer: Scorer) -> float:
-        return float(per_user_metrics(scorer, cases, n_items, ks=(10,))[METRIC].mean())
-
-    def compare(trained: nn.Module) -> dict[str, Any]:
-        if cases.height == 0:
+    def compare(_: nn.Module, result: TrainResult) -> dict[str, Any]:
+        if result.best_metric is None:  # no validation users: nothing to compare on
             return {"falls_back": False}
-        own, target = mean(scorer_for(trained)), mean(target_model)
+        own = result.best_metric
+        target = float(per_user_metrics(target_model, cases, data.n_items(domain), ks=(10,))[METRIC].mean())
         return {"falls_back": own <= target, "valid_against_target": {"own": own, "target": target}}
 
     return compare
@@ -65,6 +59,10 @@ class WarmFallback:
             return target
         own = self.own.scores(user_ids, history).to(target.device, target.dtype)
         return torch.where(has_history.to(target.device)[:, None], target, own)
+
+
+# What `transfer` and `run` say of a strategy that falls back.
+FALLS_BACK = "not better than the target model on validation: users with target history get its scores"
 
 
 def with_fallback(own: Scorer, checkpoint: Checkpoint, target_model: SequenceScorer | None) -> Scorer:

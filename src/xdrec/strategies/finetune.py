@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-import torch
-
-from xdrec.backbone import SequenceScorer, backbone_from_checkpoint, ndcg_validator, training_examples
+from xdrec.backbone import backbone_from_checkpoint, ndcg_validator, training_examples
 from xdrec.checkpoint import Checkpoint
 from xdrec.errors import XdrecError
 from xdrec.fit import Plan
@@ -41,16 +39,12 @@ class Finetune(Strategy):
             )
         model = build_backbone(cfg)
         model.load_blocks(ctx.source.model.state_dict())  # type: ignore[attr-defined]
-
-        def scorer_for(trained: torch.nn.Module) -> Scorer:
-            return SequenceScorer(trained, self.name)  # type: ignore[arg-type]
-
         return Plan(
             model,  # type: ignore[arg-type]
             training_examples(data.train_sequences(target), cfg.max_len),
             ndcg_validator(data, target, self.name),
             item_counts=data.item_counts(target),
-            finish=compare_with_target(data, target, scorer_for, target_model),
+            finish=compare_with_target(data, target, target_model),
             record={
                 "kind": backbone_kind(cfg),
                 "n_items": cfg.n_items,

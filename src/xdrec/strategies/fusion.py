@@ -89,15 +89,14 @@ class Fusion(Strategy):
         assert inputs.target_model is not None
         cfg = config.architecture(ctx, data.n_items(target) + 1)  # + the slot
         model = FusionModel(cfg, vectors.dim)
-
-        def scorer_for(trained: nn.Module) -> Scorer:
-            return FusionScorer(trained, vectors)  # type: ignore[arg-type]
-
+        validate = validation_metric(
+            data.eval_cases(target, "valid"), data.n_items(target), lambda m: FusionScorer(m, vectors)
+        )
         return Plan(
             model,
             examples(data.train_sequences(target), vectors, model.slot, cfg.max_len),
-            validation_metric(data.eval_cases(target, "valid"), data.n_items(target), scorer_for),
-            finish=compare_with_target(data, target, scorer_for, inputs.target_model),
+            validate,
+            finish=compare_with_target(data, target, inputs.target_model),
             record={"backbone": backbone_kind(cfg), "model": asdict(cfg), "source_dim": vectors.dim},
         )
 

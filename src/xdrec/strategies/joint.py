@@ -131,15 +131,14 @@ class Joint(Strategy):
         cfg = config.architecture(ctx, n_target + data.n_items(ctx.source_domain))
         model = JointModel(cfg, n_target)
         tokens = scoring_timelines(data, target, cfg.max_len)
-
-        def scorer_for(trained: nn.Module) -> Scorer:
-            return JointScorer(trained, tokens)  # type: ignore[arg-type]
-
+        validate = validation_metric(
+            data.eval_cases(target, "valid"), n_target, lambda m: JointScorer(m, tokens)
+        )
         return Plan(
             model,
             examples(data, target, cfg.max_len),
-            validation_metric(data.eval_cases(target, "valid"), n_target, scorer_for),
-            finish=compare_with_target(data, target, scorer_for, inputs.target_model),
+            validate,
+            finish=compare_with_target(data, target, inputs.target_model),
             record={"backbone": backbone_kind(cfg), "model": asdict(cfg), "n_target": n_target},
         )
 
