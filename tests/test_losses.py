@@ -14,6 +14,7 @@ from xdrec.models.losses import (
     ce_loss,
     choose_loss,
     make_loss,
+    partitioned_ce_loss,
     popularity_negatives,
     sampled_softmax_loss,
     sampling_log_q,
@@ -45,6 +46,20 @@ def test_ce_matches_brute_force(batch) -> None:
         s = [float(hidden[b, t] @ table[i]) for i in range(1, N_ITEMS + 1)]  # items only, never padding
         terms.append(-s[y - 1] + math.log(sum(math.exp(v) for v in s)))
     assert ce_loss(hidden, labels, table).item() == pytest.approx(np.mean(terms), rel=1e-9)
+
+
+def test_partitioned_ce_matches_brute_force(batch) -> None:
+    """Two domains in one table (ids 1..4 and 5..9): each label against its own domain's items only."""
+    hidden, labels, table = batch
+    boundary = 4
+    terms = []
+    for b, t, y in labelled(labels):
+        part = range(1, boundary + 1) if y <= boundary else range(boundary + 1, N_ITEMS + 1)
+        s = {i: float(hidden[b, t] @ table[i]) for i in part}
+        terms.append(-s[y] + math.log(sum(math.exp(v) for v in s.values())))
+    got = partitioned_ce_loss(boundary)(hidden, labels, table).item()
+    assert got == pytest.approx(np.mean(terms), rel=1e-9)
+    assert partitioned_ce_loss(N_ITEMS)(hidden, labels, table).item() == ce_loss(hidden, labels, table).item()
 
 
 def test_padding_positions_carry_no_loss(batch) -> None:

@@ -46,13 +46,18 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     return ws
 
 
-def _examples_seen(ws: Workspace, strategy: str) -> dict[str, torch.Tensor]:
-    """The tensors `strategy` hands the trainer: its plan's examples, built through the public interface."""
+def _plan(ws: Workspace, strategy: str, train: TrainConfig = FAST) -> Plan:
+    """What `strategy` hands the trainer, built through the public interface."""
     data = Dataset.from_workspace(ws)
     vectors = load_user_vectors(ws, data)
     ctx = TransferContext(ws, data, load_backbone(ws, "source-only", data, "cpu"), vectors, data.target)
     inputs = ScoringInputs(data, "cpu", vectors, load_backbone(ws, "target-only", data, "cpu"))
-    plan = STRATEGIES[strategy].build(ctx, TransferConfig(train=FAST), inputs)
+    return STRATEGIES[strategy].build(ctx, TransferConfig(train=train), inputs)
+
+
+def _examples_seen(ws: Workspace, strategy: str) -> dict[str, torch.Tensor]:
+    """The tensors `strategy` hands the trainer: its plan's examples."""
+    plan = _plan(ws, strategy)
     return {"inputs": plan.examples.inputs, "labels": plan.examples.labels, **plan.examples.extras}
 
 
@@ -77,6 +82,21 @@ def test_cold_start_target_rows_never_reach_training(
         assert torch.equal(with_rows[key], without_rows[key]), (
             f"{strategy}: {key} depends on cold target rows"
         )
+
+
+def test_joint_learns_every_next_item_of_the_merged_timeline(trained: Workspace) -> None:
+    """Each position's label is the token after it (either domain); the window's last has none."""
+    seen = _examples_seen(trained, "joint")
+    inputs, labels = seen["inputs"], seen["labels"]
+    follows = (inputs[:, :-1] != 0) & (inputs[:, 1:] != 0)  # a token with one after it in the window
+    assert torch.equal(labels[:, :-1][follows], inputs[:, 1:][follows])
+    assert (labels[inputs == 0] == 0).all() and (labels[:, -1] == 0).all()
+    n_target = Dataset.from_workspace(trained).n_items(Dataset.from_workspace(trained).target)
+    assert (labels > n_target).any() and ((labels > 0) & (labels <= n_target)).any()  # both domains
+    # Each label against its own domain's items while the full softmax fits; the configured sampled loss
+    # (over both domains' items) when asked for it, as for a catalogue the size of Books.
+    assert getattr(_plan(trained, "joint").loss_fn, "__name__", None) == "partitioned_ce"
+    assert _plan(trained, "joint", replace(FAST, loss="sampled")).loss_fn is None
 
 
 def test_every_strategy_is_evaluated_per_segment(trained: Workspace) -> None:
