@@ -11,6 +11,10 @@ the same resample for both models); "win" / "loss" when the CI excludes zero. Ne
 choice was made on: for warm users the model's NDCG@10 on the valid split's warm users (computed here the
 same way), for cold users the pseudo-cold NDCG@10 its training recorded (`best_valid`, for the models that
 early-stop on pseudo-cold users; valid has no cold users).
+
+`--by-history` splits the warm users by how many target items their history holds when they are ranked
+(`xdrec evaluate --by-history`'s segments; at test time the valid item counts too): where the transfer
+helps.
 """
 
 from __future__ import annotations
@@ -28,12 +32,22 @@ import torch
 from xdrec.checkpoint import CONFIG
 from xdrec.data.dataset import Dataset
 from xdrec.errors import XdrecError
-from xdrec.evaluation import COLD_SEGMENT, per_user_metrics
+from xdrec.evaluation import COLD_SEGMENT, HISTORY_SEGMENTS, history_segments, per_user_metrics
 from xdrec.workspace import Workspace, read_json
 from xdrec.zoo import POPULARITY, load_scorer, trained_models
 
 METRIC = "NDCG@10"
 BASELINES = {"warm": "target-only", COLD_SEGMENT: POPULARITY}
+SEGMENT_ORDER = ["warm", *HISTORY_SEGMENTS.values(), COLD_SEGMENT]
+
+
+def by_history(cases: pl.DataFrame) -> pl.DataFrame:
+    """`cases` with each warm user's segment replaced by their history length's (`history_segments`)."""
+    return pl.concat([cases.filter(pl.col("segment") != "warm"), history_segments(cases)])
+
+
+def baseline_of(segment: str) -> str:
+    return BASELINES["warm"] if segment.startswith("warm") else BASELINES[segment]
 
 
 def paired_ci(diff: np.ndarray, resamples: int, seed: int) -> tuple[float, float]:
@@ -43,7 +57,14 @@ def paired_ci(diff: np.ndarray, resamples: int, seed: int) -> tuple[float, float
     return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
-def run(workspace: Workspace, models: list[str] | None, resamples: int, seed: int, device: str) -> dict:
+def run(
+    workspace: Workspace,
+    models: list[str] | None,
+    resamples: int,
+    seed: int,
+    device: str,
+    history: bool = False,
+) -> dict:
     data = Dataset.from_workspace(workspace)
     target = data.target
     names = models or [POPULARITY, *trained_models(workspace, data, target)]
@@ -52,6 +73,9 @@ def run(workspace: Workspace, models: list[str] | None, resamples: int, seed: in
             names.append(baseline)
     cases = data.eval_cases(target, "test")
     warm_valid = data.eval_cases(target, "valid").filter(pl.col("segment") == "warm")
+    if history:
+        cases, warm_valid = by_history(cases), by_history(warm_valid)
+    segments = [s for s in SEGMENT_ORDER if s in set(cases["segment"].to_list())]
     per_model, valid = {}, {}
     for name in names:
         scorer = load_scorer(workspace, name, data, device)
@@ -60,12 +84,14 @@ def run(workspace: Workspace, models: list[str] | None, resamples: int, seed: in
         config = workspace.model_dir(name) / CONFIG
         meta = read_json(config) if config.exists() else {}
         pseudo_cold = "pseudo-cold" in str(meta.get("validation", ""))
+        warm = per_user_metrics(scorer, warm_valid, n_items, ks=(10,))
         valid[name] = {
-            "warm": float(per_user_metrics(scorer, warm_valid, n_items, ks=(10,))[METRIC].mean()),
+            **{s: float(g[METRIC].mean()) for (s,), g in warm.group_by("segment")},
             COLD_SEGMENT: meta.get("best_valid", {}).get(METRIC) if pseudo_cold else None,
         }
     rows = []
-    for segment, baseline in BASELINES.items():
+    for segment in segments:
+        baseline = baseline_of(segment)
         base = per_model[baseline].filter(pl.col("segment") == segment)
         for name, metrics in per_model.items():
             own = metrics.filter(pl.col("segment") == segment)
@@ -78,7 +104,7 @@ def run(workspace: Workspace, models: list[str] | None, resamples: int, seed: in
                     "segment": segment,
                     "model": name,
                     "users": own.height,
-                    "valid": valid[name][segment],
+                    "valid": valid[name].get(segment),
                     METRIC: float(own[METRIC].mean()),
                     "against": baseline,
                     "delta": float(diff.mean()),
@@ -114,11 +140,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
+    parser.add_argument("--by-history", action="store_true", help="warm users by their history's length")
     args = parser.parse_args(argv)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     start = time.perf_counter()
     try:
-        result = run(Workspace(args.workspace), args.model, args.bootstrap, args.seed, args.device)
+        workspace = Workspace(args.workspace)
+        result = run(workspace, args.model, args.bootstrap, args.seed, args.device, args.by_history)
     except XdrecError as e:
         sys.exit(f"error: {e}")
     print(json.dumps(result, indent=2) if args.json else markdown(result))

@@ -18,7 +18,7 @@ from xdrec.data.prepare import PrepareConfig, prepare
 from xdrec.data.synthetic import SyntheticConfig, write_raw
 from xdrec.embedding import embed, load_user_vectors
 from xdrec.errors import XdrecError
-from xdrec.evaluation import EvaluateConfig
+from xdrec.evaluation import HISTORY_SEGMENTS, EvaluateConfig, per_user_metrics
 from xdrec.fit import Plan
 from xdrec.pipeline import evaluate, recommend
 from xdrec.pretraining import pretrain
@@ -106,6 +106,28 @@ def test_every_strategy_is_evaluated_per_segment(trained: Workspace) -> None:
     assert {"warm", "cold", "all"} <= set(rows["segment"])
     assert rows.filter(pl.col("segment") == "cold")["users"].min() > 0
     assert paths["plot"].exists() and paths["json"].exists()
+
+
+def test_warm_users_by_history_length(trained: Workspace) -> None:
+    """`--by-history`: the warm users again, each once, under the segment of their history's length."""
+    report, _ = evaluate(trained, EvaluateConfig(bootstrap=50, device="cpu", by_history=True))
+    rows = report.rows.filter(pl.col("model") == "bag")
+    buckets = rows.filter(pl.col("segment").is_in(list(HISTORY_SEGMENTS.values())))
+    warm = rows.filter(pl.col("segment") == "warm")
+    assert buckets.height >= 2 and buckets["users"].sum() == warm["users"].item()
+    assert report.segments.index("warm") < report.segments.index(buckets["segment"][0])
+    # Each bucket's NDCG@10 is the mean over exactly its users, and it is paired with target-only.
+    data = Dataset.from_workspace(trained)
+    cases = data.eval_cases(data.target, "test")
+    per_user = per_user_metrics(load_scorer(trained, "bag", data, "cpu"), cases, data.n_items(data.target))
+    lengths = cases.select("user_id", n=pl.col("history").list.len(), warm=pl.col("segment") == "warm")
+    short = per_user.join(lengths, on="user_id").filter(pl.col("warm") & pl.col("n").is_between(3, 4))
+    row = buckets.filter(pl.col("segment") == "warm 3-4")
+    assert row["users"].item() == short.height
+    assert row["NDCG@10"].item() == pytest.approx(short["NDCG@10"].mean())
+    assert row["delta_against"].item() == "target-only" and row["delta"].item() is not None
+    plain, _ = evaluate(trained, EvaluateConfig(bootstrap=50, device="cpu"))
+    assert not set(plain.segments) & set(HISTORY_SEGMENTS.values())  # only when asked for
 
 
 def test_sasrec_and_transfer_beat_the_baselines(trained: Workspace) -> None:

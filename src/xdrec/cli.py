@@ -687,12 +687,24 @@ BootstrapOpt = Annotated[int, typer.Option(help="Bootstrap resamples for the 95%
 
 
 def _evaluate_config(
-    ks: list[int], negatives: int | None, keep_seen: bool, seed: int, bootstrap: int, device: str
+    ks: list[int],
+    negatives: int | None,
+    keep_seen: bool,
+    seed: int,
+    bootstrap: int,
+    device: str,
+    by_history: bool = False,
 ):
     from xdrec.evaluation import EvaluateConfig
 
     return EvaluateConfig(
-        ks=tuple(ks), negatives=negatives, keep_seen=keep_seen, seed=seed, bootstrap=bootstrap, device=device
+        ks=tuple(ks),
+        negatives=negatives,
+        keep_seen=keep_seen,
+        seed=seed,
+        bootstrap=bootstrap,
+        device=device,
+        by_history=by_history,
     )
 
 
@@ -716,6 +728,13 @@ def evaluate(
     ] = False,
     negatives: NegativesOpt = None,
     keep_seen: KeepSeenOpt = False,
+    by_history: Annotated[
+        bool,
+        typer.Option(
+            help="Also the warm users by how many items of the domain their history holds "
+            "(warm 1-2, 3-4, 5-7, 8+): where the transfer helps."
+        ),
+    ] = False,
     bootstrap: BootstrapOpt = 1000,
     seed: SeedOpt = 42,
     device: DeviceOpt = "auto",
@@ -739,7 +758,7 @@ def evaluate(
     from xdrec.pipeline import evaluate_domains
     from xdrec.report import render_table, reports_to_json
 
-    config = _evaluate_config(k, negatives, keep_seen, seed, bootstrap, device)
+    config = _evaluate_config(k, negatives, keep_seen, seed, bootstrap, device, by_history)
     results = evaluate_domains(
         _workspace(ctx),
         config,

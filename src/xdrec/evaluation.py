@@ -46,6 +46,12 @@ Segments
     every user NOT in `cold`, i.e. the leave-one-out population; cold-start users are reported only under
     `cold`, so a transfer method's cold-start gains never blur the warm numbers.
 
+    With `by_history` the warm users are also reported by how many items of the evaluated domain their
+    history holds when they are ranked (`HISTORY_SEGMENTS`: `warm 1-2` ... `warm 8+`; under leave-one-out
+    the test history includes the valid item): transfer matters most where that history is short, and the
+    `warm` mean hides it (BENCHMARKS.md, round 4 of issue 10). Those rows are extra: `warm` and `all` keep
+    every warm user.
+
 Domains
     A `Report` covers one domain. Under `prepare --split mixed` each user is tested once, in the domain of
     their last interaction, so each domain's report holds a different set of users. A domain where no user
@@ -85,6 +91,9 @@ FULL = "full"
 TIE_RULE = "ties count against the model (rank = 1 + candidates scoring >= the item; ABXI: only >)"
 ALL_SEGMENT = "all"
 COLD_SEGMENT = "cold"
+WARM_SEGMENT = "warm"
+# Items of the evaluated domain in a warm user's history (inclusive; None: no upper end) -> segment name.
+HISTORY_SEGMENTS = {(1, 2): "warm 1-2", (3, 4): "warm 3-4", (5, 7): "warm 5-7", (8, None): "warm 8+"}
 KEY_COLUMNS = ("user_id", "segment", "protocol")
 
 # Up to this many relevant items per user the counting pass compares every candidate with each relevant
@@ -119,9 +128,21 @@ def metric_names(ks: Sequence[int]) -> list[str]:
 
 
 def segment_sort_key(segment: str) -> tuple[int, str]:
-    """Report order: all, warm, cold, then any other segment (e.g. target-only) alphabetically."""
-    fixed = {ALL_SEGMENT: 0, "warm": 1, COLD_SEGMENT: 2}
-    return (fixed.get(segment, 3), segment)
+    """Report order: all, warm, warm by history length, cold, then any other (e.g. target-only)."""
+    fixed = {ALL_SEGMENT: 0, WARM_SEGMENT: 1, COLD_SEGMENT: 3}
+    by_history = {name: (2, f"{i}") for i, name in enumerate(HISTORY_SEGMENTS.values())}
+    return by_history.get(segment) or (fixed.get(segment, 4), segment)
+
+
+def history_segments(cases: pl.DataFrame) -> pl.DataFrame:
+    """`cases`' warm users, each with the segment of their history's length (HISTORY_SEGMENTS)."""
+    n = pl.col("history").list.len()
+    segment = pl.lit(None, dtype=pl.String)
+    for (lo, hi), name in HISTORY_SEGMENTS.items():
+        segment = (
+            pl.when(n >= lo if hi is None else n.is_between(lo, hi)).then(pl.lit(name)).otherwise(segment)
+        )
+    return cases.filter(pl.col("segment") == WARM_SEGMENT).with_columns(segment=segment)
 
 
 def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
@@ -699,6 +720,7 @@ class EvaluateConfig:
     bootstrap: int = 1000  # resamples for the 95% CIs (0: none)
     batch_size: int = 512  # users scored at a time
     device: str = "auto"  # where inputs go: auto = each model's own device
+    by_history: bool = False  # also report the warm users by their history's length (HISTORY_SEGMENTS)
 
     def __post_init__(self) -> None:
         # Checked before any work, not after an hour of training in `run`.
@@ -754,7 +776,25 @@ def evaluate_scorers(
         summaries.append(
             summary.select(pl.lit(scorer.name).alias("model"), pl.lit(domain).alias("domain"), pl.all())
         )
-    deltas = paired_deltas(per_users, dataset.role(domain), f"NDCG@{ks[0]}", bootstrap=bootstrap, seed=seed)
+    headline, role = f"NDCG@{ks[0]}", dataset.role(domain)
+    deltas = paired_deltas(per_users, role, headline, bootstrap=bootstrap, seed=seed)
+    if config.by_history and cases.height:
+        # The same per-user rows again under their history segment (their `all` row would repeat warm's).
+        segments = history_segments(cases).select("user_id", by_history=pl.col("segment"))
+        regrouped = {
+            name: per_user.join(segments, on="user_id")
+            .with_columns(segment=pl.col("by_history"))
+            .drop("by_history")
+            for name, per_user in per_users.items()
+        }
+        summaries += [
+            summarize(per_user, bootstrap=bootstrap, seed=seed)
+            .filter(pl.col("segment") != ALL_SEGMENT)
+            .select(pl.lit(name).alias("model"), pl.lit(domain).alias("domain"), pl.all())
+            for name, per_user in regrouped.items()
+        ]
+        extra = paired_deltas(regrouped, role, headline, bootstrap=bootstrap, seed=seed)
+        deltas = pl.concat([deltas, extra.filter(pl.col("segment") != ALL_SEGMENT)])
     rows = pl.concat(summaries).join(deltas, on=("model", "segment"), how="left", maintain_order="left")
     # Group by segment, keeping the given model order inside each group.
     order = {segment: i for i, segment in enumerate(sorted(rows["segment"].unique(), key=segment_sort_key))}
