@@ -26,6 +26,7 @@ import xdrec.data.amazon as amazon
 from xdrec.cli import app
 from xdrec.data.dataset import Dataset
 from xdrec.data.synthetic import SyntheticConfig, write_raw
+from xdrec.evaluation import HISTORY_SEGMENTS
 from xdrec.workspace import Workspace
 
 runner = CliRunner()
@@ -699,6 +700,14 @@ def test_run_with_negatives_keeps_the_full_ranking_headline(ran: Ran) -> None:
     result = ok(invoke(ran.ws, *RUN, "--source", str(ran.downloads), "--negatives", "20", "--json"))
     assert json.loads(result.stdout)["protocol"] == "full"
     assert (ran.ws.reports_dir / DATASET / TARGET / "report-sampled-20.json").exists()
+
+
+def test_run_by_history_adds_the_warm_users_by_history_length(ran: Ran) -> None:
+    result = ok(invoke(ran.ws, *RUN, "--source", str(ran.downloads), "--by-history", "--json"))
+    segments = {row["segment"] for row in json.loads(result.stdout)["results"]}
+    assert "warm" in segments and segments & set(HISTORY_SEGMENTS.values())
+    evaluated = ok(invoke(ran.ws, "evaluate", "--device", "cpu", "--bootstrap", "0", "--by-history"))
+    assert "warm 8+" in evaluated.stdout or "warm 5-7" in evaluated.stdout
 
 
 def test_a_changed_option_reruns_only_what_it_affects(ran: Ran, tmp_path: Path) -> None:

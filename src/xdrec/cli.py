@@ -684,6 +684,13 @@ NegativesOpt = Annotated[
 ]
 KeepSeenOpt = Annotated[bool, typer.Option(help="Do not mask the user's own history items.")]
 BootstrapOpt = Annotated[int, typer.Option(help="Bootstrap resamples for the 95% CIs (0: none).")]
+ByHistoryOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Also the warm users by how many items of the domain their history holds "
+        "(warm 1-2, 3-4, 5-7, 8+): where the transfer helps."
+    ),
+]
 
 
 def _evaluate_config(
@@ -728,13 +735,7 @@ def evaluate(
     ] = False,
     negatives: NegativesOpt = None,
     keep_seen: KeepSeenOpt = False,
-    by_history: Annotated[
-        bool,
-        typer.Option(
-            help="Also the warm users by how many items of the domain their history holds "
-            "(warm 1-2, 3-4, 5-7, 8+): where the transfer helps."
-        ),
-    ] = False,
+    by_history: ByHistoryOpt = False,
     bootstrap: BootstrapOpt = 1000,
     seed: SeedOpt = 42,
     device: DeviceOpt = "auto",
@@ -915,6 +916,7 @@ def run(
     k: KOpt = [10],  # noqa: B006
     negatives: NegativesOpt = None,
     keep_seen: KeepSeenOpt = False,
+    by_history: ByHistoryOpt = False,
     bootstrap: BootstrapOpt = 1000,
     seed: SeedOpt = 42,
     as_json: JsonOpt = False,
@@ -950,7 +952,7 @@ def run(
         strategies=tuple(parse_strategies(strategy)),
         mapping_loss=mapping_loss,
         bag=_bag_config(bag_dim, bag_dropout, bag_cold_rate, bag_target_input, bag_weight_decay, bag_members),
-        evaluate=_evaluate_config(k, negatives, keep_seen, seed, bootstrap, device),
+        evaluate=_evaluate_config(k, negatives, keep_seen, seed, bootstrap, device, by_history),
         reverse=reverse,
         tuned=True,
         keep=_given(ctx),
