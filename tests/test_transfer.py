@@ -99,6 +99,21 @@ def test_joint_learns_every_next_item_of_the_merged_timeline(trained: Workspace)
     assert _plan(trained, "joint", replace(FAST, loss="sampled")).loss_fn is None
 
 
+def test_joint_trains_with_the_sampled_loss_over_both_domains(trained: Workspace, tmp_path: Path) -> None:
+    """The path a catalogue too large for the full softmax takes: it trains and ranks the target items."""
+    copy = Workspace(tmp_path / "ws")
+    shutil.copytree(trained.root, copy.root)
+    sampled = replace(FAST, loss="sampled", negatives=32, epochs=1)
+    [result] = transfer(copy, ["joint"], config=TransferConfig(train=sampled), progress=False)
+    assert result.training.loss == "sampled"
+    data = Dataset.from_workspace(copy)
+    cases = data.eval_cases(data.target, "test").filter(pl.col("segment") == "cold").head(8)
+    scores = load_scorer(copy, "joint", data, "cpu").scores(  # cold users get joint's own scores
+        torch.tensor(cases["user_id"].to_list()), torch.zeros(8, 1, dtype=torch.long)
+    )
+    assert scores.shape == (8, data.n_items(data.target) + 1) and torch.isfinite(scores[:, 1:]).all()
+
+
 def test_every_strategy_is_evaluated_per_segment(trained: Workspace) -> None:
     report, paths = evaluate(trained, EvaluateConfig(bootstrap=50, device="cpu"))
     rows = report.rows
