@@ -30,12 +30,11 @@ import torch
 from xdrec.data.dataset import Dataset
 from xdrec.evaluation import per_user_metrics
 from xdrec.scoring import Precomputed, pad_left
-from xdrec.strategies.bag import DECAYS, WEIGHTS, BagScorer, blend
+from xdrec.strategies.bag import BLENDS, BagScorer, blend
 from xdrec.workspace import Workspace
 from xdrec.zoo import load_scorer
 
 METRIC = "NDCG@10"
-GRID = [(w, d) for w in WEIGHTS for d in (DECAYS if w else (0.0,))]  # bag's own grid, (0, 0) = target-only
 
 
 def per_user_gains(scorer: BagScorer, cases: pl.DataFrame, n_items: int) -> np.ndarray:
@@ -45,11 +44,11 @@ def per_user_gains(scorer: BagScorer, cases: pl.DataFrame, n_items: int) -> np.n
     bag, own = scorer.parts(users, history)
     assert own is not None
     columns = []
-    for w, d in GRID:
+    for w, d in BLENDS:
         given = Precomputed(users, blend(bag, own, history, w, d), "blend")
         columns.append(per_user_metrics(given, cases, n_items).sort("user_id")[METRIC].to_numpy())
     ndcg = np.stack(columns, axis=1)
-    return ndcg - ndcg[:, [GRID.index((0.0, 0.0))]]
+    return ndcg - ndcg[:, [BLENDS.index((0.0, 0.0))]]
 
 
 def run(workspace: Workspace, splits: int, seed: int) -> dict:
@@ -72,7 +71,7 @@ def run(workspace: Workspace, splits: int, seed: int) -> dict:
         pick = int(valid[in_a].mean(0).argmax())
         optimism.append(valid[in_a, pick].mean() - valid[~in_a, pick].mean())
     half = np.array(optimism)
-    w, d = GRID[chosen]
+    w, d = BLENDS[chosen]
     return {
         "dataset": data.name,
         "target": target,

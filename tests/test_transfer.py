@@ -91,7 +91,8 @@ def test_joint_learns_every_next_item_of_the_merged_timeline(trained: Workspace)
     follows = (inputs[:, :-1] != 0) & (inputs[:, 1:] != 0)  # a token with one after it in the window
     assert torch.equal(labels[:, :-1][follows], inputs[:, 1:][follows])
     assert (labels[inputs == 0] == 0).all() and (labels[:, -1] == 0).all()
-    n_target = Dataset.from_workspace(trained).n_items(Dataset.from_workspace(trained).target)
+    data = Dataset.from_workspace(trained)
+    n_target = data.n_items(data.target)
     assert (labels > n_target).any() and ((labels > 0) & (labels <= n_target)).any()  # both domains
     # Each label against its own domain's items while the full softmax fits; the configured sampled loss
     # (over both domains' items) when asked for it, as for a catalogue the size of Books.

@@ -543,11 +543,17 @@ def _bootstrap_ci(
 
 
 def summarize(
-    per_user: pl.DataFrame, *, bootstrap: int = 1000, seed: int = 0, confidence: float = 0.95
+    per_user: pl.DataFrame,
+    *,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    with_all: bool = True,
 ) -> pl.DataFrame:
     """Per-segment means with percentile bootstrap CIs, from `per_user_metrics` output.
 
-    returns: one row per segment present plus `all` (every user not in `cold`; omitted when there is none),
+    returns: one row per segment present plus, with_all, `all` (every user not in `cold`; omitted when
+             there is none),
              in report order: segment, users, protocol, then per metric M: M, M_lo, M_hi
              (lo/hi null when bootstrap=0). Each segment's resampling is seeded by (seed, segment name),
              so its interval does not change when other segments come or go.
@@ -566,7 +572,7 @@ def summarize(
     metrics = [c for c in per_user.columns if c not in KEY_COLUMNS]
 
     rows = []
-    for segment, group in _segment_groups(per_user):
+    for segment, group in _segment_groups(per_user, with_all):
         if group.height == 0:
             continue
         values = group.select(metrics).to_numpy().astype(np.float64)
@@ -584,9 +590,10 @@ def summarize(
     return pl.DataFrame(rows, schema=schema, orient="row")
 
 
-def _segment_groups(per_user: pl.DataFrame) -> list[tuple[str, pl.DataFrame]]:
-    """(segment, its rows) for `all` (every user not cold) and each segment present, in report order."""
-    groups = [(ALL_SEGMENT, per_user.filter(pl.col("segment") != COLD_SEGMENT))]
+def _segment_groups(per_user: pl.DataFrame, with_all: bool = True) -> list[tuple[str, pl.DataFrame]]:
+    """(segment, its rows) for `all` (every user not cold; unless not with_all) and each segment present,
+    in report order."""
+    groups = [(ALL_SEGMENT, per_user.filter(pl.col("segment") != COLD_SEGMENT))] if with_all else []
     segments = sorted(per_user["segment"].drop_nulls().unique().to_list(), key=segment_sort_key)
     return groups + [(s, per_user.filter(pl.col("segment") == s)) for s in segments]
 
@@ -605,6 +612,7 @@ def paired_deltas(
     bootstrap: int = 1000,
     seed: int = 0,
     confidence: float = 0.95,
+    with_all: bool = True,
 ) -> pl.DataFrame:
     """Each model's paired difference in `metric` from its segment's baseline, with a bootstrap CI.
 
@@ -622,7 +630,7 @@ def paired_deltas(
         raise XdrecError("paired comparisons need every model's metrics on the same users, in one order")
     rows = []
     for name, frame in per_user.items():
-        for segment, group in _segment_groups(frame.select("user_id", "segment", metric)):
+        for segment, group in _segment_groups(frame.select("user_id", "segment", metric), with_all):
             if group.height == 0:
                 continue  # as in `summarize`: a segment without users has no row
             against = baseline_for(segment, role)
@@ -779,7 +787,7 @@ def evaluate_scorers(
     headline, role = f"NDCG@{ks[0]}", dataset.role(domain)
     deltas = paired_deltas(per_users, role, headline, bootstrap=bootstrap, seed=seed)
     if config.by_history and cases.height:
-        # The same per-user rows again under their history segment (their `all` row would repeat warm's).
+        # The same per-user rows again under their history segment (no `all`: it would repeat warm's).
         segments = history_segments(cases).select("user_id", by_history=pl.col("segment"))
         regrouped = {
             name: per_user.join(segments, on="user_id")
@@ -788,13 +796,13 @@ def evaluate_scorers(
             for name, per_user in per_users.items()
         }
         summaries += [
-            summarize(per_user, bootstrap=bootstrap, seed=seed)
-            .filter(pl.col("segment") != ALL_SEGMENT)
-            .select(pl.lit(name).alias("model"), pl.lit(domain).alias("domain"), pl.all())
+            summarize(per_user, bootstrap=bootstrap, seed=seed, with_all=False).select(
+                pl.lit(name).alias("model"), pl.lit(domain).alias("domain"), pl.all()
+            )
             for name, per_user in regrouped.items()
         ]
-        extra = paired_deltas(regrouped, role, headline, bootstrap=bootstrap, seed=seed)
-        deltas = pl.concat([deltas, extra.filter(pl.col("segment") != ALL_SEGMENT)])
+        extra = paired_deltas(regrouped, role, headline, bootstrap=bootstrap, seed=seed, with_all=False)
+        deltas = pl.concat([deltas, extra])
     rows = pl.concat(summaries).join(deltas, on=("model", "segment"), how="left", maintain_order="left")
     # Group by segment, keeping the given model order inside each group.
     order = {segment: i for i, segment in enumerate(sorted(rows["segment"].unique(), key=segment_sort_key))}

@@ -46,6 +46,8 @@ MAX_ITEMS = 50
 # Blend weights and decays tried on the warm validation users; weight 0 is target-only alone.
 WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 DECAYS = (0.0, 0.5, 1.0)
+# The (weight, decay) pairs tried on validation; weight 0 (target-only alone) needs no decay.
+BLENDS = [(w, d) for w in WEIGHTS for d in (DECAYS if w else (0.0,))]
 # Validation users per chunk when choosing them: both models' log-probabilities are computed once a chunk.
 CHUNK = 2048
 
@@ -187,19 +189,18 @@ def choose_blend(
     """(weight, decay) with the best mean NDCG@10 on the warm validation `cases` (a seeded sample of at
     most VALIDATION_USERS, as early stopping ranks; ties: the smaller), and every pair's value."""
     cases = validation_sample(cases)
-    grid = [(w, d) for w in WEIGHTS for d in (DECAYS if w else (0.0,))]
-    sums = dict.fromkeys(grid, 0.0)
+    sums = dict.fromkeys(BLENDS, 0.0)
     for start in range(0, cases.height, CHUNK):
         chunk = cases[start : start + CHUNK]
         users = torch.from_numpy(chunk["user_id"].to_numpy().astype("int64"))
         history = pad_left(chunk["history"].to_list())
         bag, own = scorer.parts(users, history)
         assert own is not None
-        for w, d in grid:
+        for w, d in BLENDS:
             given = Precomputed(users, blend(bag, own, history.to(bag.device), w, d), "blend")
             sums[w, d] += float(per_user_metrics(given, chunk, n_items)["NDCG@10"].sum())
     means = {pair: total / max(cases.height, 1) for pair, total in sums.items()}
-    best = max(grid, key=lambda pair: (means[pair], -pair[0], -pair[1]))
+    best = max(BLENDS, key=lambda pair: (means[pair], -pair[0], -pair[1]))
     return best, {f"weight={w:g} decay={d:g}": v for (w, d), v in means.items()}
 
 
