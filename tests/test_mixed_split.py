@@ -11,6 +11,7 @@ from xdrec.cli import app
 from xdrec.data.dataset import Dataset
 from xdrec.data.prepare import PrepareConfig, build_tables, prepare
 from xdrec.data.schema import RAW_SCHEMA
+from xdrec.strategies.joint import scoring_timelines
 from xdrec.workspace import Workspace
 
 
@@ -202,3 +203,50 @@ def test_food_kitchen_mixed_split_is_the_papers(food_kitchen_workspace: Workspac
         train = data.train_sequences(domain).explode("items")
         held = events.filter((pl.col("domain") == domain) & (pl.col("split") != "train"))
         assert train.join(held, left_on=["user_id", "items"], right_on=["user_id", "item_id"]).height == 0
+
+
+def test_other_domain_context_adds_the_valid_item_under_mixed_only(small_workspace: Workspace) -> None:
+    """What cross-domain models read from the other domain: its training split, plus under mixed the
+    user's validation item, which never reaches the item being predicted: a user evaluated at validation
+    has none in the other domain, and a (warm) user's test item comes after it on the merged timeline."""
+    config = PrepareConfig(min_user=1, min_item=1, split="mixed", cold_start=0.3, seed=3)
+    data = Dataset.load(prepare(small_workspace, "Src", "Tgt", config).path)
+    events = data.interactions().collect()
+    cold = data.users.filter("cold")["user_id"]
+    timeline = events.sort("user_id", "timestamp", pl.col("domain") != "Src", "item_id").with_columns(
+        position=pl.int_range(pl.len()).over("user_id")
+    )
+    reaching = 0
+    for domain, other in (("Tgt", "Src"), ("Src", "Tgt")):
+        context = data.context_sequences(other).explode("items").rename({"items": "item_id"})
+        expected = events.filter((pl.col("domain") == other) & pl.col("split").is_in(["train", "valid"]))
+        assert sorted(context.iter_rows()) == sorted(expected.select("user_id", "item_id").iter_rows())
+        rows = timeline.filter((pl.col("domain") == other) & pl.col("split").is_in(["train", "valid"]))
+        for stage in ("valid", "test"):
+            predicted = timeline.filter((pl.col("domain") == domain) & (pl.col("split") == stage))
+            users = data.eval_cases(domain, stage)["user_id"]
+            seen = rows.filter(pl.col("user_id").is_in(users.implode()))
+            if stage == "valid":  # one validation item per user: none in the other domain
+                assert (seen["split"] == "train").all()
+            warm = predicted.filter(~pl.col("user_id").is_in(cold.implode()))
+            first = warm.group_by("user_id").agg(predicted=pl.col("position").min())
+            assert (
+                seen.join(first, on="user_id")["position"] < seen.join(first, on="user_id")["predicted"]
+            ).all()
+            reaching += seen.filter(pl.col("split") == "valid").height if stage == "test" else 0
+    assert reaching > 0  # exercised: some users' most recent other-domain item is their validation item
+
+    # joint reads it too: a Tgt test user whose validation item is in Src has it in their timeline
+    user, item = (
+        events.filter((pl.col("domain") == "Src") & (pl.col("split") == "valid"))
+        .join(events.filter((pl.col("domain") == "Tgt") & (pl.col("split") == "test")), on="user_id")
+        .select("user_id", "item_id")
+        .row(0)
+    )
+    tokens = scoring_timelines(data, "Tgt", max_len=200)[user]
+    assert item + data.n_items("Tgt") in tokens.tolist()
+
+    # under loo a domain's validation item can come after the other domain's test item: training only
+    loo = Dataset.load(prepare(small_workspace, "Src", "Tgt", PrepareConfig(min_user=1, min_item=1)).path)
+    assert loo.context_splits() == ("train",)
+    assert loo.context_sequences("Src").equals(loo.train_sequences("Src"))

@@ -1,7 +1,8 @@
 """`xdrec embed`: user vectors from the pretrained source model, usable inside and outside xdrec.
 
-For every user with source-domain training history: the source SASRec's last hidden state over that
-history (the most recent max_len items, left-padded), computed in batches. Written as
+For every user with source-domain history (`Dataset.context_sequences`: the training split, plus the
+validation item under the mixed split): the source SASRec's last hidden state over that history (the most
+recent max_len items, left-padded), computed in batches. Written as
 
     embeddings/<model>.safetensors   "vectors" (N, D) float32 and "user_id" (N,) int64 (dataset user ids)
     embeddings/<model>.users.parquet user (raw id), user_id, row (row of `vectors`)
@@ -62,7 +63,7 @@ def embed(
 ) -> EmbedResult:
     data = Dataset.from_workspace(workspace, dataset)
     scorer = load_backbone(workspace, model, data, device)
-    sequences = data.train_sequences(scorer.domain or data.source)
+    sequences = data.context_sequences(scorer.domain or data.source)
     max_len = scorer.model.cfg.max_len
     chunks = []
     with torch.no_grad():

@@ -135,7 +135,7 @@ def evaluation_domains(data: Dataset, domain: str | None = None, both: bool = Fa
     if domain is not None:
         data.check_domain(domain)
         return (domain,)
-    if both or data.manifest.get("parameters", {}).get("split") == "mixed":
+    if both or data.split == "mixed":
         return data.domains
     return (data.target,)
 

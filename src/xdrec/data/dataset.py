@@ -77,6 +77,11 @@ class Dataset:
         return self.manifest["target"]
 
     @property
+    def split(self) -> str:
+        """How `prepare` labelled train / valid / test (xdrec.data.splits.SplitKind)."""
+        return self.manifest.get("parameters", {}).get("split", "loo")
+
+    @property
     def domains(self) -> tuple[str, str]:
         return (self.source, self.target)
 
@@ -119,6 +124,22 @@ class Dataset:
     def history_sequences(self, domain: str, stage: Stage) -> pl.DataFrame:
         """user_id, items: what a model may see when predicting `stage` (train, plus valid for test)."""
         return self._sequences(domain, ("train",) if stage == "valid" else ("train", "valid"))
+
+    def context_splits(self) -> tuple[str, ...]:
+        """The splits of one domain that models of the *other* domain read as context (source history).
+
+        The training split; under the mixed split the validation item too. There each user has a single
+        validation interaction, in one domain, right before their test item on the merged timeline: a user
+        evaluated in the other domain at validation has none in this one, and at test it precedes the test
+        item, so it leaks nothing. The cross-domain papers' models (ABXI, C2DSR) read it: for a third of
+        the Kitchen test users of ABXI's data it is the most recent thing they did. Under `loo` and
+        `timestamp` a domain's validation item can come after the other domain's test item, so it is not read.
+        """
+        return ("train", "valid") if self.split == "mixed" else ("train",)
+
+    def context_sequences(self, domain: str) -> pl.DataFrame:
+        """user_id, items: each user's `domain` interactions that models of the other domain may read."""
+        return self._sequences(domain, self.context_splits())
 
     def eval_cases(self, domain: str, stage: Stage) -> pl.DataFrame:
         """One row per user with something to predict at `stage` in `domain`.

@@ -208,8 +208,8 @@ def choose_blend(
 
 
 def source_tokens(data: Dataset, source_domain: str) -> Tensor:
-    """(n_users, W) left-padded source-item tokens of every user's training bag (empty rows: none)."""
-    bags = distinct_recent(data.train_sequences(source_domain))
+    """(n_users, W) left-padded source-item tokens of every user's source bag (empty rows: none)."""
+    bags = distinct_recent(data.context_sequences(source_domain))
     out = torch.zeros(data.users.height, max(1, int(bags["items"].list.len().max() or 0)), dtype=torch.long)
     rows = torch.from_numpy(bags["user_id"].to_numpy().astype("int64"))
     out[rows] = pad_left(bags["items"], out.shape[1])
@@ -220,7 +220,7 @@ def examples(data: Dataset, source_domain: str, users: pl.DataFrame, model: BagM
     """One example per user in `users` (user_id, items: target training sequence): tokens = the source
     bag and the target bag, labels = the target bag; each left-padded, so the trainer can trim columns."""
     target = distinct_recent(users)
-    source = distinct_recent(data.train_sequences(source_domain)).rename({"items": "source"})
+    source = distinct_recent(data.context_sequences(source_domain)).rename({"items": "source"})
     rows = target.join(source, on="user_id", how="left").with_columns(
         pl.col("source").fill_null(pl.lit([], dtype=pl.List(pl.Int32)))
     )

@@ -5,9 +5,9 @@ items and n_target+1..n_target+n_source source items; a domain embedding is adde
 position is labelled with the next item of the merged timeline, whichever domain it is in, and scored
 against the items of that domain (`partitioned_ce_loss`), as C2DSR and ABXI train: source activity is
 both context and training signal for the shared encoder. Only target items are candidates when it ranks.
-A cold-start user's timeline is their source history alone. Source history is the source domain's
-training split (as for `embed`), merged by timestamp with the target items the user is allowed to see
-at prediction time.
+A cold-start user's timeline is their source history alone. Source history is what
+`Dataset.context_sequences` holds (as for `embed` and `bag`), merged by timestamp with the target items
+the user is allowed to see at prediction time.
 
 Until round 4 of issue 10 each position was labelled with the next *target* item only; on Grocery ->
 Home_and_Kitchen the two-domain labels lift validation NDCG@10 from 0.0208 to 0.0222 (BENCHMARKS.md).
@@ -60,7 +60,7 @@ def timelines(data: Dataset, target: str, target_splits: tuple[str, ...]) -> pl.
         data.interactions()
         .filter(
             (is_target & pl.col("split").is_in(list(target_splits)))
-            | (~is_target & (pl.col("split") == "train"))
+            | (~is_target & pl.col("split").is_in(list(data.context_splits())))
         )
         .with_columns(
             is_target=is_target,
