@@ -9,8 +9,9 @@ other domain's training split only, and for a third of the Kitchen test users of
 before the one to predict was invisible to them. This scores each named model on its domain's test users
 twice, on the same weights: with the context as `xdrec evaluate` builds it, and with the other domain's
 training split only (the old reading), under full ranking and against 999 sampled negatives (ABXI's
-protocol; the seed `evaluate` uses). The paired difference of NDCG@10 gets a bootstrap 95% CI, over all
-test users and over those whose validation item is in the other domain (the only ones whose input changes).
+protocol; the negatives `xdrec evaluate` draws). The paired difference of NDCG@10 gets a bootstrap 95% CI,
+over all test users and over those whose validation item is in the other domain (the only ones whose
+input changes).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from xdrec.zoo import load_scorer, model_domain
 
 METRIC = "NDCG@10"
 PROTOCOLS = {"full": None, "sampled-999": 999}
+NEGATIVE_SEED = 42  # `xdrec evaluate`'s default, so the "with" column is its number
 
 
 def ndcg(workspace: Workspace, data: Dataset, name: str, cases: pl.DataFrame, training_only: bool) -> dict:
@@ -41,7 +43,7 @@ def ndcg(workspace: Workspace, data: Dataset, name: str, cases: pl.DataFrame, tr
         scorer = load_scorer(workspace, name, data, "cpu")
     n_items = data.n_items(model_domain(workspace, name) or data.target)
     return {
-        protocol: per_user_metrics(scorer, cases, n_items, negatives=negatives)
+        protocol: per_user_metrics(scorer, cases, n_items, negatives=negatives, seed=NEGATIVE_SEED)
         .sort("user_id")[METRIC]
         .to_numpy()
         for protocol, negatives in PROTOCOLS.items()
