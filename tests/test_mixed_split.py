@@ -229,10 +229,8 @@ def test_other_domain_context_adds_the_valid_item_under_mixed_only(small_workspa
             if stage == "valid":  # one validation item per user: none in the other domain
                 assert (seen["split"] == "train").all()
             warm = predicted.filter(~pl.col("user_id").is_in(cold.implode()))
-            first = warm.group_by("user_id").agg(predicted=pl.col("position").min())
-            assert (
-                seen.join(first, on="user_id")["position"] < seen.join(first, on="user_id")["predicted"]
-            ).all()
+            before = seen.join(warm.group_by("user_id").agg(predicted=pl.col("position").min()), on="user_id")
+            assert (before["position"] < before["predicted"]).all()
             reaching += seen.filter(pl.col("split") == "valid").height if stage == "test" else 0
     assert reaching > 0  # exercised: some users' most recent other-domain item is their validation item
 
