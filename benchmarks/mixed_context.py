@@ -17,6 +17,7 @@ input changes).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 from unittest import mock
@@ -34,16 +35,17 @@ PROTOCOLS = {"full": None, "sampled-999": 999}
 NEGATIVE_SEED = 42  # `xdrec evaluate`'s default, so the "with" column is its number
 
 
-def ndcg(workspace: Workspace, data: Dataset, name: str, cases: pl.DataFrame, training_only: bool) -> dict:
-    """Per-user NDCG@10 (sorted by user) of `name` under each protocol, context as asked."""
-    if training_only:
-        with mock.patch.object(Dataset, "context_splits", lambda self: ("train",)):
-            scorer = load_scorer(workspace, name, data, "cpu")  # the context is read when it loads
-    else:
-        scorer = load_scorer(workspace, name, data, "cpu")
-    n_items = data.n_items(model_domain(workspace, name) or data.target)
+def ndcg(
+    workspace: Workspace, data: Dataset, name: str, domain: str, cases: pl.DataFrame, training_only: bool
+) -> dict:
+    """Per-user NDCG@10 (sorted by user) of `name`, a model of `domain`, per protocol; context as asked."""
+    old_reading = mock.patch.object(Dataset, "context_splits", lambda self: ("train",))
+    with old_reading if training_only else contextlib.nullcontext():
+        scorer = load_scorer(workspace, name, data, "cpu")  # the context is read when it loads
     return {
-        protocol: per_user_metrics(scorer, cases, n_items, negatives=negatives, seed=NEGATIVE_SEED)
+        protocol: per_user_metrics(
+            scorer, cases, data.n_items(domain), negatives=negatives, seed=NEGATIVE_SEED
+        )
         .sort("user_id")[METRIC]
         .to_numpy()
         for protocol, negatives in PROTOCOLS.items()
@@ -67,8 +69,8 @@ def run(workspace: Workspace, models: list[str], resamples: int, seed: int) -> d
             .collect()
         )
         other_valid = cases["user_id"].is_in(moved["user_id"].implode()).to_numpy()
-        before = ndcg(workspace, data, name, cases, training_only=True)
-        after = ndcg(workspace, data, name, cases, training_only=False)
+        before = ndcg(workspace, data, name, domain, cases, training_only=True)
+        after = ndcg(workspace, data, name, domain, cases, training_only=False)
         for protocol in PROTOCOLS:
             for users, mask in (("all", slice(None)), ("valid item in the other domain", other_valid)):
                 diff = after[protocol][mask] - before[protocol][mask]
