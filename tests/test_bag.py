@@ -11,8 +11,15 @@ import torch.nn.functional as F
 
 from xdrec.errors import XdrecError
 from xdrec.evaluation import per_user_metrics
-from xdrec.strategies.bag import WEIGHTS, BagModel, BagScorer, choose_blend, multinomial_loss, tokens_for
-from xdrec.strategies.base import BagConfig
+from xdrec.strategies.bag import (
+    WEIGHTS,
+    BagModel,
+    BagOptions,
+    BagScorer,
+    choose_blend,
+    multinomial_loss,
+    tokens_for,
+)
 from xdrec.training import Examples, TrainConfig, train
 
 N_SOURCE, N_TARGET = 7, 9
@@ -20,7 +27,7 @@ N_SOURCE, N_TARGET = 7, 9
 
 def model(target_input: bool = True, seed: int = 0) -> BagModel:
     torch.manual_seed(seed)
-    m = BagModel(N_SOURCE, N_TARGET, BagConfig(dim=8, target_input=target_input), torch.arange(N_TARGET + 1))
+    m = BagModel(N_SOURCE, N_TARGET, BagOptions(dim=8, target_input=target_input), torch.arange(N_TARGET + 1))
     return m.eval()
 
 
@@ -41,7 +48,7 @@ def test_multinomial_loss_is_the_mean_per_user_likelihood() -> None:
 def test_members_are_independent_models_side_by_side() -> None:
     """Two members score as two one-member models with their weights; the loss is their mean."""
     torch.manual_seed(0)
-    config = BagConfig(dim=8, members=2)
+    config = BagOptions(dim=8, members=2)
     pair = BagModel(N_SOURCE, N_TARGET, config, torch.arange(N_TARGET + 1)).eval()
     with torch.no_grad():
         pair.bias.add_(torch.randn_like(pair.bias))  # the members' biases differ too
@@ -64,9 +71,9 @@ def test_members_are_independent_models_side_by_side() -> None:
 
 def test_a_bad_bag_config_is_an_error() -> None:
     with pytest.raises(XdrecError, match="members"):
-        BagConfig(members=0)
+        BagOptions(members=0)
     with pytest.raises(XdrecError, match="dropout"):
-        BagConfig(dropout=1.0)
+        BagOptions(dropout=1.0)
 
 
 def test_the_bag_ignores_order_padding_and_repeated_padding() -> None:

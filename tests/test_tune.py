@@ -13,7 +13,9 @@ from xdrec.data.dataset import Dataset
 from xdrec.data.prepare import PrepareConfig, prepare
 from xdrec.errors import XdrecError
 from xdrec.models import SASRecConfig
-from xdrec.strategies import TransferConfig
+from xdrec.strategies import STRATEGIES, TransferConfig
+from xdrec.strategies.bag import BagOptions
+from xdrec.strategies.mapping import MappingOptions
 from xdrec.training import TrainConfig
 from xdrec.tuned import apply_tuned, load_tuned, settings_path, with_params
 from xdrec.tuning import TuneConfig, defaults, study_path, tune
@@ -119,19 +121,18 @@ def test_stored_settings_apply_unless_given(prepared: Workspace) -> None:
         tuned.params["batch_size"],
     )
     assert with_params(TrainConfig(), tuned.params, keep={"lr"}).lr == TrainConfig().lr
-    nested = with_params(
-        TransferConfig(mapping_loss="task"), {"lr": 0.5, "mapping_loss": "mse"}, keep={"mapping_loss"}
-    )
-    assert nested.train.lr == 0.5 and nested.mapping_loss == "task"
-    dotted = with_params(
-        TransferConfig(), {"bag.dropout": 0.1, "dropout": 0.4}
-    )  # a dotted name: that config's
-    assert dotted.bag.dropout == 0.1 and dotted.model.dropout == 0.4
+    mapping, bag = STRATEGIES["mapping"], STRATEGIES["bag"]
+    nested = mapping.with_params(
+        TransferConfig(), {"lr": 0.5, "mapping.loss": "mse"}, keep={"mapping_loss"}
+    )  # --mapping-loss (`mapping_loss`) keeps mapping.loss
+    assert nested.train.lr == 0.5 and nested.options(MappingOptions).loss == "task"
+    dotted = bag.with_params(TransferConfig(), {"bag.dropout": 0.1, "dropout": 0.4})  # bag's own, the model's
+    assert dotted.options(BagOptions).dropout == 0.1 and dotted.model.dropout == 0.4
     # --bag-dropout (`bag_dropout`) keeps bag.dropout; --dropout keeps the model's alone.
-    given = with_params(TransferConfig(), {"bag.dropout": 0.1, "dropout": 0.4}, keep={"bag_dropout"})
-    assert given.bag.dropout == TransferConfig().bag.dropout and given.model.dropout == 0.4
-    given = with_params(TransferConfig(), {"bag.dropout": 0.1, "dropout": 0.4}, keep={"dropout"})
-    assert given.bag.dropout == 0.1 and given.model.dropout is None
+    given = bag.with_params(TransferConfig(), {"bag.dropout": 0.1, "dropout": 0.4}, keep={"bag_dropout"})
+    assert given.options(BagOptions).dropout == BagOptions().dropout and given.model.dropout == 0.4
+    given = bag.with_params(TransferConfig(), {"bag.dropout": 0.1, "dropout": 0.4}, keep={"dropout"})
+    assert given.options(BagOptions).dropout == 0.1 and given.model.dropout is None
     (same,), found = apply_tuned(prepared, data, "fusion", (TransferConfig(),))  # nothing tuned for fusion
     assert found is None and same == TransferConfig()
     # Settings chosen on another version of the dataset are not used.
@@ -164,9 +165,9 @@ def test_tune_strategies_saves_nothing(prepared: Workspace) -> None:
     one = TuneConfig(trials=1, epochs=1, patience=1)
     mapping = tune(prepared, "mapping", one, progress=False)
     assert mapping.best is not None and mapping.trials[0].params == defaults("mapping")
-    assert set(mapping.best.params) == {"lr", "weight_decay", "batch_size", "mapping_loss"}
+    assert set(mapping.best.params) == {"lr", "weight_decay", "batch_size", "mapping.loss"}
     # fusion builds a new backbone: its architecture is searched too, starting from the source model's.
-    bag = tune(prepared, "bag", one, progress=False)  # its own knobs, dotted into TransferConfig.bag
+    bag = tune(prepared, "bag", one, progress=False)  # its own options, as bag.<field>
     assert bag.trials[0].params == defaults("bag") and "bag.cold_rate" in bag.trials[0].params
     fusion = tune(prepared, "fusion", one, progress=False)
     source = load_backbone(prepared, "source-only", Dataset.from_workspace(prepared)).model.cfg

@@ -7,18 +7,20 @@ from __future__ import annotations
 
 import functools
 import getpass
+import inspect
 import json
 import os
 import shlex
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import click
 import typer
 from rich.console import Console
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from xdrec.errors import explain
 from xdrec.workspace import AREAS, WORKSPACE_ENV, Area, Workspace
@@ -120,6 +122,94 @@ def _workspace_first(args: list[str]) -> list[str]:
     return args
 
 
+# Where a command's generated strategy options wait (ctx.meta) between parsing and the command body.
+_STRATEGY_OPTIONS = "xdrec.strategy_options"
+# Options whose choices the library owns (a Literal beside the code that reads them), by parameter name:
+# their info (help, flags) here, their choices read when the command is parsed or shows its help.
+_CHOICES: dict[str, tuple[Any, Callable[[], tuple[str, ...]]]] = {}
+
+
+def _choices(info: Any, values: Callable[[], tuple[str, ...]], name: str) -> Any:
+    """An option or argument whose choices are `values()`, read from the library only when needed."""
+    _CHOICES[name] = (info, values)
+    return info
+
+
+def _declared_command(strategy_options: bool = False, choices: tuple[str, ...] = ()) -> type:
+    """The class of a command whose options the registries declare: every strategy's own options
+    (--<strategy>-<field>, after --strategy) with `strategy_options`, and the `choices` parameters'
+    choices. They are built by Typer from the declarations when the command is parsed or shows its help,
+    not when the app is: the registries import torch, and `xdrec --help` stays instant."""
+
+    class Declared(TyperCommand):
+        @property  # type: ignore[override]
+        def params(self) -> list[click.Parameter]:
+            if not self._complete:
+                self._complete = True
+                self._params = _with_declared(self._params, strategy_options, choices)
+            return self._params
+
+        @params.setter
+        def params(self, value: list[click.Parameter]) -> None:
+            self._params, self._complete = value, False
+
+        def invoke(self, ctx: click.Context) -> Any:
+            # The strategies' options are not parameters of the command's function: they wait in ctx.meta.
+            names = {o.dest for o in _strategy_declarations()} if strategy_options else set()
+            ctx.meta[_STRATEGY_OPTIONS] = {n: ctx.params.pop(n) for n in names if n in ctx.params}
+            return super().invoke(ctx)
+
+    return Declared
+
+
+def _strategy_declarations() -> list[Any]:
+    from xdrec.strategies import declared_options
+
+    return declared_options()
+
+
+def _with_declared(
+    params: list[click.Parameter], strategy_options: bool, choices: tuple[str, ...]
+) -> list[click.Parameter]:
+    """`params` with the choices of `choices` filled in and the strategies' options after --strategy."""
+    kw = inspect.Parameter.KEYWORD_ONLY
+    built = []
+    for name in choices:
+        info, values = _CHOICES[name]
+        default = next(p.default for p in params if p.name == name)
+        built.append(
+            inspect.Parameter(name, kw, default=default, annotation=Annotated[Literal[values()], info])
+        )
+    own = []
+    for o in _strategy_declarations() if strategy_options else []:
+        flag = f"{o.flag}/--no-{o.flag[2:]}" if isinstance(o.default, bool) else o.flag
+        low = o.spec.low if type(o.default) is int else None  # a float's range is the options' own check
+        if o.spec.choices:
+            kind: Any = Literal[o.spec.choices]
+        else:
+            kind = type(o.default)
+        option = typer.Option(flag, help=o.spec.help, min=low)
+        own.append(inspect.Parameter(o.dest, kw, default=o.default, annotation=Annotated[kind, option]))
+    made = {p.name: p for p in _typer_params([*built, *own])}
+    result = [made.get(p.name, p) for p in params]  # type: ignore[arg-type]
+    if own:
+        at = next(i for i, p in enumerate(result) if p.name == "strategy") + 1
+        result[at:at] = [made[p.name] for p in own]
+    return result
+
+
+def _typer_params(signature: list[inspect.Parameter]) -> list[click.Parameter]:
+    """The click parameters Typer makes for a function with this signature."""
+
+    def declared(**_: Any) -> None: ...
+
+    declared.__signature__ = inspect.Signature(signature)  # type: ignore[attr-defined]
+    holder = typer.Typer()
+    holder.command()(declared)
+    holder.command("unused")(lambda: None)  # two commands: a group, so its commands are reachable by name
+    return typer.main.get_command(holder).commands["declared"].params  # type: ignore[attr-defined]
+
+
 def _version(value: bool) -> None:
     if value:
         import xdrec
@@ -200,9 +290,17 @@ def _given(ctx: typer.Context) -> frozenset[str]:
     """The options the user set (command line or environment): they win over `xdrec tune`'s settings."""
     # By name: the context's ParameterSource may be another click's (Typer can carry its own).
     unset = ("DEFAULT", "DEFAULT_MAP")
+    names = [*ctx.params, *ctx.meta.get(_STRATEGY_OPTIONS, {})]
     return frozenset(
-        name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "") not in unset
+        name for name in names if getattr(ctx.get_parameter_source(name), "name", "") not in unset
     )
+
+
+def _strategy_options(ctx: typer.Context) -> tuple[Any, ...]:
+    """Each strategy's options as given by the command line's --<strategy>-<field> options."""
+    from xdrec.strategies import strategy_options
+
+    return strategy_options(ctx.meta.get(_STRATEGY_OPTIONS, {}))
 
 
 def _tuned(tuned: Any) -> dict | None:
@@ -244,17 +342,28 @@ def fetch(
 
 
 # --- prepare's options (also run's) ---
-SplitName = Literal["loo", "timestamp", "mixed"]  # xdrec.data.splits.SplitKind (a test keeps them equal)
+
+
+def _split_kinds() -> tuple[str, ...]:
+    from xdrec.data.splits import SplitKind
+
+    return get_args(SplitKind)
+
+
 MinUserOpt = Annotated[
     int, typer.Option(help="Keep users with at least this many interactions (both domains together).")
 ]
 MinItemOpt = Annotated[int, typer.Option(help="Keep items with at least this many interactions.")]
 SplitOpt = Annotated[
-    SplitName,
-    typer.Option(
-        help="loo (leave-one-out per user and domain), timestamp (global cuts) or mixed (the papers': "
-        "leave-one-out on each user's merged two-domain timeline, users of both domains only; "
-        "same-time ties source first)."
+    str,
+    _choices(
+        typer.Option(
+            help="loo (leave-one-out per user and domain), timestamp (global cuts) or mixed (the papers': "
+            "leave-one-out on each user's merged two-domain timeline, users of both domains only; "
+            "same-time ties source first)."
+        ),
+        _split_kinds,
+        "split",
     ),
 ]
 ColdStartOpt = Annotated[
@@ -306,7 +415,7 @@ def _prepare_config(
     )
 
 
-@app.command()
+@app.command(cls=_declared_command(choices=("split",)))
 def prepare(
     ctx: typer.Context,
     source: Annotated[str, typer.Argument(help="Source domain (where users have history).")],
@@ -357,7 +466,20 @@ def overlap(ctx: typer.Context, dataset: DatasetOpt = None, as_json: JsonOpt = F
 
 
 # --- training options (pretrain, transfer, run) ---
-LossName = Literal["auto", "ce", "bce", "sampled"]  # xdrec.models.losses.LOSSES and auto
+
+
+def _losses() -> tuple[str, ...]:
+    from xdrec.models.losses import LOSSES
+
+    return ("auto", *LOSSES)
+
+
+def _lr_scalings() -> tuple[str, ...]:
+    from xdrec.training import LrScaling
+
+    return get_args(LrScaling)
+
+
 EpochsOpt = Annotated[
     int, typer.Option(min=1, help="Maximum training epochs (early stopping on validation NDCG@10).")
 ]
@@ -373,15 +495,23 @@ PatienceOpt = Annotated[
     ),
 ]
 LossOpt = Annotated[
-    LossName, typer.Option(help="auto (full softmax when it fits, else sampled), ce, bce or sampled.")
+    str,
+    _choices(
+        typer.Option(help="auto (full softmax when it fits, else sampled), ce, bce or sampled."),
+        _losses,
+        "loss",
+    ),
 ]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the model (pays off on CUDA).")]
-LrScalingName = Literal["none", "sqrt", "linear"]  # xdrec.training.LrScaling (a test keeps them equal)
 LrScalingOpt = Annotated[
-    LrScalingName,
-    typer.Option(
-        help="Scale --lr for large batches: lr x (global batch / 128) ** 1/2 (sqrt) or ** 1 (linear); "
-        "the global batch is --batch-size x the torchrun processes. none: --lr as given."
+    str,
+    _choices(
+        typer.Option(
+            help="Scale --lr for large batches: lr x (global batch / 128) ** 1/2 (sqrt) or ** 1 (linear); "
+            "the global batch is --batch-size x the torchrun processes. none: --lr as given."
+        ),
+        _lr_scalings,
+        "lr_scaling",
     ),
 ]
 InBatchOpt = Annotated[
@@ -439,7 +569,7 @@ def _model_options(
     return ModelOptions(hidden=hidden, blocks=blocks, heads=heads, dropout=dropout, max_len=max_len)
 
 
-@app.command()
+@app.command(cls=_declared_command(choices=("loss", "lr_scaling")))
 def pretrain(
     ctx: typer.Context,
     domain: Annotated[
@@ -470,7 +600,7 @@ def pretrain(
     quiet: QuietOpt = False,
 ) -> None:
     """Train SASRec on one domain: models/source-only (default) or models/target-only."""
-    from xdrec.models import SASRecConfig
+    from xdrec.models import default_config
     from xdrec.pretraining import pretrain as train_sasrec
 
     config = _train_config(
@@ -486,7 +616,7 @@ def pretrain(
         in_batch,
         compile_model,
     )
-    model = _model_options(hidden, blocks, heads, dropout, max_len).apply(SASRecConfig(0))
+    model = _model_options(hidden, blocks, heads, dropout, max_len).apply(default_config())
     result = train_sasrec(
         _workspace(ctx),
         dataset=dataset,
@@ -548,38 +678,15 @@ def embed(
 
 
 # --- transfer's options (also run's) ---
-MappingLossName = Literal["task", "mse"]  # xdrec.strategies.MappingLoss (a test keeps them equal)
 StrategyOpt = Annotated[
     list[str],
     typer.Option(help="Strategies (repeatable): default (mapping, finetune, bag), all, or names."),
 ]
-MappingLossOpt = Annotated[
-    MappingLossName, typer.Option(help="mapping: task (likelihood of target items) or mse (EMCDR).")
-]
-# bag's own knobs (xdrec.strategies.BagConfig; a test keeps these defaults equal to its defaults)
-BagDimOpt = Annotated[int, typer.Option(min=1, help="bag: embedding size.")]
-BagDropoutOpt = Annotated[float, typer.Option(help="bag: share of input items dropped in training.")]
-BagColdRateOpt = Annotated[
-    float, typer.Option(help="bag: share of training users whose whole target input is dropped.")
-]
-BagTargetInputOpt = Annotated[
-    bool, typer.Option(help="bag: read the user's target items too (--no-bag-target-input: source only).")
-]
-BagWeightDecayOpt = Annotated[float, typer.Option(help="bag: AdamW weight decay (replaces --weight-decay).")]
-BagMembersOpt = Annotated[
-    int, typer.Option(min=1, help="bag: models trained side by side, their log-probabilities averaged.")
-]
+# Each strategy's own options (--mapping-loss, --bag-dim, ...) are declared in its module and added to
+# `transfer` and `run` by `_declared_command`.
 
 
-def _bag_config(
-    dim: int, dropout: float, cold_rate: float, target_input: bool, weight_decay: float, members: int
-):
-    from xdrec.strategies import BagConfig
-
-    return BagConfig(dim, dropout, cold_rate, target_input, weight_decay, members)
-
-
-@app.command()
+@app.command(cls=_declared_command(strategy_options=True, choices=("loss", "lr_scaling")))
 def transfer(
     ctx: typer.Context,
     strategy: StrategyOpt = ["default"],  # noqa: B006
@@ -598,13 +705,7 @@ def transfer(
     dropout: DropoutOpt = None,
     max_len: MaxLenOpt = None,
     seed: SeedOpt = 42,
-    mapping_loss: MappingLossOpt = "task",
-    bag_dim: BagDimOpt = 64,
-    bag_dropout: BagDropoutOpt = 0.3,
-    bag_cold_rate: BagColdRateOpt = 0.5,
-    bag_target_input: BagTargetInputOpt = True,
-    bag_weight_decay: BagWeightDecayOpt = 1.0,
-    bag_members: BagMembersOpt = 1,
+    compile_model: CompileOpt = False,
     domain: Annotated[
         str | None,
         typer.Option(
@@ -629,11 +730,20 @@ def transfer(
 
     config = TransferConfig(
         train=_train_config(
-            epochs, batch_size, lr, weight_decay, patience, loss, seed, device, lr_scaling, in_batch
+            epochs,
+            batch_size,
+            lr,
+            weight_decay,
+            patience,
+            loss,
+            seed,
+            device,
+            lr_scaling,
+            in_batch,
+            compile_model,
         ),
         model=_model_options(hidden, blocks, heads, dropout, max_len),
-        mapping_loss=mapping_loss,
-        bag=_bag_config(bag_dim, bag_dropout, bag_cold_rate, bag_target_input, bag_weight_decay, bag_members),
+        strategy_options=_strategy_options(ctx),
     )
     results = train_strategies(
         _workspace(ctx),
@@ -781,17 +891,22 @@ def evaluate(
             console.print(f"saved {paths['json']} and {paths['plot']}", soft_wrap=True)
 
 
-TuneModelName = Literal[
-    "source-only", "target-only", "mapping", "finetune", "fusion", "joint", "bag"
-]  # xdrec.tuning.Model
+def _tunable() -> tuple[str, ...]:
+    from xdrec.tuning import MODELS
+
+    return MODELS
 
 
-@app.command()
+@app.command(cls=_declared_command(choices=("model",)))
 def tune(
     ctx: typer.Context,
     model: Annotated[
-        TuneModelName,
-        typer.Argument(help="What to tune: target-only, source-only or a strategy (mapping, bag, ...)."),
+        str,
+        _choices(
+            typer.Argument(help="What to tune: target-only, source-only or a strategy (mapping, bag, ...)."),
+            _tunable,
+            "model",
+        ),
     ] = "target-only",
     trials: Annotated[
         int, typer.Option(help="Finished trials in all, counting those of an interrupted earlier run.")
@@ -824,7 +939,7 @@ def tune(
     )
     result = search(
         _workspace(ctx), model, config, dataset=dataset, restart=restart, progress=not quiet and not as_json
-    )  # type: ignore[arg-type]
+    )
     if as_json:
         from dataclasses import asdict
 
@@ -867,7 +982,7 @@ def recommend(
             console.print(line, soft_wrap=True, highlight=False)
 
 
-@app.command()
+@app.command(cls=_declared_command(strategy_options=True, choices=("split", "loss", "lr_scaling")))
 def run(
     ctx: typer.Context,
     source: Annotated[str, typer.Argument(help="Source domain.")],
@@ -887,13 +1002,6 @@ def run(
     t1: T1Opt = None,
     t2: T2Opt = None,
     strategy: StrategyOpt = ["default"],  # noqa: B006
-    mapping_loss: MappingLossOpt = "task",
-    bag_dim: BagDimOpt = 64,
-    bag_dropout: BagDropoutOpt = 0.3,
-    bag_cold_rate: BagColdRateOpt = 0.5,
-    bag_target_input: BagTargetInputOpt = True,
-    bag_weight_decay: BagWeightDecayOpt = 1.0,
-    bag_members: BagMembersOpt = 1,
     reverse: Annotated[
         bool,
         typer.Option(help="Also train every strategy into the source domain (models/<strategy>-reverse/)."),
@@ -950,8 +1058,7 @@ def run(
         ),
         model=_model_options(hidden, blocks, heads, dropout, max_len),
         strategies=tuple(parse_strategies(strategy)),
-        mapping_loss=mapping_loss,
-        bag=_bag_config(bag_dim, bag_dropout, bag_cold_rate, bag_target_input, bag_weight_decay, bag_members),
+        strategy_options=_strategy_options(ctx),
         evaluate=_evaluate_config(k, negatives, keep_seen, seed, bootstrap, device, by_history),
         reverse=reverse,
         tuned=True,

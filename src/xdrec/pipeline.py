@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import torch
@@ -31,11 +31,11 @@ from xdrec.models.sasrec import SASRecConfig
 from xdrec.report import report_paths, save_report
 from xdrec.scoring import pad_left
 from xdrec.selection import select_models
-from xdrec.strategies import DEFAULT, STRATEGIES, BagConfig, MappingLoss, TransferConfig, model_name
+from xdrec.strategies import DEFAULT, STRATEGIES, TransferConfig, model_name
 from xdrec.strategies.base import Strategy
 from xdrec.strategies.fallback import FALLS_BACK
 from xdrec.training import TrainConfig
-from xdrec.tuned import Tuned, apply_tuned
+from xdrec.tuned import Tuned, apply_tuned, with_params
 from xdrec.workspace import Workspace, file_sha256, read_json
 from xdrec.zoo import POPULARITY, load_scorer, model_domain, model_fingerprint, trained_models
 
@@ -222,8 +222,9 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)  # every model's training (device included)
     model: ModelOptions = field(default_factory=ModelOptions)  # architecture over the backbone's defaults
     strategies: tuple[str, ...] = DEFAULT  # strategies.DEFAULT: what is never worse than the baselines
-    mapping_loss: MappingLoss = "task"
-    bag: BagConfig = field(default_factory=BagConfig)
+    # The strategies' own options (each strategy's `Options`; `strategies.strategy_options`): defaults
+    # for a strategy not in it.
+    strategy_options: tuple[Any, ...] = ()
     # Seeded like prepare's default. `negatives` adds the sampled protocol beside the full-ranking headline.
     reverse: bool = False  # also every strategy into the source domain (models/<strategy>-reverse/)
     evaluate: EvaluateConfig = field(default_factory=lambda: EvaluateConfig(seed=42))
@@ -237,9 +238,7 @@ class RunConfig:
 
     @property
     def transfer(self) -> TransferConfig:
-        return TransferConfig(
-            train=self.train, model=self.model, mapping_loss=self.mapping_loss, bag=self.bag
-        )
+        return TransferConfig(train=self.train, model=self.model, strategy_options=self.strategy_options)
 
 
 def run(
@@ -328,8 +327,10 @@ def run(
         for strategy in config.strategies:
             model = model_name(strategy, data, into)
             strategy_models.append(model)
-            (effective,), tuned = _settings(workspace, data, model, (transfer_config,), config)
-            own = STRATEGIES[strategy].options(effective)
+            (effective,), tuned = _settings(
+                workspace, data, model, (transfer_config,), config, apply=STRATEGIES[strategy].with_params
+            )
+            own = STRATEGIES[strategy].record(effective)
             train = STRATEGIES[strategy].train_config(effective)
             if _model_is_current(workspace, model, data, train, effective.model.given(), **own) and (
                 _records_its_inputs(workspace, model, STRATEGIES[strategy])
@@ -366,10 +367,17 @@ def run(
 
 
 def _settings(
-    workspace: Workspace, data: Dataset, model: str, configs: tuple, config: RunConfig
+    workspace: Workspace,
+    data: Dataset,
+    model: str,
+    configs: tuple,
+    config: RunConfig,
+    apply: Callable[..., Any] = with_params,
 ) -> tuple[tuple, Tuned | None]:
     """The configs `model` is trained with: the stored tuned settings applied when the run uses them."""
-    return apply_tuned(workspace, data, model, configs, config.keep) if config.tuned else (configs, None)
+    if not config.tuned:
+        return configs, None
+    return apply_tuned(workspace, data, model, configs, config.keep, apply)
 
 
 def _tuned_note(tuned: Tuned | None) -> str:

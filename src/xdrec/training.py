@@ -50,6 +50,7 @@ from xdrec.devices import autocast, cpu_threads, resolve_device
 from xdrec.distributed import Ranks
 from xdrec.errors import XdrecError
 from xdrec.models.losses import LOSSES, LossChoice, LossFn, choose_loss, make_loss
+from xdrec.options import Choice, option
 from xdrec.workspace import atomic_path, read_json, write_json
 
 STATE_DIR = "train_state"
@@ -66,9 +67,12 @@ LrScaling = Literal["none", "sqrt", "linear"]
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 50
-    batch_size: int = 128  # per process: under torchrun the global batch is world_size x batch_size
-    lr: float = 1e-3
-    weight_decay: float = 0.0  # the paper uses none; the embedding table is most of the weights
+    # per process: under torchrun the global batch is world_size x batch_size
+    batch_size: int = option(128, "Sequences per training batch.", tune=Choice((64, 128, 256, 512)))
+    lr: float = option(1e-3, "AdamW learning rate.", tune=Choice(low=1e-4, high=1e-2, log=True))
+    # The paper uses none; the embedding table is most of the weights. Tuned up to ABXI's 2-3 (AdamW's
+    # decoupled decay).
+    weight_decay: float = option(0.0, "AdamW weight decay.", tune=Choice(low=1e-6, high=3.0, log=True))
     loss: str = "auto"  # auto | ce | bce | sampled (see xdrec.models.losses)
     negatives: int = 256  # negatives per batch for `sampled`
     in_batch: bool = False  # `sampled`: the batch's other labels are negatives too (mixed negatives)

@@ -7,16 +7,16 @@ Settings chosen on another version of the dataset (its manifest changed since) a
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from xdrec.data.dataset import Dataset
 from xdrec.errors import XdrecError
+from xdrec.options import Param
 from xdrec.workspace import Workspace, read_json
 
-Param = int | float | str
 SETTINGS = ".json"
 
 
@@ -54,20 +54,12 @@ C = TypeVar("C")
 def with_params(config: C, params: Mapping[str, Param], keep: Collection[str] = ()) -> C:
     """`config` (a config dataclass) with the values `params` has for its fields, nested config dataclasses
     included (a TransferConfig's `train`), except the fields named in `keep` (the options the user set
-    explicitly, which always win over tuned settings). A dotted name sets one nested config's field only
-    (`bag.dropout`: TransferConfig.bag.dropout, not the model's dropout)."""
+    explicitly, which always win over tuned settings). A strategy's own options are its `with_params`."""
     changes: dict[str, Any] = {}
     for f in fields(config):  # type: ignore[arg-type]
         value = getattr(config, f.name)
         if is_dataclass(value) and not isinstance(value, type):
-            prefix = f"{f.name}."
-            own = {k.removeprefix(prefix): v for k, v in params.items() if k.startswith(prefix)}
-            flat = {k: v for k, v in params.items() if "." not in k}
-            # A dotted setting is kept by its own option (`bag.dropout` by --bag-dropout: `bag_dropout`),
-            # not by the flat one of the same name (--dropout is the model's).
-            option = f"{f.name}_"
-            own_keep = {k.removeprefix(option) for k in keep if k.startswith(option)}
-            nested = with_params(value, flat | own, {k for k in keep if k not in own} | own_keep)
+            nested = with_params(value, params, keep)
             if nested is not value:
                 changes[f.name] = nested
         elif f.name in params and f.name not in keep and params[f.name] != value:
@@ -79,15 +71,21 @@ Configs = TypeVar("Configs", bound=tuple)
 
 
 def apply_tuned(
-    workspace: Workspace, data: Dataset, model: str, configs: Configs, keep: Collection[str] = ()
+    workspace: Workspace,
+    data: Dataset,
+    model: str,
+    configs: Configs,
+    keep: Collection[str] = (),
+    apply: Callable[[Any, Mapping[str, Param], Collection[str]], Any] = with_params,
 ) -> tuple[Configs, Tuned | None]:
-    """Each of `configs` with `model`'s stored settings on `data` applied (`with_params`), except the
-    fields in `keep`; and those settings (None: none stored for this dataset, `configs` unchanged)."""
+    """Each of `configs` with `model`'s stored settings on `data` applied (`apply`: `with_params`, or a
+    strategy's, which knows its own options), except the fields in `keep`; and those settings (None:
+    none stored for this dataset, `configs` unchanged)."""
     tuned = load_tuned(workspace, data, model)
     if tuned is None:
         return configs, None
     try:
-        return tuple(with_params(c, tuned.params, keep) for c in configs), tuned  # type: ignore[return-value]
+        return tuple(apply(c, tuned.params, keep) for c in configs), tuned  # type: ignore[return-value]
     except ValueError as e:  # a config's own check, e.g. a given --hidden that the tuned heads do not divide
         path = settings_path(workspace, data.name, model)
         raise XdrecError(

@@ -11,11 +11,12 @@ but saves nothing: models/ is never touched. Only the forward direction is tuned
 `transfer --domain SOURCE` uses no stored settings). One search per workspace at a time (the CLI holds
 the tuning/ write lock).
 
-The search space (`SPACE`): the training settings (lr, weight_decay, batch_size) for every model; the
-backbone's architecture (hidden, blocks, heads, dropout, max_len) for the single-domain models and for
-`fusion` and `joint`, which build a new one (their defaults: the source model's); `finetune`'s dropout and
-max_len (it copies the source model's blocks, so their shape is fixed); a strategy's own knobs where it
-has some (`mapping`: its loss; `bag`: its model's dim, dropout, cold_rate and weight decay).
+The search space (`space`), each dimension declared with its option (xdrec.options): the training
+settings (lr, weight_decay, batch_size, in `TrainConfig`) and the backbone's architecture (hidden,
+blocks, heads, dropout, max_len, in its config) for the single-domain models; for a strategy, those of
+them it `tunes` (`fusion` and `joint` build a new backbone, their defaults the source model's; `finetune`
+copies the source model's blocks, so only dropout and max_len) and its own options declared with a space
+(`mapping.loss`; `bag.dim`, `bag.dropout`, ...).
 
 Files (tuning/<dataset>/ in the workspace):
     <model>.journal   the study, Optuna's JournalStorage (one append-only file, no database): an
@@ -30,83 +31,47 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import optuna
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from xdrec import options
 from xdrec.backbone import ndcg_validator, training_examples
 from xdrec.data.dataset import Dataset
 from xdrec.distributed import launched
 from xdrec.errors import XdrecError
 from xdrec.fit import Plan
-from xdrec.models import build_backbone
-from xdrec.models.sasrec import SASRecConfig
+from xdrec.models import build_backbone, default_config
+from xdrec.options import Choice, Param
+from xdrec.strategies import STRATEGIES
 from xdrec.strategies.base import TransferConfig
 from xdrec.training import TrainConfig, train
-from xdrec.tuned import Param, Tuned, load_tuned, settings_path, with_params
+from xdrec.tuned import Tuned, load_tuned, settings_path, with_params
 from xdrec.validation import METRIC
 from xdrec.workspace import Workspace, write_json
 
-Model = Literal["source-only", "target-only", "mapping", "finetune", "fusion", "joint", "bag"]
-MODELS: tuple[str, ...] = get_args(Model)
+SINGLE_DOMAIN = ("source-only", "target-only")
+# What `tune` can search: the single-domain models and every registered strategy.
+MODELS: tuple[str, ...] = (*SINGLE_DOMAIN, *STRATEGIES)
 JOURNAL = ".journal"
 
 
-@dataclass(frozen=True)
-class Choice:
-    """One dimension of the search: `values` to choose from, or a (low, high) range (`log`: log-uniform)."""
-
-    values: tuple[Param, ...] = ()
-    low: float = 0.0
-    high: float = 0.0
-    log: bool = False
-
-    def suggest(self, trial: optuna.Trial, name: str) -> Param:
-        if self.values:
-            return trial.suggest_categorical(name, self.values)  # type: ignore[return-value]
-        return trial.suggest_float(name, self.low, self.high, log=self.log)
-
-    def holds(self, value: Param) -> bool:
-        if self.values:
-            return value in self.values
-        return isinstance(value, int | float) and self.low <= value <= self.high
-
-
-# The names are the config fields they set (SASRecConfig, TrainConfig, TransferConfig): no mapping table.
-ARCHITECTURE = {
-    "hidden": Choice((32, 64, 128, 256)),
-    "blocks": Choice((1, 2, 3)),
-    "heads": Choice((1, 2, 4)),  # every hidden size above is a multiple of 4
-    "dropout": Choice(low=0.0, high=0.6),
-    "max_len": Choice((25, 50, 100, 200)),
-}
-TRAINING = {
-    "lr": Choice(low=1e-4, high=1e-2, log=True),
-    "weight_decay": Choice(low=1e-6, high=3.0, log=True),  # up to ABXI's 2-3 (AdamW decoupled decay)
-    "batch_size": Choice((64, 128, 256, 512)),
-}
-SPACE: dict[str, dict[str, Choice]] = {
-    "source-only": ARCHITECTURE | TRAINING,
-    "target-only": ARCHITECTURE | TRAINING,
-    "mapping": TRAINING | {"mapping_loss": Choice(("task", "mse"))},
-    "finetune": TRAINING | {k: ARCHITECTURE[k] for k in ("dropout", "max_len")},
-    "fusion": ARCHITECTURE | TRAINING,
-    "joint": ARCHITECTURE | TRAINING,
-    # bag's own model; its weight decay replaces the training one (Bag.train_config). Dotted names set a
-    # field of a nested config (TransferConfig.bag), see xdrec.tuned.with_params.
-    "bag": {k: TRAINING[k] for k in ("lr", "batch_size")}
-    | {
-        "bag.dim": Choice((32, 64, 128, 256)),
-        "bag.dropout": Choice(low=0.0, high=0.6),
-        "bag.cold_rate": Choice(low=0.0, high=0.9),
-        "bag.weight_decay": Choice(low=1e-3, high=3.0, log=True),
-    },
-}
+def space(model: str) -> dict[str, Choice]:
+    """What `tune` searches for `model`, each dimension declared where its option is (xdrec.options): the
+    backbone's architecture and the training's settings for a single-domain model; for a strategy, those
+    of them it `tunes` and its own options ("<strategy>.<field>"). The names are the config fields they
+    set, so a stored setting applies with no mapping table."""
+    shared = options.space(default_config(1)) | options.space(TrainConfig)
+    if model in SINGLE_DOMAIN:
+        return shared
+    strategy = STRATEGIES[model]
+    own = {} if strategy.Options is None else options.space(strategy.Options, f"{model}.")
+    return {name: shared[name] for name in strategy.tunes} | own
 
 
 @dataclass(frozen=True)
@@ -162,7 +127,7 @@ def study_path(workspace: Workspace, dataset: str, model: str) -> Path:
 
 def tune(
     workspace: Workspace,
-    model: Model = "target-only",
+    model: str = "target-only",
     config: TuneConfig = TuneConfig(),
     *,
     dataset: str | None = None,
@@ -289,11 +254,14 @@ def defaults(model: str, architecture: Mapping[str, Param] | None = None) -> dic
     """The settings `model` gets without tuning or options, those of its space that the space holds:
     training defaults (a weight decay of 0 as the space's smallest), `architecture` (default: the
     backbone's defaults; a strategy's is its source model's), a strategy's own defaults."""
-    values = {f.name: getattr(c, f.name) for c in (TrainConfig(), TransferConfig()) for f in fields(c)}
-    values |= {f"bag.{k}": v for k, v in asdict(TransferConfig().bag).items()}
-    values |= dict(architecture or asdict(SASRecConfig(n_items=1)))
-    values["weight_decay"] = max(float(values["weight_decay"]), TRAINING["weight_decay"].low)
-    return {name: values[name] for name, choice in SPACE[model].items() if choice.holds(values[name])}
+    values: dict[str, Any] = asdict(TrainConfig()) | dict(architecture or asdict(default_config(1)))
+    own = STRATEGIES[model].Options if model in STRATEGIES else None
+    if own is not None:
+        values |= {f"{model}.{k}": v for k, v in asdict(own()).items()}
+    searched = space(model)
+    smallest = options.space(TrainConfig)["weight_decay"].low
+    values["weight_decay"] = max(float(values["weight_decay"]), smallest)
+    return {name: values[name] for name, choice in searched.items() if choice.holds(values[name])}
 
 
 def _store(workspace: Workspace, data: Dataset, model: str, study: optuna.Study) -> None:
@@ -355,7 +323,7 @@ def _objective(
     """A trial: sample the model's space, train its plan on train (nothing saved), return its best
     validation score; every epoch's score goes to the pruner. Also the architecture the model gets
     without options (the backbone's defaults, or the source model's for a strategy)."""
-    space = SPACE[model]
+    searched = space(model)
     train_fixed = TrainConfig(
         epochs=config.epochs,
         patience=config.patience,
@@ -365,12 +333,12 @@ def _objective(
     )
     if model in ("source-only", "target-only"):
         planner = _backbone_planner(data, data.source if model == "source-only" else data.target)
-        base: dict[str, Param] = asdict(SASRecConfig(n_items=1))
+        base: dict[str, Param] = asdict(default_config(1))  # type: ignore[call-overload]
     else:
         planner, base = _strategy_planner(workspace, data, model, train_fixed)
 
     def objective(trial: optuna.Trial, show: Show) -> float:
-        params = {name: choice.suggest(trial, name) for name, choice in space.items()}
+        params = {name: choice.suggest(trial, name) for name, choice in searched.items()}
         torch.manual_seed(train_fixed.seed)  # as `fit` does: the initial weights depend on the seed alone
         plan, train_config = planner(params, with_params(train_fixed, params))
 
@@ -407,7 +375,7 @@ def _backbone_planner(data: Dataset, domain: str) -> Planner:
     counts = data.item_counts(domain)
 
     def plan(params: Mapping[str, Param], train_config: TrainConfig) -> tuple[Plan, TrainConfig]:
-        cfg = with_params(SASRecConfig(n_items=data.n_items(domain)), params)
+        cfg = with_params(default_config(data.n_items(domain)), params)
         examples = training_examples(sequences, cfg.max_len)
         net = build_backbone(cfg)
         return Plan(net, examples, validate, item_counts=counts), train_config  # type: ignore[arg-type]
@@ -418,15 +386,15 @@ def _backbone_planner(data: Dataset, domain: str) -> Planner:
 def _strategy_planner(
     workspace: Workspace, data: Dataset, model: str, train_fixed: TrainConfig
 ) -> tuple[Planner, dict[str, Param]]:
-    from xdrec.strategies import STRATEGIES, strategy_inputs
+    from xdrec.strategies import strategy_inputs
 
     strategy = STRATEGIES[model]
     ctx, inputs = strategy_inputs(workspace, data, strategy, TransferConfig(train=train_fixed))
 
     def plan(params: Mapping[str, Param], train_config: TrainConfig) -> tuple[Plan, TrainConfig]:
         # Architecture params land in TransferConfig.model (options over the source model's architecture),
-        # bag.* in TransferConfig.bag; the strategy may adjust its training (bag: weight decay).
-        config = with_params(TransferConfig(train=train_config), params)
+        # "<strategy>.<field>" in its options; the strategy may adjust its training (bag: weight decay).
+        config = strategy.with_params(TransferConfig(train=train_config), params)
         return strategy.build(ctx, config, inputs), strategy.train_config(config)
 
     return plan, asdict(ctx.source.model.cfg)  # type: ignore[call-overload]

@@ -54,6 +54,12 @@ class BackboneKind:
 BACKBONES: dict[str, BackboneKind] = {
     "sasrec": BackboneKind(SASRec, SASRecConfig),
 }
+DEFAULT = "sasrec"  # what `pretrain` trains
+
+
+def default_config(n_items: int = 0) -> BackboneConfig:
+    """The default backbone's config with its declared defaults (xdrec.options), for `n_items` items."""
+    return BACKBONES[DEFAULT].config(n_items)  # type: ignore[no-any-return]
 
 
 def backbone_kind(cfg: object) -> str:
@@ -84,6 +90,7 @@ __all__ = [
     "backbone_kind",
     "build_backbone",
     "choose_loss",
+    "default_config",
     "load_config",
     "make_loss",
 ]

@@ -20,15 +20,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xdrec.options import Choice, option
+
 
 @dataclass(frozen=True)
 class SASRecConfig:
     n_items: int  # item ids are 1..n_items; 0 is padding
-    hidden: int = 64
-    blocks: int = 2
-    heads: int = 2
-    max_len: int = 50
-    dropout: float = 0.2
+    # The declared options (xdrec.options): the command line's --hidden ... --max-len and tune's space.
+    hidden: int = option(64, "Hidden size D.", low=1, tune=Choice((32, 64, 128, 256)))
+    blocks: int = option(2, "Transformer blocks.", low=1, tune=Choice((1, 2, 3)))
+    # every tuned hidden size is a multiple of every tuned head count
+    heads: int = option(2, "Attention heads (must divide D).", low=1, tune=Choice((1, 2, 4)))
+    max_len: int = option(50, "Most recent items a model reads.", low=1, tune=Choice((25, 50, 100, 200)))
+    dropout: float = option(
+        0.2, "Dropout rate.", low=0, high=1, high_open=True, tune=Choice(low=0.0, high=0.6)
+    )
     norm_first: bool = True  # pre-LN trains more stably than the paper's post-LN at the same learning rate
 
     def __post_init__(self) -> None:

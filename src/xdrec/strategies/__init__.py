@@ -8,22 +8,23 @@ whatever target history they have. One module per strategy, each a `Strategy` (s
     bag        softmax over target items from the source + target item bag,      (warm and cold)
                blended with target-only for warm users
 
-A new strategy is one module with a `Strategy` subclass and one line in `STRATEGIES`.
+A new strategy is one module with a `Strategy` subclass and one line in `STRATEGIES`; its `Options` (if
+any) appear as --<name>-<field> in `transfer` and `run` and in `tune`'s space without another edit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Any
 
 from xdrec.backbone import load_backbone
 from xdrec.data.dataset import Dataset
 from xdrec.embedding import load_user_vectors
 from xdrec.errors import XdrecError
+from xdrec.options import Spec, declared
 from xdrec.strategies.bag import Bag
 from xdrec.strategies.base import (
-    BagConfig,
-    MappingLoss,
     ScoringInputs,
     Segment,
     Strategy,
@@ -47,6 +48,49 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (Mapping(), Finetune(), Fu
 # on warm users and than popularity on the cold users they serve (BENCHMARKS.md). `fusion` falls below
 # popularity on cold users and `joint` below target-only on warm ones, on the pairs measured so far.
 DEFAULT = ("mapping", "finetune", "bag")
+
+
+@dataclass(frozen=True)
+class StrategyOption:
+    """One declared option of a strategy, as the command line (`flag`, `dest`) and `tune` (`key`) name it."""
+
+    strategy: str
+    field: str
+    default: Any
+    spec: Spec
+
+    @property
+    def dest(self) -> str:
+        return f"{self.strategy}_{self.field}"
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.dest.replace("_", "-")
+
+    @property
+    def key(self) -> str:
+        return f"{self.strategy}.{self.field}"
+
+
+def declared_options() -> list[StrategyOption]:
+    """Every registered strategy's own options, in registry then declaration order."""
+    return [
+        StrategyOption(s.name, f.name, f.default, spec)
+        for s in STRATEGIES.values()
+        if s.Options is not None
+        for f, spec in declared(s.Options)
+    ]
+
+
+def strategy_options(values: dict[str, Any]) -> tuple[Any, ...]:
+    """Each strategy's `Options` from the values given by `dest` (--bag-dim: "bag_dim"); a missing value
+    keeps its default."""
+    given = {o.dest: o for o in declared_options() if o.dest in values}
+    return tuple(
+        s.Options(**{o.field: values[d] for d, o in given.items() if o.strategy == s.name})
+        for s in STRATEGIES.values()
+        if s.Options is not None
+    )
 
 
 def parse_strategies(names: Sequence[str]) -> list[str]:
@@ -99,7 +143,10 @@ def transfer(
     for name in names:
         own, settings = config, None
         if tuned:
-            (own,), settings = apply_tuned(workspace, data, model_name(name, data, target), (config,), keep)
+            model = model_name(name, data, target)
+            (own,), settings = apply_tuned(
+                workspace, data, model, (config,), keep, apply=STRATEGIES[name].with_params
+            )
         own = directed(own, data, target)
         ctx, inputs = strategy_inputs(workspace, data, STRATEGIES[name], own, target)
         result = fit_strategy(STRATEGIES[name], ctx, own, inputs, progress, resume=resume)
@@ -146,15 +193,16 @@ def strategy_inputs(
 __all__ = [
     "DEFAULT",
     "STRATEGIES",
-    "BagConfig",
-    "MappingLoss",
     "Segment",
     "Strategy",
+    "StrategyOption",
     "TransferConfig",
     "TransferContext",
     "TransferResult",
+    "declared_options",
     "model_name",
     "parse_strategies",
     "strategy_inputs",
+    "strategy_options",
     "transfer",
 ]

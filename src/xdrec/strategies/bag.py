@@ -21,7 +21,7 @@ validation split from WEIGHTS x DECAYS (weight 0 keeps target-only).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import polars as pl
@@ -34,11 +34,39 @@ from xdrec.checkpoint import Checkpoint
 from xdrec.data.dataset import Dataset
 from xdrec.evaluation import per_user_metrics
 from xdrec.fit import Plan
+from xdrec.options import Choice, check, option
 from xdrec.scoring import Precomputed, pad_left
-from xdrec.strategies.base import BagConfig, ScoringInputs, Strategy, TransferConfig, TransferContext
+from xdrec.strategies.base import ScoringInputs, Strategy, TransferConfig, TransferContext
 from xdrec.strategies.mapping import pseudo_cold_cases, split_pseudo_cold
 from xdrec.training import Examples, LossFn, TrainConfig, TrainResult
 from xdrec.validation import validation_metric, validation_sample
+
+
+@dataclass(frozen=True)
+class BagOptions:
+    """`bag`'s model."""
+
+    dim: int = option(64, "bag: embedding size.", low=1, tune=Choice((32, 64, 128, 256)))
+    dropout: float = option(
+        0.3, "bag: share of input items dropped in training.", low=0, high=1, high_open=True,
+        tune=Choice(low=0.0, high=0.6),
+    )  # fmt: skip
+    cold_rate: float = option(
+        0.5, "bag: share of training users whose whole target input is dropped.", low=0, high=1,
+        tune=Choice(low=0.0, high=0.9),
+    )  # fmt: skip
+    # False: source items only (the cold-start reference's softmax-bag)
+    target_input: bool = option(
+        True, "bag: read the user's target items too (--no-bag-target-input: source only)."
+    )
+    weight_decay: float = option(
+        1.0, "bag: AdamW weight decay (replaces --weight-decay).", tune=Choice(low=1e-3, high=3.0, log=True)
+    )
+    members: int = option(1, "bag: models trained side by side, their log-probabilities averaged.", low=1)
+
+    def __post_init__(self) -> None:
+        check(self, "bag")
+
 
 # Most recent distinct items per domain a user's bag keeps: as SASRec's default max_len, so the training
 # examples take at most twice the memory of its windows (on food_kitchen no user has more than 43).
@@ -62,7 +90,7 @@ class BagModel(nn.Module):
     parameters are those of a single model (so K = 1 loads a checkpoint from before members existed).
     """
 
-    def __init__(self, n_source: int, n_target: int, config: BagConfig, item_counts: Tensor) -> None:
+    def __init__(self, n_source: int, n_target: int, config: BagOptions, item_counts: Tensor) -> None:
         super().__init__()
         self.n_source, self.n_target, self.config = n_source, n_target, config
         k, dim = config.members, config.dim
@@ -237,11 +265,11 @@ class Bag(Strategy):
     serves = frozenset({"warm", "cold"})
     needs = frozenset({"target_model"})
 
-    def options(self, config: TransferConfig) -> dict[str, Any]:
-        return {"bag": asdict(config.bag)}
+    Options = BagOptions
+    tunes = ("lr", "batch_size")  # its own weight decay replaces the training one
 
     def train_config(self, config: TransferConfig) -> TrainConfig:
-        return replace(config.train, weight_decay=config.bag.weight_decay)
+        return replace(config.train, weight_decay=config.options(BagOptions).weight_decay)
 
     def build(self, ctx: TransferContext, config: TransferConfig, inputs: ScoringInputs) -> Plan:
         data, target, target_model = ctx.dataset, ctx.target, inputs.target_model
@@ -249,7 +277,10 @@ class Bag(Strategy):
         source = source_tokens(data, ctx.source_domain)
         n_target = data.n_items(target)
         model = BagModel(
-            data.n_items(ctx.source_domain), n_target, config.bag, torch.as_tensor(data.item_counts(target))
+            data.n_items(ctx.source_domain),
+            n_target,
+            config.options(BagOptions),
+            torch.as_tensor(data.item_counts(target)),
         )
         # Users with source and target training history; a seeded tenth of them is held out as pseudo-cold.
         has_source = pl.Series("user_id", torch.nonzero((source != 0).any(1)).flatten().numpy())
@@ -267,7 +298,7 @@ class Bag(Strategy):
             model,
             examples(data, ctx.source_domain, fit_users, model),
             validation_metric(pseudo_cold_cases(held_out), n_target, lambda m: BagScorer(m, source)),
-            loss_fn=multinomial_loss(config.bag.members),
+            loss_fn=multinomial_loss(config.options(BagOptions).members),
             finish=choose,
             record={
                 "source_domain": ctx.source_domain,
@@ -282,7 +313,7 @@ class Bag(Strategy):
         config, data = checkpoint.config, inputs.dataset
         source_domain, target = config["source_domain"], config["domain"]
         n_target = data.n_items(target)
-        bag = BagConfig(**config["bag"])
+        bag = BagOptions(**config["bag"])
         model = BagModel(data.n_items(source_domain), n_target, bag, torch.zeros(n_target + 1))
         model.load_state_dict(checkpoint.state_dict())
         device = inputs.target_model.device

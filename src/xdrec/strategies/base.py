@@ -10,66 +10,51 @@ train -> save, with the lineage every strategy records), `xdrec.zoo` (loading, l
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field, replace
+from collections.abc import Collection, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar, Literal, get_args
+from typing import Any, ClassVar, Literal, TypeVar
 
 from xdrec.backbone import ModelOptions, SequenceScorer
 from xdrec.checkpoint import BUILT_FROM, Checkpoint, dataset_identity
 from xdrec.data.dataset import Dataset
 from xdrec.embedding import UserVectors
-from xdrec.errors import XdrecError
 from xdrec.fit import Plan, fit
 from xdrec.models import BackboneConfig
 from xdrec.scoring import Scorer
 from xdrec.training import TrainConfig, TrainResult
-from xdrec.tuned import Tuned
+from xdrec.tuned import Param, Tuned, with_params
 from xdrec.workspace import Workspace
 
 # The user segments of a report that a model can serve (see xdrec.evaluation).
 Segment = Literal["warm", "cold", "target-only"]
 # Trained inputs a strategy may need besides the source model, at training and at scoring time.
 Need = Literal["source_vectors", "target_model"]
-
-
-# mapping's loss: `task`, the likelihood of the user's target items (PTUPCDR), or EMCDR's `mse` regression
-# of the target model's user vector.
-MappingLoss = Literal["task", "mse"]
-
-
-@dataclass(frozen=True)
-class BagConfig:
-    """`bag`'s model (see xdrec.strategies.bag)."""
-
-    dim: int = 64
-    dropout: float = 0.3  # share of input items dropped in training
-    cold_rate: float = 0.5  # share of training users whose whole target input is dropped
-    target_input: bool = True  # False: source items only (the cold-start reference's softmax-bag)
-    weight_decay: float = 1.0  # AdamW's, for this model (replaces the training config's)
-    members: int = 1  # independent models trained side by side, their log-probabilities averaged
-
-    def __post_init__(self) -> None:
-        if self.dim < 1 or self.members < 1:
-            raise XdrecError(f"bag: dim and members must be at least 1, got {self.dim} and {self.members}")
-        if not (0 <= self.dropout < 1 and 0 <= self.cold_rate <= 1):
-            raise XdrecError(
-                "bag: dropout must be in [0, 1) and cold_rate in [0, 1], "
-                f"got {self.dropout} and {self.cold_rate}"
-            )
+Opts = TypeVar("Opts")
+# The shared settings `xdrec tune` can search for a strategy: the training's and the architecture's
+# (over the source model's; see xdrec.tuning).
+TRAINING = ("lr", "weight_decay", "batch_size")
+ARCHITECTURE = ("hidden", "blocks", "heads", "dropout", "max_len")
 
 
 @dataclass(frozen=True)
 class TransferConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     model: ModelOptions = field(default_factory=ModelOptions)  # over the source model's architecture
-    mapping_loss: MappingLoss = "task"
-    bag: BagConfig = field(default_factory=BagConfig)
+    # The strategies' own options, one object of each strategy's `Options` at most; a strategy whose
+    # options are not here gets their defaults (`options`).
+    strategy_options: tuple[Any, ...] = ()
     source_model: str = "source-only"
     target_model: str = "target-only"
 
-    def __post_init__(self) -> None:
-        if self.mapping_loss not in get_args(MappingLoss):
-            raise XdrecError(f"--mapping-loss must be task or mse, got {self.mapping_loss!r}")
+    def options(self, cls: type[Opts]) -> Opts:
+        """The options of class `cls` (a strategy's `Options`) this config holds, else their defaults."""
+        return next((o for o in self.strategy_options if type(o) is cls), None) or cls()
+
+    def with_options(self, options: Any) -> TransferConfig:
+        """This config with `options` in place of the strategy options of the same class."""
+        others = tuple(o for o in self.strategy_options if type(o) is not type(options))
+        return replace(self, strategy_options=(*others, options))
 
     def architecture(self, ctx: TransferContext, n_items: int) -> BackboneConfig:
         """The source model's architecture with the user's model options, for `n_items` items."""
@@ -143,6 +128,12 @@ class Strategy(ABC):
     serves: ClassVar[frozenset[Segment]]
     needs: ClassVar[frozenset[Need]] = frozenset()
     kind: ClassVar[str | None] = None  # the checkpoint's kind when it loads as something else (a backbone)
+    # Its own options: a frozen dataclass of `xdrec.options.option` fields, or None. The command line
+    # offers each as --<name>-<field> (transfer and run), `xdrec tune` searches those declared with a
+    # space as "<name>.<field>", and config.json records them (`record`).
+    Options: ClassVar[type | None] = None
+    # The shared settings (TRAINING, ARCHITECTURE) `xdrec tune` searches for it, besides its own options.
+    tunes: ClassVar[tuple[str, ...]] = TRAINING
 
     @abstractmethod
     def build(self, ctx: TransferContext, config: TransferConfig, inputs: ScoringInputs) -> Plan:
@@ -152,9 +143,29 @@ class Strategy(ABC):
     def load(self, checkpoint: Checkpoint, inputs: ScoringInputs) -> Scorer:
         """The trained strategy from its checkpoint, as a Scorer of its domain."""
 
-    def options(self, config: TransferConfig) -> dict[str, Any]:
-        """The strategy's own knobs in `config`: recorded in config.json; `run` retrains on a change."""
-        return {}
+    def own(self, config: TransferConfig) -> Any:
+        """Its own options in `config` (None when it declares none)."""
+        return None if self.Options is None else config.options(self.Options)
+
+    def record(self, config: TransferConfig) -> dict[str, Any]:
+        """Its own options as config.json records them (`run` retrains on a change): {name: options}."""
+        own = self.own(config)
+        return {} if own is None else {self.name: asdict(own)}
+
+    def with_params(
+        self, config: TransferConfig, params: Mapping[str, Param], keep: Collection[str] = ()
+    ) -> TransferConfig:
+        """`config` with tuned `params` applied, except the options named in `keep` (given by the user):
+        the shared settings by their names, its own options by "<name>.<field>" (kept by the option
+        <name>_<field>, so --bag-dropout keeps bag.dropout and --dropout the model's)."""
+        shared = with_params(config, {k: v for k, v in params.items() if "." not in k}, keep)
+        own = self.own(config)
+        if own is None:
+            return shared
+        prefix, dest = f"{self.name}.", f"{self.name}_"
+        mine = {k.removeprefix(prefix): v for k, v in params.items() if k.startswith(prefix)}
+        kept = {k.removeprefix(dest) for k in keep if k.startswith(dest)}
+        return shared.with_options(with_params(own, mine, kept))
 
     def train_config(self, config: TransferConfig) -> TrainConfig:
         """How to train it: the configured training, unless the strategy adjusts it (bag: weight decay)."""
@@ -185,7 +196,7 @@ def fit_strategy(
         "domain": ctx.target,
         "role": ctx.dataset.role(ctx.target),
         "dataset": dataset_identity(ctx.dataset),
-        **strategy.options(config),
+        **strategy.record(config),
     }
     if "source_vectors" in strategy.needs:
         record["embeddings"] = config.source_model

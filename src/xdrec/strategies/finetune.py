@@ -16,7 +16,7 @@ from xdrec.errors import XdrecError
 from xdrec.fit import Plan
 from xdrec.models import backbone_kind, build_backbone
 from xdrec.scoring import Scorer
-from xdrec.strategies.base import ScoringInputs, Strategy, TransferConfig, TransferContext
+from xdrec.strategies.base import TRAINING, ScoringInputs, Strategy, TransferConfig, TransferContext
 from xdrec.strategies.fallback import compare_with_target, with_fallback
 
 
@@ -24,6 +24,7 @@ class Finetune(Strategy):
     name = "finetune"
     serves = frozenset({"warm", "target-only"})  # cold users have no target history
     needs = frozenset({"target_model"})  # what it is compared with, and falls back to
+    tunes = (*TRAINING, "dropout", "max_len")  # it copies the source blocks: their shape is fixed
     kind = "sasrec"
 
     def build(self, ctx: TransferContext, config: TransferConfig, inputs: ScoringInputs) -> Plan:

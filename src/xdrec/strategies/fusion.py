@@ -20,7 +20,14 @@ from xdrec.embedding import UserVectors
 from xdrec.fit import Plan
 from xdrec.models import BackboneConfig, backbone_kind, build_backbone, load_config
 from xdrec.scoring import Scorer, pad_left
-from xdrec.strategies.base import ScoringInputs, Strategy, TransferConfig, TransferContext
+from xdrec.strategies.base import (
+    ARCHITECTURE,
+    TRAINING,
+    ScoringInputs,
+    Strategy,
+    TransferConfig,
+    TransferContext,
+)
 from xdrec.strategies.fallback import compare_with_target, with_fallback
 from xdrec.training import Examples
 from xdrec.validation import validation_metric
@@ -83,6 +90,7 @@ class Fusion(Strategy):
     name = "fusion"
     serves = frozenset({"warm", "cold", "target-only"})
     needs = frozenset({"source_vectors", "target_model"})  # the target model: fallback.py
+    tunes = (*ARCHITECTURE, *TRAINING)  # it builds a new backbone
 
     def build(self, ctx: TransferContext, config: TransferConfig, inputs: ScoringInputs) -> Plan:
         data, target, vectors = ctx.dataset, ctx.target, ctx.vectors

@@ -28,7 +28,14 @@ from xdrec.fit import Plan
 from xdrec.models import BackboneConfig, backbone_kind, build_backbone, load_config
 from xdrec.models.losses import choose_loss, partitioned_ce_loss
 from xdrec.scoring import Scorer, pad_left
-from xdrec.strategies.base import ScoringInputs, Strategy, TransferConfig, TransferContext
+from xdrec.strategies.base import (
+    ARCHITECTURE,
+    TRAINING,
+    ScoringInputs,
+    Strategy,
+    TransferConfig,
+    TransferContext,
+)
 from xdrec.strategies.fallback import compare_with_target, with_fallback
 from xdrec.training import Examples
 from xdrec.validation import validation_metric
@@ -131,6 +138,7 @@ class Joint(Strategy):
     name = "joint"
     serves = frozenset({"warm", "cold", "target-only"})
     needs = frozenset({"target_model"})  # what it is compared with on validation (fallback.py)
+    tunes = (*ARCHITECTURE, *TRAINING)  # it builds a new backbone
 
     def build(self, ctx: TransferContext, config: TransferConfig, inputs: ScoringInputs) -> Plan:
         data, target = ctx.dataset, ctx.target

@@ -10,6 +10,7 @@ a seeded tenth of the training users as pseudo-cold users, ranked from their sou
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,12 +24,26 @@ from xdrec.checkpoint import Checkpoint
 from xdrec.embedding import UserVectors
 from xdrec.evaluation import COLD_SEGMENT
 from xdrec.fit import Plan
+from xdrec.options import Choice, check, option
 from xdrec.scoring import pad_left
 from xdrec.strategies.base import ScoringInputs, Strategy, TransferConfig, TransferContext
 from xdrec.training import Examples
 from xdrec.validation import validation_metric
 
 HOLDOUT = 0.1
+
+
+@dataclass(frozen=True)
+class MappingOptions:
+    loss: str = option(
+        "task",
+        "mapping: task (likelihood of target items) or mse (EMCDR).",
+        choices=("task", "mse"),
+        tune=Choice(("task", "mse")),
+    )
+
+    def __post_init__(self) -> None:
+        check(self, "mapping")
 
 
 class MappingModel(nn.Module):
@@ -110,8 +125,10 @@ class Mapping(Strategy):
     serves = frozenset({"cold"})  # warm users get the target-only model itself
     needs = frozenset({"source_vectors", "target_model"})
 
-    def options(self, config: TransferConfig) -> dict[str, Any]:
-        return {"mapping_loss": config.mapping_loss}
+    Options = MappingOptions
+
+    def record(self, config: TransferConfig) -> dict[str, Any]:
+        return {"mapping_loss": config.options(MappingOptions).loss}  # config.json's name since its start
 
     def build(self, ctx: TransferContext, config: TransferConfig, inputs: ScoringInputs) -> Plan:
         data, target, vectors, target_model = ctx.dataset, ctx.target, ctx.vectors, inputs.target_model
@@ -120,7 +137,7 @@ class Mapping(Strategy):
         known = pl.Series("user_id", torch.nonzero(vectors.known).flatten().numpy())
         sequences = data.train_sequences(target).filter(pl.col("user_id").is_in(known.implode()))
         fit_users, held_out = split_pseudo_cold(sequences, config.train.seed)
-        task = config.mapping_loss == "task"
+        task = config.options(MappingOptions).loss == "task"
         if task:
             table = target_model.model.item_embeddings()
             pairs = fit_users.explode("items")  # one example per (user, target item)
