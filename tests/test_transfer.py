@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import polars as pl
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from xdrec.backbone import load_backbone
 from xdrec.checkpoint import BUILT_FROM
+from xdrec.cli import app
 from xdrec.data.dataset import Dataset
 from xdrec.data.prepare import PrepareConfig, prepare
 from xdrec.data.synthetic import SyntheticConfig, write_raw
@@ -20,12 +22,14 @@ from xdrec.embedding import embed, load_user_vectors
 from xdrec.errors import XdrecError
 from xdrec.evaluation import HISTORY_SEGMENTS, EvaluateConfig, per_user_metrics
 from xdrec.fit import Plan
+from xdrec.options import Choice, check, option
 from xdrec.pipeline import evaluate, recommend
 from xdrec.pretraining import pretrain
 from xdrec.scoring import pad_left
 from xdrec.strategies import DEFAULT, STRATEGIES, TransferConfig, parse_strategies, transfer
-from xdrec.strategies.base import ScoringInputs, Strategy, TransferContext
+from xdrec.strategies.base import TRAINING, ScoringInputs, Strategy, TransferContext
 from xdrec.training import Examples, TrainConfig
+from xdrec.tuning import defaults, space
 from xdrec.workspace import Workspace, read_json
 from xdrec.zoo import load_scorer
 
@@ -288,7 +292,7 @@ def test_strategies_refuse_inputs_retrained_after_them(trained: Workspace, tmp_p
 class _SourceLinear(torch.nn.Module):
     """A toy model: a linear map of the source vector, scored against its own target item table."""
 
-    def __init__(self, source_dim: int, n_items: int, dim: int = 16) -> None:
+    def __init__(self, source_dim: int, n_items: int, dim: int) -> None:
         super().__init__()
         self.project = torch.nn.Linear(source_dim, dim)
         self.items = torch.nn.Embedding(n_items + 1, dim)
@@ -311,12 +315,21 @@ class _ToyScorer:
         return self.model(history, self.vectors.vectors[user_ids])[:, 0] @ self.model.item_embeddings().T
 
 
+@dataclass(frozen=True)
+class _ToyOptions:
+    dim: int = option(16, "toy: width of the projection.", low=1, tune=Choice((8, 16)))
+
+    def __post_init__(self) -> None:
+        check(self, "toy")
+
+
 class _Toy(Strategy):
-    """Written against the public contract alone: xdrec.strategies and xdrec.fit."""
+    """Written against the public contract alone: xdrec.strategies, xdrec.options and xdrec.fit."""
 
     name = "toy"
     serves = frozenset({"cold"})
     needs = frozenset({"source_vectors"})
+    Options = _ToyOptions
 
     def build(self, ctx: TransferContext, config: TransferConfig, inputs: ScoringInputs) -> Plan:
         n_items = ctx.dataset.n_items(ctx.target)
@@ -324,10 +337,12 @@ class _Toy(Strategy):
         users = torch.from_numpy(pairs["user_id"].to_numpy().astype("int64"))
         labels = torch.from_numpy(pairs["items"].to_numpy().astype("int64"))[:, None]
         examples = Examples(torch.ones_like(labels), labels, {"source_vector": ctx.vectors.vectors[users]})
-        return Plan(_SourceLinear(ctx.vectors.dim, n_items), examples, None, record={"n_items": n_items})
+        model = _SourceLinear(ctx.vectors.dim, n_items, config.options(_ToyOptions).dim)
+        return Plan(model, examples, None, record={"n_items": n_items})
 
     def load(self, checkpoint, inputs: ScoringInputs) -> _ToyScorer:
-        model = _SourceLinear(inputs.vectors.dim, checkpoint.config["n_items"])
+        dim = checkpoint.config["toy"]["dim"]  # its options, as `record` wrote them
+        model = _SourceLinear(inputs.vectors.dim, checkpoint.config["n_items"], dim)
         model.load_state_dict(checkpoint.state_dict())
         return _ToyScorer(model.eval(), inputs.vectors)
 
@@ -335,11 +350,31 @@ class _Toy(Strategy):
 def test_a_new_strategy_is_one_class_and_one_registry_line(
     trained: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """docs/architecture.md's recipe, followed literally: the class above and the registry line below."""
     ws = Workspace(tmp_path / "ws")
     shutil.copytree(trained.root, ws.root)
     monkeypatch.setitem(STRATEGIES, "toy", _Toy())  # the registry line
+    # Its option is on the command line of transfer and run, and tune searches it.
+    for command in ("transfer", "run"):
+        assert "--toy-dim" in CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"}).stdout
+    assert "toy" in CliRunner().invoke(app, ["tune", "--help"], env={"COLUMNS": "200"}).stdout
+    assert space("toy") == {**{k: space("target-only")[k] for k in TRAINING}, "toy.dim": Choice((8, 16))}
+    assert defaults("toy")["toy.dim"] == 16
+    given = CliRunner().invoke(
+        app,
+        ["--workspace", str(ws.root), "transfer", "--strategy", "toy", "--toy-dim", "8", "--epochs", "2",
+         "--device", "cpu", "--quiet"],
+    )  # fmt: skip
+    assert given.exit_code == 0, given.output
+    bad = CliRunner().invoke(
+        app, ["--workspace", str(ws.root), "transfer", "--strategy", "toy", "--toy-dim", "0"]
+    )
+    assert bad.exit_code == 2 and "--toy-dim" in bad.stderr
+    recorded = json.loads((ws.model_dir("toy") / "config.json").read_text())
+    assert recorded["toy"] == {"dim": 8}
     (result,) = transfer(ws, ["toy"], config=TransferConfig(train=replace(FAST, epochs=2)), progress=False)
     assert result.serves == {"cold"} and (result.model_dir / "model.safetensors").exists()
+    assert json.loads((ws.model_dir("toy") / "config.json").read_text())["toy"] == {"dim": 16}
     report, _ = evaluate(ws, EvaluateConfig(bootstrap=0, device="cpu"), models=["toy"])
     cold = _ndcg_by_model(report.rows, "cold")
     assert set(cold) == {"popularity", "toy"} and 0 <= cold["toy"] <= 1

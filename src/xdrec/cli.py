@@ -892,9 +892,9 @@ def evaluate(
 
 
 def _tunable() -> tuple[str, ...]:
-    from xdrec.tuning import MODELS
+    from xdrec.tuning import tunable
 
-    return MODELS
+    return tunable()
 
 
 @app.command(cls=_declared_command(choices=("model",)))

@@ -56,8 +56,13 @@ from xdrec.validation import METRIC
 from xdrec.workspace import Workspace, write_json
 
 SINGLE_DOMAIN = ("source-only", "target-only")
-# What `tune` can search: the single-domain models and every registered strategy.
-MODELS: tuple[str, ...] = (*SINGLE_DOMAIN, *STRATEGIES)
+
+
+def tunable() -> tuple[str, ...]:
+    """What `tune` can search: the single-domain models and every registered strategy."""
+    return (*SINGLE_DOMAIN, *STRATEGIES)
+
+
 JOURNAL = ".journal"
 
 
@@ -139,8 +144,8 @@ def tune(
 
     restart: discard an earlier search of this model on this dataset instead of resuming it.
     """
-    if model not in MODELS:
-        raise XdrecError(f"cannot tune {model!r}: choose from {', '.join(MODELS)}")
+    if model not in tunable():
+        raise XdrecError(f"cannot tune {model!r}: choose from {', '.join(tunable())}")
     if launched().distributed:  # every rank would run its own study in the one journal
         raise XdrecError("tune runs in one process: start it without torchrun")
     started = time.perf_counter()
