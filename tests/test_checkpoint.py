@@ -179,3 +179,27 @@ def test_unreadable_weights_are_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(XdrecError, match="not a readable safetensors file"):
         load_tensors(tmp_path / "bad.safetensors")
+
+
+def test_the_retrain_command_follows_the_record(tmp_path: Path) -> None:
+    """finetune loads as a backbone but is retrained by transfer; a reverse model names its domain."""
+    from xdrec.checkpoint import Checkpoint
+    from xdrec.inventory import retrain_command
+
+    def command(name: str, **record: str) -> str:
+        return Checkpoint(
+            tmp_path / name, {"kind": "sasrec", "domain": "T", "role": "target", **record}
+        ).retrain_command
+
+    assert command("target-only") == "xdrec pretrain --domain T"
+    assert command("finetune", strategy="finetune") == "xdrec transfer --strategy finetune"
+    reverse = command("mapping-reverse", kind="mapping", strategy="mapping", domain="S", role="source")
+    assert reverse == "xdrec transfer --strategy mapping --domain S"
+
+    class Pair:  # what retrain_command reads of a Dataset
+        source, target = "S", "T"
+
+    data: Dataset = Pair()  # type: ignore[assignment]
+    assert retrain_command(data, "mapping-reverse") == "xdrec transfer --strategy mapping --domain S"
+    assert retrain_command(data, "finetune") == "xdrec transfer --strategy finetune"
+    assert retrain_command(data, "source-only") == "xdrec pretrain --domain S"

@@ -86,12 +86,9 @@ class Checkpoint:
         """
         stale = stale_inputs(self.config, current)
         if stale:
-            # A strategy trained into the dataset's source (models/<strategy>-reverse/) says so with --domain.
-            strategy = self.config.get("strategy", self.path.name)
-            into = f" --domain {self.config['domain']}" if self.config.get("role") == "source" else ""
             raise XdrecError(
                 f"model {self.path.name} was trained on an earlier {stale[0]} than the workspace now holds: "
-                f"re-run `xdrec transfer --strategy {strategy}{into}` (or `xdrec run`)"
+                f"re-run `{self.retrain_command}` (or `xdrec run`)"
             )
 
     def check_dataset(self, dataset: Dataset) -> None:
@@ -106,10 +103,23 @@ class Checkpoint:
 
     @property
     def retrain_command(self) -> str:
-        """The command that rewrites this model: pretrain for a per-domain SASRec, else its transfer."""
-        if self.config.get("kind") == "sasrec":
-            return f"xdrec pretrain --domain {self.config.get('domain', 'DOMAIN')}"
-        return f"xdrec transfer --strategy {self.path.name}"
+        """The command that rewrites this model, from what its config.json records (`rebuild_command`)."""
+        config = self.config
+        # A strategy's record names it (one that loads as a backbone, finetune, has the backbone's kind);
+        # the single-domain models are <role>-only.
+        single = self.path.name in ("source-only", "target-only")
+        strategy = config.get("strategy") or (None if single else self.path.name)
+        domain = config.get("domain", "DOMAIN")
+        return rebuild_command(strategy, domain, reverse=config.get("role") == "source")
+
+
+def rebuild_command(strategy: str | None, domain: str, *, reverse: bool = False) -> str:
+    """The command that (re)writes a model: `pretrain --domain` for a single-domain model (strategy None),
+    else its strategy's `transfer`, with --domain when it was trained into the dataset's source
+    (models/<strategy>-reverse/)."""
+    if strategy is None:
+        return f"xdrec pretrain --domain {domain}"
+    return f"xdrec transfer --strategy {strategy}" + (f" --domain {domain}" if reverse else "")
 
 
 def save_checkpoint(model_dir: Path, state: Mapping[str, Tensor], config: Mapping[str, Any]) -> Checkpoint:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from xdrec.checkpoint import CONFIG, RUN, read_checkpoint
+from xdrec.checkpoint import CONFIG, RUN, read_checkpoint, rebuild_command
 from xdrec.data.dataset import Dataset
 from xdrec.errors import XdrecError
 from xdrec.strategies import DEFAULT, STRATEGIES
+from xdrec.strategies.base import REVERSE
 from xdrec.workspace import Workspace, read_json
 
 
@@ -48,10 +49,12 @@ def expected_models(workspace: Workspace, data: Dataset, domain: str) -> list[st
 
 
 def retrain_command(data: Dataset, name: str) -> str:
-    if name in STRATEGIES:
-        return f"xdrec transfer --strategy {name}"
-    role = "target" if name == "target-only" else "source"
-    return f"xdrec pretrain --domain {data.target if role == 'target' else data.source}"
+    """The command that makes models/<name>/ on `data`, from its name alone (it may not exist yet)."""
+    strategy = name.removesuffix(REVERSE)
+    if strategy in STRATEGIES:
+        reverse = strategy != name  # trained into the dataset's source
+        return rebuild_command(strategy, data.source if reverse else data.target, reverse=reverse)
+    return rebuild_command(None, data.target if name == "target-only" else data.source)
 
 
 def untrained(workspace: Workspace, data: Dataset, domain: str, present: list[str]) -> list[Absent]:
