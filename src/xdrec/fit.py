@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -31,6 +31,8 @@ from xdrec.checkpoint import (
 from xdrec.models.losses import LossFn
 from xdrec.training import Examples, TrainConfig, TrainResult, train
 from xdrec.validation import METRIC
+
+P = TypeVar("P")
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,27 @@ class Fitted:
     model: nn.Module  # holding its best weights, in eval mode
     training: TrainResult
     checkpoint: Checkpoint
+
+
+def seeded(build: Callable[[], P], seed: int) -> P:
+    """`build()` right after seeding torch with `seed`: the initial weights depend on the seed alone."""
+    torch.manual_seed(seed)
+    return build()
+
+
+def train_plan(plan: Plan, config: TrainConfig, **options: Any) -> TrainResult:
+    """Train `plan` with the one loop (`xdrec.training.train`); `options` are the loop's own (out_dir,
+    resume, progress, on_epoch)."""
+    return train(
+        plan.model,
+        plan.examples,
+        config,
+        validate=plan.validate,
+        metric_name=METRIC,
+        item_counts=plan.item_counts,
+        loss_fn=plan.loss_fn,
+        **options,
+    )
 
 
 def fit(
@@ -82,18 +105,12 @@ def fit(
         Console(stderr=True).print(
             f"note: starting {out_dir.name} over; its interrupted run (epoch {epoch}) is dropped"
         )
-    torch.manual_seed(config.seed)  # the initial weights
-    plan = build()
-    result = train(
-        plan.model,
-        plan.examples,
+    plan = seeded(build, config.seed)
+    result = train_plan(
+        plan,
         config,
-        validate=plan.validate,
-        metric_name=METRIC,
         out_dir=run_dir(out_dir),  # state and live log; save_checkpoint then writes out_dir whole
         resume=resume,
-        item_counts=plan.item_counts,
-        loss_fn=plan.loss_fn,
         progress=progress,
     )
     if not distributed.is_main():  # under torchrun every rank holds the same weights; rank 0 writes them

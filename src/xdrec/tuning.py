@@ -45,12 +45,12 @@ from xdrec.backbone import ndcg_validator, training_examples
 from xdrec.data.dataset import Dataset
 from xdrec.distributed import launched
 from xdrec.errors import XdrecError
-from xdrec.fit import Plan
+from xdrec.fit import Plan, seeded, train_plan
 from xdrec.models import build_backbone, default_config
 from xdrec.options import Choice, Param
 from xdrec.strategies import STRATEGIES
 from xdrec.strategies.base import TransferConfig
-from xdrec.training import TrainConfig, train
+from xdrec.training import TrainConfig
 from xdrec.tuned import Tuned, load_tuned, settings_path, with_params
 from xdrec.validation import METRIC
 from xdrec.workspace import Workspace, write_json
@@ -344,8 +344,10 @@ def _objective(
 
     def objective(trial: optuna.Trial, show: Show) -> float:
         params = {name: choice.suggest(trial, name) for name, choice in searched.items()}
-        torch.manual_seed(train_fixed.seed)  # as `fit` does: the initial weights depend on the seed alone
-        plan, train_config = planner(params, with_params(train_fixed, params))
+        # Seeded and trained as `fit` does, but saved nowhere.
+        plan, train_config = seeded(
+            lambda: planner(params, with_params(train_fixed, params)), train_fixed.seed
+        )
 
         def report(line: dict[str, Any]) -> None:
             trial.set_user_attr("epochs", line["epoch"])
@@ -355,16 +357,7 @@ def _objective(
                 if trial.should_prune():
                     raise optuna.TrialPruned()
 
-        result = train(
-            plan.model,
-            plan.examples,
-            train_config,
-            validate=plan.validate,
-            item_counts=plan.item_counts,
-            loss_fn=plan.loss_fn,
-            progress=False,
-            on_epoch=report,
-        )
+        result = train_plan(plan, train_config, progress=False, on_epoch=report)
         if result.best_metric is None or math.isnan(result.best_metric):
             raise XdrecError(f"trial {trial.number} had no validation score: the dataset has no valid split")
         return result.best_metric
