@@ -16,6 +16,7 @@ from xdrec.errors import XdrecError
 from xdrec.strategies import DEFAULT, STRATEGIES
 from xdrec.strategies.base import REVERSE
 from xdrec.workspace import Workspace, read_json
+from xdrec.zoo import model_records
 
 
 @dataclass(frozen=True)
@@ -35,11 +36,7 @@ def expected_models(workspace: Workspace, data: Dataset, domain: str) -> list[st
     """The models a default pipeline trains for `domain` (its backbone, plus the default strategies on the
     target), and any other model trained, or being trained when interrupted, for a domain of that name."""
     default = ["target-only", *DEFAULT] if domain == data.target else ["source-only"]
-    trained = [
-        config.parent.name
-        for config in sorted((workspace.root / "models").glob(f"*/{CONFIG}"))
-        if read_json(config).get("domain") == domain
-    ]
+    trained = [name for name, record in model_records(workspace).items() if record.get("domain") == domain]
     started = [
         run.parent.name
         for run in sorted(workspace.runs_dir.glob(f"*/{RUN}"))

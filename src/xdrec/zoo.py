@@ -24,17 +24,21 @@ POPULARITY = "popularity"
 REPORT_ORDER = ("popularity", "source-only", "target-only", *STRATEGIES)
 
 
+def model_records(workspace: Workspace) -> dict[str, dict]:
+    """Every model folder in models/ that holds a config.json, by name (sorted): what each records."""
+    root = workspace.root / "models"
+    configs = sorted(root.glob(f"*/{CONFIG}")) if root.exists() else []
+    return {config.parent.name: read_json(config) for config in configs}
+
+
 def trained_models(workspace: Workspace, dataset: Dataset, domain: str) -> list[str]:
     """Names of the models in models/ trained on `dataset` that score `domain`, in report order."""
-    root = workspace.root / "models"
-    found = []
-    for config in sorted(root.glob(f"*/{CONFIG}")) if root.exists() else []:
-        meta = read_json(config)
-        if (
-            meta.get("domain") == domain
-            and meta.get("dataset", {}).get("manifest_hash") == dataset.manifest_hash
-        ):
-            found.append(config.parent.name)
+    found = [
+        name
+        for name, meta in model_records(workspace).items()
+        if meta.get("domain") == domain
+        and meta.get("dataset", {}).get("manifest_hash") == dataset.manifest_hash
+    ]
     rank = {name: i for i, name in enumerate(REPORT_ORDER)}  # a reverse strategy sits with its strategy
     return sorted(found, key=lambda n: (rank.get(n.removesuffix(REVERSE), len(rank)), n))
 
