@@ -27,7 +27,7 @@ from xdrec.embedding import embeddings_match
 from xdrec.errors import XdrecError
 from xdrec.evaluation import EvaluateConfig, Report, evaluate_scorers
 from xdrec.inventory import Absent, retrain_command, strict_error, untrained
-from xdrec.models.sasrec import SASRecConfig
+from xdrec.models import default_config
 from xdrec.report import report_paths, save_report
 from xdrec.scoring import pad_left
 from xdrec.selection import select_models
@@ -286,7 +286,7 @@ def run(
 
     # A stage re-runs when its own inputs or parameters changed, or when a model it was built from was
     # retrained since (the fingerprints of xdrec.checkpoint's lineage).
-    architecture = config.model.apply(SASRecConfig(0))
+    architecture = config.model.apply(default_config())
     for domain in (source, target):
         model = f"{data.role(domain)}-only"
         (own_architecture, train), tuned = _settings(

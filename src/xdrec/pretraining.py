@@ -17,8 +17,7 @@ from xdrec.data.dataset import Dataset
 from xdrec.devices import resolve_device
 from xdrec.errors import XdrecError
 from xdrec.fit import Plan, fit
-from xdrec.models import BackboneConfig, backbone_kind, build_backbone
-from xdrec.models.sasrec import SASRecConfig
+from xdrec.models import BackboneConfig, backbone_kind, build_backbone, default_config
 from xdrec.training import TrainConfig, TrainResult
 from xdrec.tuned import Tuned, apply_tuned
 from xdrec.workspace import Workspace
@@ -71,7 +70,7 @@ def pretrain(
     domain = domain or data.source
     data.check_domain(domain)
     name = name or default_model_name(data, domain)
-    cfg = replace(model or SASRecConfig(0), n_items=data.n_items(domain))
+    cfg = replace(model or default_config(), n_items=data.n_items(domain))
     settings = None
     if tuned:
         (cfg, train_config), settings = apply_tuned(workspace, data, name, (cfg, train_config), keep)
