@@ -6,12 +6,10 @@ Heavy libraries (torch, polars) are imported inside the commands so that `xdrec 
 from __future__ import annotations
 
 import functools
-import getpass
 import json
 import os
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -48,6 +46,9 @@ class _Group(TyperGroup):
 
     def main(self, args: Any = None, *rest: Any, standalone_mode: bool = True, **extra: Any) -> Any:
         args = _workspace_first(list(sys.argv[1:] if args is None else args))
+        if args[:2] == ["--workspace", ""] or args[:1] == ["--workspace="]:  # Path("") would be "."
+            click.echo("error: --workspace is empty: pass a folder", err=True)
+            sys.exit(2)
         if not standalone_mode:
             return super().main(args, *rest, standalone_mode=False, **extra)
         try:
@@ -177,7 +178,7 @@ def _demo_workspace(ctx: click.Context) -> Workspace:
     """--workspace if given, else one fixed folder in the system's temporary folder (reused, not piled up)."""
     if ctx.find_root().params.get("workspace") is not None:
         return _workspace(ctx)
-    return Workspace(Path(tempfile.gettempdir()) / f"xdrec-demo-{getpass.getuser()}")
+    return Workspace.demo()
 
 
 def _workspace(ctx: typer.Context) -> Workspace:

@@ -286,7 +286,7 @@ def _mask(events: pl.DataFrame, predicate: pl.Expr) -> pl.Series:
 
 def _scan_raw(path: Path, domain: str) -> pl.LazyFrame:
     try:
-        frame = pl.scan_parquet(path)
+        frame = pl.scan_parquet(path, glob=False)
         schema = frame.collect_schema()
     except (OSError, pl.exceptions.PolarsError) as e:
         raise XdrecError(f"cannot read {path}: {e}; re-run `xdrec fetch {domain}`") from None
