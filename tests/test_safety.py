@@ -113,9 +113,11 @@ def test_a_lock_file_that_is_a_link_is_not_written_through(tmp_path: Path) -> No
     locks = tmp_path / "ws" / ".locks"
     locks.mkdir(parents=True)
     (locks / "models.lock").symlink_to(victim)
-    with pytest.raises(XdrecError, match="symbolic link"):
-        with Workspace(tmp_path / "ws").writing(["models"], "pretrain"):
-            pass
+    with (
+        pytest.raises(XdrecError, match="symbolic link"),
+        Workspace(tmp_path / "ws").writing(["models"], "x"),
+    ):
+        pass
     assert victim.read_text() == "precious"
 
 

@@ -32,8 +32,8 @@ import json
 import os
 import re
 import shlex
-import stat
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
