@@ -185,3 +185,118 @@ def test_a_workspace_with_glob_characters_reads_its_own_data(prepared: Path, tmp
 def test_an_empty_workspace_is_refused(tmp_path: Path) -> None:
     for args in (["--workspace", "", "overlap"], ["overlap", "--workspace="]):
         one_error_line(runner.invoke(app, args), "--workspace", code=2)
+
+
+# --- never a wrong number with exit 0 -----------------------------------------------------------
+
+
+def test_a_reader_sees_one_version_while_prepare_replaces_it(prepared: Path, tmp_path: Path) -> None:
+    from xdrec.data.dataset import Dataset
+    from xdrec.data.prepare import PrepareConfig, prepare
+
+    root = tmp_path / "ws"
+    shutil.copytree(prepared, root)
+    ws = Workspace(root)
+    data = Dataset.from_workspace(ws)
+    before = data.manifest  # the reader has started
+    prepare(ws, SOURCE, TARGET, PrepareConfig(min_user=8, min_item=8))  # a writer swaps a new dataset in
+    after = Dataset.from_workspace(ws).manifest
+    assert after["users"] != before["users"]
+    assert data.users.height == before["users"]  # the reader still reads the version it started with
+    rows = sum(d["interactions"] for d in before["domains"].values())
+    assert data.interactions().collect().height == rows
+
+
+def test_diverged_training_stops_and_keeps_the_previous_model(copy: Path) -> None:
+    weights = copy / "models" / "source-only" / "model.safetensors"
+    old = weights.read_bytes()
+    line = one_error_line(invoke(copy, "pretrain", *TRAIN, "--lr", "1e12", "-q"), "diverged")
+    assert "previous model is kept" in line
+    assert weights.read_bytes() == old
+
+
+def test_ids_are_printed_as_text_never_markup() -> None:
+    from types import SimpleNamespace
+
+    from xdrec.cli import console
+    from xdrec.views import recommend_table
+
+    items = [{"rank": 1, "item": "[/]", "score": 1.0}, {"rank": 2, "item": "a[red]b", "score": 0.5}]
+    rec = SimpleNamespace(user="u[bold]1", segment="warm", model="bag", items=items)
+    with console.capture() as captured:
+        console.print(recommend_table(rec))
+    text = captured.get()
+    assert "[/]" in text and "a[red]b" in text and "u[bold]1" in text
+
+
+def test_report_json_and_plot_are_one_unit(copy: Path, monkeypatch) -> None:
+    import errno
+
+    import xdrec.report
+
+    assert invoke(copy, "evaluate", "--device", "cpu", "--bootstrap", "20").exit_code == 0
+    folder = next((copy / "reports").glob("*/*"))
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    def full_disk(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder / "report.png"))
+
+    monkeypatch.setattr(xdrec.report, "plot_figure", full_disk)
+    one_error_line(invoke(copy, "evaluate", "--device", "cpu", "--bootstrap", "20", "--k", "5"), "no space")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # the old pair, whole
+
+
+def test_a_quick_evaluate_does_not_replace_a_report_with_intervals(copy: Path) -> None:
+    assert invoke(copy, "evaluate", "--device", "cpu", "--bootstrap", "20").exit_code == 0
+    report = next((copy / "reports").glob("*/*/report.json"))
+    before = report.read_bytes()
+    quick = invoke(copy, "evaluate", "--device", "cpu", "--bootstrap", "0")
+    assert quick.exit_code == 0 and "not saved" in quick.stdout
+    assert report.read_bytes() == before
+    again = invoke(copy, "evaluate", "--device", "cpu", "--bootstrap", "30")
+    assert again.exit_code == 0 and json.loads(report.read_text())["bootstrap"] == 30
+
+
+def test_run_reuses_the_prepared_options_unless_given(prepared: Path, tmp_path: Path) -> None:
+    from xdrec.data.prepare import PrepareConfig, prepare
+    from xdrec.pipeline import RunConfig, _prepare_options
+
+    root = tmp_path / "ws"
+    shutil.copytree(prepared, root)
+    ws = Workspace(root)
+    prepare(ws, SOURCE, TARGET, PrepareConfig(min_user=3, min_item=3))
+    name = f"{SOURCE}+{TARGET}"
+    options, changed = _prepare_options(ws, name, RunConfig())  # a plain `run`: nothing given
+    assert (options.min_user, options.min_item, changed) == (3, 3, "")
+    given = RunConfig(prepare=PrepareConfig(min_user=5, min_item=3), keep=frozenset({"min_user", "min_item"}))
+    options, changed = _prepare_options(ws, name, given)
+    assert (options.min_user, options.min_item) == (5, 3)
+    assert changed == "--min-user 5 (was 3)"
+
+
+# --- one line, not a traceback ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("pretrain", "--lr", "nan"),
+        ("pretrain", "--weight-decay", "-5"),
+        ("pretrain", "--dropout", "1.5"),
+        ("transfer", "--bag-weight-decay", "-1"),
+        ("prepare", SOURCE, TARGET, "--cold-start", "1.5"),
+        ("evaluate", "--bootstrap", "-1"),
+    ],
+)
+def test_value_range_errors_are_usage_errors(prepared: Path, args: tuple[str, ...]) -> None:
+    one_error_line(invoke(prepared, *args), code=2)
+
+
+def test_a_missing_gpu_is_said_before_any_work(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    for args in (("run", SOURCE, TARGET, "--device", "cuda"), ("evaluate", "--device", "cuda")):
+        one_error_line(invoke(tmp_path / "ws", *args), "--device cuda")
+        assert not (tmp_path / "ws" / "raw").exists()

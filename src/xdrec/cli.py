@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-from xdrec.errors import explain
+from xdrec.errors import OptionError, explain
 from xdrec.workspace import AREAS, WORKSPACE_ENV, Area, Workspace
 
 # What each command writes (it holds those areas' write locks while it runs). A command in neither table
@@ -86,7 +86,7 @@ class _Group(TyperGroup):
                 raise
             if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
                 click.echo(f"error: {message}", err=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(2 if isinstance(e, OptionError) else 1) from None
 
 
 _RESUME_HINT = (
@@ -137,8 +137,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-stderr = Console(stderr=True)
+# Ids, item names and paths are data: never read as rich markup (a user id `[red]` or `[/]`).
+console = Console(markup=False)
+stderr = Console(stderr=True, markup=False)
 
 # --- options shared by several commands, defined once ---
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
@@ -520,7 +521,7 @@ def pretrain(
         _print_json(summary)
     else:
         console.print(
-            f"[bold]{result.name}[/] on {result.domain}: loss {t.loss_reason}; best validation NDCG@10 "
+            f"{result.name} on {result.domain}: loss {t.loss_reason}; best validation NDCG@10 "
             f"{t.best_metric or float('nan'):.4f} at epoch {t.best_epoch}/{t.epochs_run} "
             f"({t.seconds:.0f}s on {t.device}{_tuned_note(result.tuned)}) -> {result.model_dir}"
         )
@@ -666,7 +667,7 @@ def transfer(
     else:
         for r, result in zip(rows, results, strict=True):
             console.print(
-                f"[bold]{r['strategy']}[/]: validation {r['valid'] or float('nan'):.4f} after "
+                f"{r['strategy']}: validation {r['valid'] or float('nan'):.4f} after "
                 f"{r['epochs_run']} epochs ({r['seconds']}s{_tuned_note(result.tuned)}); "
                 f"serves {', '.join(r['serves'])} -> {r['path']}"
             )
@@ -779,7 +780,14 @@ def evaluate(
             console.print(render_table(report, plain=not console.is_terminal))
             for line in absent_lines(report.absent, "not shown"):
                 console.print(line, soft_wrap=True, highlight=False)
-            console.print(f"saved {paths['json']} and {paths['plot']}", soft_wrap=True)
+            if "kept" in paths:
+                console.print(
+                    f"not saved: {paths['kept']} has 95% CIs and this report (--bootstrap 0) has none; "
+                    "pass --bootstrap N to replace it",
+                    soft_wrap=True,
+                )
+            else:
+                console.print(f"saved {paths['json']} and {paths['plot']}", soft_wrap=True)
 
 
 TuneModelName = Literal[
@@ -988,7 +996,7 @@ def _stage_log(quiet: bool):
     return (
         (lambda _: None)
         if quiet
-        else (lambda line: stderr.print(f"[dim]›[/] {line}", highlight=False, soft_wrap=True))
+        else (lambda line: stderr.print(f"› {line}", highlight=False, soft_wrap=True))
     )
 
 

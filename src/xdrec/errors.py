@@ -17,6 +17,10 @@ class XdrecError(Exception):
     """A problem the user can fix: the message says what went wrong and what to do next."""
 
 
+class OptionError(XdrecError):
+    """An option's value outside what it can be (a usage error: the CLI exits 2, as for a bad option)."""
+
+
 # Libraries whose exceptions mean bad input data (a damaged or foreign file), not a bug in xdrec.
 _DATA_LIBRARIES = ("polars", "safetensors", "pyarrow", "huggingface_hub")
 

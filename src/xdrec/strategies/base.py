@@ -18,7 +18,7 @@ from xdrec.backbone import ModelOptions, SequenceScorer
 from xdrec.checkpoint import BUILT_FROM, Checkpoint, dataset_identity
 from xdrec.data.dataset import Dataset
 from xdrec.embedding import UserVectors
-from xdrec.errors import XdrecError
+from xdrec.errors import OptionError
 from xdrec.fit import Plan, fit
 from xdrec.models import BackboneConfig
 from xdrec.scoring import Scorer
@@ -50,12 +50,14 @@ class BagConfig:
 
     def __post_init__(self) -> None:
         if self.dim < 1 or self.members < 1:
-            raise XdrecError(f"bag: dim and members must be at least 1, got {self.dim} and {self.members}")
+            raise OptionError(f"bag: dim and members must be at least 1, got {self.dim} and {self.members}")
         if not (0 <= self.dropout < 1 and 0 <= self.cold_rate <= 1):
-            raise XdrecError(
+            raise OptionError(
                 "bag: dropout must be in [0, 1) and cold_rate in [0, 1], "
                 f"got {self.dropout} and {self.cold_rate}"
             )
+        if not 0 <= self.weight_decay < float("inf"):
+            raise OptionError(f"--bag-weight-decay must be 0 or a positive number, got {self.weight_decay}")
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ class TransferConfig:
 
     def __post_init__(self) -> None:
         if self.mapping_loss not in get_args(MappingLoss):
-            raise XdrecError(f"--mapping-loss must be task or mse, got {self.mapping_loss!r}")
+            raise OptionError(f"--mapping-loss must be task or mse, got {self.mapping_loss!r}")
 
     def architecture(self, ctx: TransferContext, n_items: int) -> BackboneConfig:
         """The source model's architecture with the user's model options, for `n_items` items."""
