@@ -300,3 +300,35 @@ def test_a_missing_gpu_is_said_before_any_work(tmp_path: Path) -> None:
     for args in (("run", SOURCE, TARGET, "--device", "cuda"), ("evaluate", "--device", "cuda")):
         one_error_line(invoke(tmp_path / "ws", *args), "--device cuda")
         assert not (tmp_path / "ws" / "raw").exists()
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda c: c["model"].update(heads=3),  # heads that do not divide hidden
+        lambda c: c["model"].update(hidden="64"),  # a string for a number
+        lambda c: c.pop("model"),  # a missing key
+        lambda c: c.update(model=[1, 2]),  # a list for an object
+    ],
+)
+def test_a_hand_edited_model_config_is_one_line(copy: Path, edit) -> None:
+    path = copy / "models" / "target-only" / "config.json"
+    config = json.loads(path.read_text())
+    edit(config)
+    path.write_text(json.dumps(config))
+    one_error_line(invoke(copy, "evaluate", "--device", "cpu", "--model", "target-only"), "config.json")
+
+
+def test_a_config_that_is_a_list_is_one_line(copy: Path) -> None:
+    (copy / "models" / "target-only" / "config.json").write_text("[1, 2]")
+    one_error_line(invoke(copy, "evaluate", "--device", "cpu", "--model", "target-only"), "config.json")
+
+
+def test_a_full_disk_in_a_data_library_says_so(copy: Path, monkeypatch) -> None:
+    import polars as pl
+
+    def full(*_args, **_kwargs):
+        raise pl.exceptions.ComputeError("failed to write: No space left on device (os error 28)")
+
+    monkeypatch.setattr(pl.LazyFrame, "sink_parquet", full)
+    one_error_line(invoke(copy, "prepare", SOURCE, TARGET, "--min-item", "3"), "no space left")

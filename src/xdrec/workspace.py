@@ -183,13 +183,18 @@ def write_json(path: Path, obj: object) -> None:
 def read_json(path: Path, data: bytes | None = None) -> dict:
     """The JSON object in `path` (or in `data`, bytes already read from it); one line naming it if not."""
     try:
-        return json.loads(path.read_bytes() if data is None else data)
+        obj = json.loads(path.read_bytes() if data is None else data)
     except FileNotFoundError:
         raise XdrecError(f"{path} does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise XdrecError(
             f"{path} is not valid JSON ({e}): rerun the stage that writes it"  # str(e) says where
         ) from None
+    if not isinstance(obj, dict):
+        raise XdrecError(
+            f"{path} holds a JSON {type(obj).__name__}, not an object: rerun the stage that writes it"
+        )
+    return obj
 
 
 def literal_path(path: Path | str) -> str:
