@@ -18,6 +18,14 @@ that tests nothing). After every kill:
    match the fingerprint in its config.json);
 4. rerunning the stage (no kill) succeeds, leaves no temp files behind, and gives the new result.
 
+A report folder is one unit: report.json and report.png (compared by bytes) must both be old or both new.
+
+Then readers race `prepare` (`--races`, default 6): while a `prepare` with other options replaces the
+dataset, this process opens it again and again (`Dataset.from_workspace`), reads its manifest, waits a
+random instant, then reads users and interactions: every read must match the manifest it started with
+(the old dataset whole or the new one whole), and the manifest hash a model would record must be the
+one of the files read.
+
 Prints one line per trial and a summary; exits 1 if any check failed.
 """
 
@@ -120,8 +128,8 @@ def identity(path: Path) -> object:
         return ("json", json.dumps(_drop_volatile(json.loads(path.read_text())), sort_keys=True))
     if path.name == METRICS:
         return ("metrics", [line["epoch"] for line in map(json.loads, path.read_text().splitlines())])
-    if path.suffix == ".png":
-        return ("png",)
+    if path.suffix == ".png":  # the plot drawn from the JSON beside it: the same report, the same bytes
+        return ("png", hashlib.sha256(path.read_bytes()).hexdigest())
     if path.suffix == ".safetensors":  # embed's row order is not fixed: compare the rows by user id
         from safetensors import safe_open
 
@@ -204,8 +212,43 @@ def leftovers(ws: Path) -> list[str]:
     return [
         str(p.relative_to(ws))
         for area in ("raw", "datasets", "models", "runs", "embeddings", "reports")
-        for p in (ws / area).rglob(".*")
+        for p in (ws / area).rglob(".xdrec-*")
     ]
+
+
+def race_prepare(ws: Path, rng: random.Random) -> tuple[int, list[str]]:
+    """Read the dataset over and over while a `prepare` with other options replaces it: (reads, problems)."""
+    workspace = Workspace(ws)
+    process = xdrec(ws, "prepare", SOURCE, TARGET, "--min-item", "3", "-q")
+    reads, problems = 0, []
+    while True:
+        done = process.poll() is not None
+        try:
+            data = Dataset.from_workspace(workspace)
+            manifest, digest = data.manifest, data.manifest_hash
+            time.sleep(rng.uniform(0.0, 0.15))  # the writer may swap the folder now
+            users = data.users.height
+            rows = data.interactions().select(pl.len()).collect().item()
+            expected = sum(d["interactions"] for d in manifest["domains"].values())
+            if (users, rows) != (manifest["users"], expected):
+                problems.append(
+                    f"read {users} users, {rows} rows; its manifest says {manifest['users']}, {expected}"
+                )
+            if (
+                hashlib.sha256(json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n").hexdigest()[
+                    :16
+                ]
+                != digest
+            ):
+                problems.append("the manifest hash is not the one of the manifest read")
+            reads += 1
+        except Exception as e:  # a reader failing is what this test looks for
+            problems.append(f"read failed: {type(e).__name__}: {e}")
+        if done:
+            break
+    if process.returncode != 0:
+        problems.append(f"prepare failed: {process.stderr.read().strip() if process.stderr else ''}")
+    return reads, problems
 
 
 def main() -> None:
@@ -213,6 +256,7 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=6, help="kills per stage")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stage", action="append", help="only these stages (repeatable)")
+    parser.add_argument("--races", type=int, default=6, help="readers racing prepare (trials)")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     started = time.perf_counter()
@@ -264,6 +308,17 @@ def main() -> None:
                 )
                 shutil.rmtree(ws)
             shutil.rmtree(reference)
+        raced = 0
+        for trial in range(args.races):
+            ws = root / f"race-{trial}"
+            shutil.copytree(base, ws)
+            reads, problems = race_prepare(ws, rng)
+            raced += reads
+            failures += bool(problems)
+            status = "ok" if not problems else f"FAIL ({len(problems)}) " + problems[0]
+            print(f"race     {reads:3} reads during prepare: {status}", flush=True)
+            shutil.rmtree(ws)
+    print(f"readers racing prepare: {args.races} trials, {raced} reads")
     trials = killed + finished
     print(f"start-up {startup:.2f}s")
     print(

@@ -150,7 +150,7 @@ def test_prepare_mixed_from_the_cli_notes_what_it_drops(small_workspace: Workspa
     counts = manifest["domains"]
     assert counts["Src"]["splits"]["test"] > 0 and counts["Tgt"]["splits"]["test"] > 0
     bad = CliRunner().invoke(app, [*args, "--min-per-domain", "-1"])
-    assert bad.exit_code == 1 and "error: --min-per-domain must be 0 or more" in bad.output
+    assert bad.exit_code == 2 and "error: --min-per-domain must be 0 or more" in bad.output  # usage error
 
 
 def test_min_per_domain_is_left_out_of_the_manifest_when_unset() -> None:

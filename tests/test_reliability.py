@@ -169,11 +169,11 @@ def test_the_lock_goes_with_its_holder(tmp_path: Path) -> None:
 
 def test_a_writer_sweeps_what_a_killed_writer_left(copy: Workspace) -> None:
     raw = copy.raw_dir
-    leftovers = [raw / f".{SOURCE}.parquet.abc123.tmp", raw / f".{SOURCE}.k2j3"]  # fetch's temp + scratch
+    leftovers = [raw / f".xdrec-tmp-{SOURCE}.parquet.abc123.tmp", raw / f".xdrec-tmp-{SOURCE}.k2j3"]
     leftovers[0].write_bytes(b"x" * 100)
     leftovers[1].mkdir()
     (leftovers[1] / "staging.parquet").write_bytes(b"x")
-    dataset_tmp = copy.root / "datasets" / f".{SOURCE}+{TARGET}.x1y2.tmp"
+    dataset_tmp = copy.root / "datasets" / f".xdrec-tmp-{SOURCE}+{TARGET}.x1y2.tmp"
     dataset_tmp.mkdir()
     with copy.writing(["raw", "datasets"], "run"):
         assert not any(p.exists() for p in (*leftovers, dataset_tmp))
@@ -184,9 +184,9 @@ def test_a_folder_moved_aside_and_never_replaced_is_put_back(tmp_path: Path) -> 
     folder = tmp_path / "models" / "fusion"
     folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}")
-    folder.rename(tmp_path / "models" / ".fusion.old")  # a kill between atomic_path's two renames
+    folder.rename(tmp_path / "models" / ".xdrec-old-fusion")  # a kill between atomic_path's two renames
     sweep(tmp_path / "models")
-    assert (folder / "config.json").exists() and not (tmp_path / "models" / ".fusion.old").exists()
+    assert (folder / "config.json").exists() and not (tmp_path / "models" / ".xdrec-old-fusion").exists()
 
 
 def test_atomic_path_replaces_a_folder_whole(tmp_path: Path) -> None:

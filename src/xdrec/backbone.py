@@ -24,7 +24,7 @@ from torch import Tensor
 from xdrec.checkpoint import Checkpoint, read_checkpoint
 from xdrec.data.dataset import Dataset
 from xdrec.devices import resolve_device
-from xdrec.errors import XdrecError
+from xdrec.errors import OptionError, XdrecError
 from xdrec.models import BACKBONES, Backbone, BackboneConfig
 from xdrec.training import Examples
 from xdrec.validation import validation_metric
@@ -49,9 +49,9 @@ class ModelOptions:
         for name in ("hidden", "blocks", "heads", "max_len"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise XdrecError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+                raise OptionError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
-            raise XdrecError(f"--dropout must be in [0, 1), got {self.dropout}")
+            raise OptionError(f"--dropout must be in [0, 1), got {self.dropout}")
 
     def given(self) -> dict[str, int | float]:
         return {k: v for k, v in asdict(self).items() if v is not None}

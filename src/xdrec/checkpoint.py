@@ -18,9 +18,10 @@ whose inputs were retrained since is stale: loading refuses it, and `xdrec run` 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 import xdrec
-from xdrec.errors import XdrecError
+from xdrec.errors import XdrecError, first_line
 from xdrec.workspace import atomic_path, file_sha256, read_json, write_json
 
 if TYPE_CHECKING:
@@ -190,6 +191,21 @@ def stale_inputs(config: Mapping[str, Any], current: Mapping[str, str | None]) -
 def fingerprint(path: Path) -> str:
     """A prefix of the file's sha256: enough to tell two trainings' weights apart."""
     return file_sha256(path)[:16]
+
+
+@contextlib.contextmanager
+def readable_config(checkpoint: Checkpoint) -> Iterator[None]:
+    """Word a config.json that does not describe its model (edited by hand: a missing key, a string for
+    a number, heads that do not divide the hidden size) as one line naming the file and the fix."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError, AssertionError, RuntimeError) as e:
+        if isinstance(e, XdrecError):
+            raise
+        raise XdrecError(
+            f"{checkpoint.path / CONFIG} does not describe a model xdrec can load ({type(e).__name__}: "
+            f"{first_line(e)[:160]}): retrain it (`{checkpoint.retrain_command}`)"
+        ) from None
 
 
 def read_checkpoint(model_dir: Path, dataset: Dataset | None = None, kind: str | None = None) -> Checkpoint:

@@ -6,13 +6,11 @@ Heavy libraries (torch, polars) are imported inside the commands so that `xdrec 
 from __future__ import annotations
 
 import functools
-import getpass
 import inspect
 import json
 import os
 import shlex
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -22,7 +20,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperCommand, TyperGroup
 
-from xdrec.errors import explain
+from xdrec.errors import OptionError, explain
 from xdrec.workspace import AREAS, WORKSPACE_ENV, Area, Workspace
 
 # What each command writes (it holds those areas' write locks while it runs). A command in neither table
@@ -50,6 +48,9 @@ class _Group(TyperGroup):
 
     def main(self, args: Any = None, *rest: Any, standalone_mode: bool = True, **extra: Any) -> Any:
         args = _workspace_first(list(sys.argv[1:] if args is None else args))
+        if args[:2] == ["--workspace", ""] or args[:1] == ["--workspace="]:  # Path("") would be "."
+            click.echo("error: --workspace is empty: pass a folder", err=True)
+            sys.exit(2)
         if not standalone_mode:
             return super().main(args, *rest, standalone_mode=False, **extra)
         try:
@@ -87,7 +88,7 @@ class _Group(TyperGroup):
                 raise
             if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
                 click.echo(f"error: {message}", err=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(2 if isinstance(e, OptionError) else 1) from None
 
 
 _RESUME_HINT = (
@@ -226,8 +227,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-stderr = Console(stderr=True)
+# Ids, item names and paths are data: never read as rich markup (a user id `[red]` or `[/]`).
+console = Console(markup=False)
+stderr = Console(stderr=True, markup=False)
 
 # --- options shared by several commands, defined once ---
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
@@ -267,7 +269,7 @@ def _demo_workspace(ctx: click.Context) -> Workspace:
     """--workspace if given, else one fixed folder in the system's temporary folder (reused, not piled up)."""
     if ctx.find_root().params.get("workspace") is not None:
         return _workspace(ctx)
-    return Workspace(Path(tempfile.gettempdir()) / f"xdrec-demo-{getpass.getuser()}")
+    return Workspace.demo()
 
 
 def _workspace(ctx: typer.Context) -> Workspace:
@@ -649,7 +651,7 @@ def pretrain(
         _print_json(summary)
     else:
         console.print(
-            f"[bold]{result.name}[/] on {result.domain}: loss {t.loss_reason}; best validation NDCG@10 "
+            f"{result.name} on {result.domain}: loss {t.loss_reason}; best validation NDCG@10 "
             f"{t.best_metric or float('nan'):.4f} at epoch {t.best_epoch}/{t.epochs_run} "
             f"({t.seconds:.0f}s on {t.device}{_tuned_note(result.tuned)}) -> {result.model_dir}"
         )
@@ -775,7 +777,7 @@ def transfer(
     else:
         for r, result in zip(rows, results, strict=True):
             console.print(
-                f"[bold]{r['strategy']}[/]: validation {r['valid'] or float('nan'):.4f} after "
+                f"{r['strategy']}: validation {r['valid'] or float('nan'):.4f} after "
                 f"{r['epochs_run']} epochs ({r['seconds']}s{_tuned_note(result.tuned)}); "
                 f"serves {', '.join(r['serves'])} -> {r['path']}"
             )
@@ -888,7 +890,14 @@ def evaluate(
             console.print(render_table(report, plain=not console.is_terminal))
             for line in absent_lines(report.absent, "not shown"):
                 console.print(line, soft_wrap=True, highlight=False)
-            console.print(f"saved {paths['json']} and {paths['plot']}", soft_wrap=True)
+            if "kept" in paths:
+                console.print(
+                    f"not saved: {paths['kept']} has 95% CIs and this report (--bootstrap 0) has none; "
+                    "pass --bootstrap N to replace it",
+                    soft_wrap=True,
+                )
+            else:
+                console.print(f"saved {paths['json']} and {paths['plot']}", soft_wrap=True)
 
 
 def _tunable() -> tuple[str, ...]:
@@ -1094,7 +1103,7 @@ def _stage_log(quiet: bool):
     return (
         (lambda _: None)
         if quiet
-        else (lambda line: stderr.print(f"[dim]›[/] {line}", highlight=False, soft_wrap=True))
+        else (lambda line: stderr.print(f"› {line}", highlight=False, soft_wrap=True))
     )
 
 

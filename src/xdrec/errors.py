@@ -17,6 +17,10 @@ class XdrecError(Exception):
     """A problem the user can fix: the message says what went wrong and what to do next."""
 
 
+class OptionError(XdrecError):
+    """An option's value outside what it can be (a usage error: the CLI exits 2, as for a bad option)."""
+
+
 # Libraries whose exceptions mean bad input data (a damaged or foreign file), not a bug in xdrec.
 _DATA_LIBRARIES = ("polars", "safetensors", "pyarrow", "huggingface_hub")
 
@@ -27,6 +31,12 @@ def explain(error: BaseException, workspace: Workspace) -> str | None:
         return str(error)
     if isinstance(error, OSError) and not type(error).__module__.startswith(_DATA_LIBRARIES):
         return _os_error(error, workspace)
+    text = str(error)
+    if "No space left on device" in text or "os error 28" in text:  # a library's wording of ENOSPC
+        return (
+            f"no space left on the device holding {workspace.root} ({first_line(error)}): free some space "
+            "or pass another --workspace"
+        )
     if type(error).__module__.split(".")[0] in _DATA_LIBRARIES or isinstance(error, UnicodeDecodeError):
         damaged = workspace.damaged_files()
         if damaged:

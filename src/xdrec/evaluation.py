@@ -82,7 +82,8 @@ import torch
 
 from xdrec import distributed
 from xdrec.data.dataset import Dataset
-from xdrec.errors import XdrecError
+from xdrec.devices import resolve_device
+from xdrec.errors import OptionError, XdrecError
 from xdrec.popularity import PopularityScorer
 from xdrec.scoring import FactoredScorer, Scorer, pad_left
 
@@ -148,7 +149,7 @@ def history_segments(cases: pl.DataFrame) -> pl.DataFrame:
 def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
     out = tuple(dict.fromkeys(int(k) for k in ks))
     if not out or min(out) < 1:
-        raise XdrecError(f"cut-offs K must be positive integers, got {list(ks)}")
+        raise OptionError(f"cut-offs K must be positive integers, got {list(ks)}")
     return out
 
 
@@ -734,12 +735,13 @@ class EvaluateConfig:
         # Checked before any work, not after an hour of training in `run`.
         object.__setattr__(self, "ks", _check_ks(self.ks))
         if self.negatives is not None and self.negatives < 1:
-            raise XdrecError(f"--negatives must be at least 1, got {self.negatives}")
+            raise OptionError(f"--negatives must be at least 1, got {self.negatives}")
         if self.bootstrap < 0:
-            raise XdrecError(f"--bootstrap must be 0 or more, got {self.bootstrap}")
+            raise OptionError(f"--bootstrap must be 0 or more, got {self.bootstrap}")
         if self.batch_size < 1:
             raise XdrecError(f"batch size must be at least 1, got {self.batch_size}")
         _check_seed(self.seed)
+        resolve_device(self.device)  # --device cuda without a GPU: said before any work
 
 
 def evaluate_scorers(

@@ -9,10 +9,11 @@ torch and polars, like the configs that use it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import Field, dataclass, field, fields
 from typing import Any
 
-from xdrec.errors import XdrecError
+from xdrec.errors import OptionError
 
 Param = int | float | str | bool
 SPEC = "xdrec.option"  # the key of a field's metadata that holds its `Spec`
@@ -56,6 +57,8 @@ class Spec:
             return f"must be {' or '.join(self.choices)}, got {value!r}"
         if value is None or isinstance(value, bool) or not isinstance(value, int | float):
             return None
+        if not math.isfinite(value):  # nan passes every comparison below
+            return f"must be a finite number, got {value}"
         too_high = self.high is not None and (value >= self.high if self.high_open else value > self.high)
         if (self.low is not None and value < self.low) or too_high:
             if self.high is None:
@@ -86,11 +89,12 @@ def declared(options: Any) -> list[tuple[Field[Any], Spec]]:
 
 
 def check(options: Any, owner: str) -> None:
-    """Raise a one-line XdrecError for the first value outside its declared range or choices."""
+    """Raise a one-line OptionError (a usage error: exit 2) for the first value outside its declared
+    range or choices."""
     for f, spec in declared(options):
         problem = spec.problem(getattr(options, f.name))
         if problem is not None:
-            raise XdrecError(f"{owner}: {f.name} {problem}")
+            raise OptionError(f"{owner}: {f.name} {problem}")
 
 
 def space(options: Any, prefix: str = "") -> dict[str, Choice]:

@@ -21,14 +21,14 @@ from xdrec.backbone import ModelOptions
 from xdrec.checkpoint import BUILT_FROM, CONFIG, stale_inputs
 from xdrec.data.dataset import Dataset
 from xdrec.data.overlap import overlap_report
-from xdrec.data.prepare import PrepareConfig, dataset_name, prepare
+from xdrec.data.prepare import PREPARE_FIELDS, PrepareConfig, dataset_name, prepare
 from xdrec.devices import resolve_device
 from xdrec.embedding import embeddings_match
-from xdrec.errors import XdrecError
+from xdrec.errors import OptionError, XdrecError
 from xdrec.evaluation import EvaluateConfig, Report, evaluate_scorers
 from xdrec.inventory import Absent, retrain_command, strict_error, untrained
 from xdrec.models import default_config
-from xdrec.report import report_paths, save_report
+from xdrec.report import keeps_intervals, report_paths, save_report
 from xdrec.scoring import pad_left
 from xdrec.selection import select_models
 from xdrec.strategies import DEFAULT, STRATEGIES, TransferConfig, model_name
@@ -58,7 +58,9 @@ def evaluate(
 
     By default the models the pipeline trains but the workspace lacks, or holds stale, are left out and
     named in `report.absent`; `strict` makes that an error. Models named in `models` must all load.
-    Writes reports/<dataset>/<domain>/report.json + .png (sampled: report-sampled-N.*) and returns them.
+    Writes reports/<dataset>/<domain>/report.json + .png (sampled: report-sampled-N.*) and returns them;
+    writes nothing and returns {"kept": the saved JSON} when that would replace a report with confidence
+    intervals by one without (`bootstrap` 0).
 
     Under torchrun (`xdrec.distributed`) every rank ranks its share of the test users on its own device
     and gets the whole report; rank 0 alone writes it.
@@ -89,6 +91,9 @@ def evaluate(
     report = evaluate_scorers(data, domain, scorers, config)
     report = replace(report, absent=tuple(a.as_dict() for a in absent))
     directory = report_dir(workspace, data, domain)
+    kept = keeps_intervals(report, directory)
+    if kept is not None:  # a quick look never replaces a report with CIs
+        return report, {"kept": kept}
     return report, save_report(report, directory) if ranks.main else report_paths(report, directory)
 
 
@@ -172,7 +177,7 @@ def recommend(
     (`xdrec.selection`; never the test report).
     """
     if k < 1:
-        raise XdrecError("--k must be at least 1")
+        raise OptionError("--k must be at least 1")
     data = Dataset.from_workspace(workspace, dataset)
     user_id = data.user_id(user)
     rows = data.interactions().filter(pl.col("user_id") == user_id).collect()
@@ -229,12 +234,15 @@ class RunConfig:
     reverse: bool = False  # also every strategy into the source domain (models/<strategy>-reverse/)
     evaluate: EvaluateConfig = field(default_factory=lambda: EvaluateConfig(seed=42))
     # Train each model with the settings `xdrec tune` stored for it, except the fields in `keep` (the
-    # options a user set explicitly).
+    # options a user set explicitly). An existing dataset is reused with the options it was prepared
+    # with; only the `prepare` fields in `keep` prepare it again.
     tuned: bool = False
     keep: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         self.prepare.check()  # checked before any stage runs, not after an hour of training
+        resolve_device(self.train.device)
+        resolve_device(self.evaluate.device)
 
     @property
     def transfer(self) -> TransferConfig:
@@ -269,12 +277,13 @@ def run(
         log("fetch: raw files present, reused")
 
     name = dataset_name(source, target)
-    if _dataset_is_current(workspace, name, source, target, config.prepare):
+    options, changed = _prepare_options(workspace, name, config)
+    if _dataset_is_current(workspace, name, source, target, options):
         log(f"prepare: {name} unchanged, reused")
         workspace.set_current_dataset(name)
     else:
-        log(f"prepare: {name}")
-        for note in prepare(workspace, source, target, config.prepare).notes:
+        log(f"prepare: {name}" + (f" again, now with {changed}" if changed else ""))
+        for note in prepare(workspace, source, target, options).notes:
             log(f"prepare: {note}")
     data = Dataset.load(workspace.dataset_dir(name))
     shared = overlap_report(data)
@@ -384,6 +393,28 @@ def _tuned_note(tuned: Tuned | None) -> str:
     return "" if tuned is None else f" (tuned settings: trial {tuned.trial}, validation {tuned.value:.4f})"
 
 
+def _prepare_options(workspace: Workspace, name: str, config: RunConfig) -> tuple[PrepareConfig, str]:
+    """The options to prepare `name` with: those it was prepared with, except the ones the user gave
+    (`config.keep`), so a plain `run` never re-prepares a dataset made with other options; and the
+    given options that differ from the dataset's, worded (empty when none)."""
+    path = workspace.dataset_dir(name) / "manifest.json"
+    if not path.exists():
+        return config.prepare, ""
+    stored = read_json(path).get("parameters")
+    try:
+        before = PrepareConfig(**stored)
+    except TypeError:  # a manifest from another version of xdrec: the options as given
+        return config.prepare, ""
+    given = {f: getattr(config.prepare, f) for f in PREPARE_FIELDS if f in config.keep}
+    options = replace(before, **given)
+    changed = ", ".join(
+        f"--{f.replace('_', '-')} {given[f]} (was {getattr(before, f)})"
+        for f in given
+        if given[f] != getattr(before, f)
+    )
+    return options, changed
+
+
 def _dataset_is_current(
     workspace: Workspace, name: str, source: str, target: str, config: PrepareConfig
 ) -> bool:
@@ -449,11 +480,11 @@ def demo(
     """The whole pipeline on the embedded synthetic default, in `workspace` or a new temporary one."""
     from xdrec.data.synthetic import DESCRIPTION, SyntheticConfig, write_raw
 
+    config = RunConfig(train=train, evaluate=EvaluateConfig(seed=42, bootstrap=200))  # checked first
     workspace = workspace or Workspace(Path(tempfile.mkdtemp(prefix="xdrec-demo-")))
     synthetic = synthetic or SyntheticConfig()
     log(f"demo workspace: {workspace.root}")
     log(DESCRIPTION)
     paths = write_raw(workspace.raw_dir, synthetic)
     source, target = list(paths)
-    config = RunConfig(train=train, evaluate=EvaluateConfig(seed=42, bootstrap=200))
     return workspace, run(workspace, source, target, config, progress=progress, log=log)[0]

@@ -7,6 +7,9 @@ overwrite the full-ranking headline.
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,7 +19,7 @@ from rich.text import Text
 
 from xdrec.evaluation import ALL_SEGMENT, COLD_SEGMENT, TIE_RULE, Report
 from xdrec.views import plain_table
-from xdrec.workspace import atomic_path, write_json
+from xdrec.workspace import atomic_path
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -193,25 +196,53 @@ def _delta_json(report: Report, row: dict) -> dict:
 
 
 def save_report(report: Report, directory: Path) -> dict[str, Path]:
-    """Write report.json and report.png (sampled: report-sampled-N.json/.png) atomically into `directory`.
+    """Write report.json and report.png (sampled: report-sampled-N.json/.png) into `directory` as one unit.
 
-    returns {"json": path, "plot": path} (`report_paths`).
+    The folder is rebuilt beside the old one (its other files linked in) and swapped in whole, so a kill
+    or a full disk leaves the old pair or the new pair, never a new JSON beside an old plot.
+    Returns {"json": path, "plot": path} (`report_paths`).
     """
     paths = report_paths(report, directory)
-    write_json(paths["json"], report_to_json(report))
-    _plot(report, paths["plot"])
+    with atomic_path(directory) as tmp:
+        tmp.mkdir(parents=True)
+        for old in sorted(directory.iterdir()) if directory.is_dir() else []:
+            if (
+                old.name not in (paths["json"].name, paths["plot"].name)
+                and old.is_file()
+                and not old.is_symlink()
+            ):
+                _link_or_copy(old, tmp / old.name)
+        (tmp / paths["json"].name).write_text(
+            json.dumps(report_to_json(report), indent=2, sort_keys=True) + "\n"
+        )
+        plot_figure(report).savefig(tmp / paths["plot"].name, format="png", dpi=120)
     return paths
+
+
+def keeps_intervals(report: Report, directory: Path) -> Path | None:
+    """The saved report that `report` would replace when that one has confidence intervals and `report`
+    has none (`evaluate --bootstrap 0`, a quick look): it is not replaced silently. None otherwise."""
+    path = report_paths(report, directory)["json"]
+    if report.bootstrap or not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return path if isinstance(saved, dict) and saved.get("bootstrap") else None
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def report_paths(report: Report, directory: Path) -> dict[str, Path]:
     """Where `save_report` writes `report` in `directory`: {"json": path, "plot": path}."""
     stem = "report" if not report.sampled else f"report-{report.protocol}"
     return {"json": directory / f"{stem}.json", "plot": directory / f"{stem}.png"}
-
-
-def _plot(report: Report, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        plot_figure(report).savefig(tmp, format="png", dpi=120)
 
 
 def plot_figure(report: Report) -> Figure:

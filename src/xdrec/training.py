@@ -30,6 +30,7 @@ validation is sharded by users and gathered (`xdrec.validation.validation_metric
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -48,7 +49,7 @@ from xdrec import distributed
 from xdrec.checkpoint import load_tensors, optimizer_from_tensors, optimizer_to_tensors, save_tensors
 from xdrec.devices import autocast, cpu_threads, resolve_device
 from xdrec.distributed import Ranks
-from xdrec.errors import XdrecError
+from xdrec.errors import OptionError, XdrecError
 from xdrec.models.losses import LOSSES, LossChoice, LossFn, choose_loss, make_loss
 from xdrec.options import Choice, option
 from xdrec.workspace import atomic_path, read_json, write_json
@@ -87,9 +88,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1 or self.negatives < 1:
-            raise XdrecError("epochs, batch size, patience and negatives must be at least 1")
-        if self.lr <= 0:
-            raise XdrecError(f"learning rate must be positive, got {self.lr}")
+            raise OptionError("epochs, batch size, patience and negatives must be at least 1")
+        if not 0 < self.lr < math.inf:  # also refuses nan
+            raise OptionError(f"--lr must be a positive number, got {self.lr}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise OptionError(f"--weight-decay must be 0 or a positive number, got {self.weight_decay}")
         if self.loss != "auto" and self.loss not in LOSSES:
             raise XdrecError(f"unknown loss {self.loss!r}: choose auto, {', '.join(LOSSES)}")
         if self.in_batch and self.loss in ("ce", "bce"):
@@ -211,6 +214,7 @@ def train(
             t0 = time.perf_counter()
             mean_loss, seen = run.train_epoch(batches, bar, task)
             seconds = time.perf_counter() - t0
+            run.check_finite(epoch, mean_loss)  # before anything is saved: a diverged run replaces nothing
             metric = _validated(model, validate)
             improved = run.end_epoch(epoch, metric)
             line = {
@@ -367,6 +371,22 @@ class _Run:
         if self.ranks.distributed:  # the weighted losses of the ranks sum to world_size x the batch's mean
             return distributed.all_sum([total.item()])[0] / self.ranks.world_size / max(steps, 1), seen
         return (total.item() / max(steps, 1)), seen
+
+    def check_finite(self, epoch: int, mean_loss: float) -> None:
+        """Stop with an error when training diverged (a non-finite loss or weight): such weights score
+        every item nan, and a saved model would silently feed embed, transfer and evaluate."""
+        bad = [
+            k for k, v in self.model.state_dict().items() if v.is_floating_point() and not v.isfinite().all()
+        ]
+        if math.isfinite(mean_loss) and not bad:
+            return
+        what = (
+            f"loss {mean_loss}" if not math.isfinite(mean_loss) else f"{len(bad)} weight tensor(s) not finite"
+        )
+        raise XdrecError(
+            f"training diverged in epoch {epoch} ({what}, learning rate {self.config.lr:g}): nothing was "
+            "saved and the previous model is kept; lower --lr (or raise --weight-decay) and train again"
+        )
 
     def end_epoch(self, epoch: int, metric: float | None) -> bool:
         """Record the epoch's validation: keep the best weights, count epochs without improvement;

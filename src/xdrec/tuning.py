@@ -44,7 +44,7 @@ from xdrec import options
 from xdrec.backbone import ndcg_validator, training_examples
 from xdrec.data.dataset import Dataset
 from xdrec.distributed import launched
-from xdrec.errors import XdrecError
+from xdrec.errors import OptionError, XdrecError
 from xdrec.fit import Plan, seeded, train_plan
 from xdrec.models import build_backbone, default_config
 from xdrec.options import Choice, Param
@@ -93,11 +93,11 @@ class TuneConfig:
 
     def __post_init__(self) -> None:
         if self.trials < 1:
-            raise XdrecError(f"--trials must be at least 1, got {self.trials}")
-        if self.timeout is not None and self.timeout <= 0:
-            raise XdrecError(f"--timeout must be a positive number of seconds, got {self.timeout}")
+            raise OptionError(f"--trials must be at least 1, got {self.trials}")
+        if self.timeout is not None and not 0 < self.timeout < float("inf"):
+            raise OptionError(f"--timeout must be a positive number of seconds, got {self.timeout}")
         if self.epochs < 1 or self.patience < 1:
-            raise XdrecError("--epochs and --patience must be at least 1")
+            raise OptionError("--epochs and --patience must be at least 1")
 
     def fixed(self) -> dict[str, Any]:
         """What a resumed search must repeat for its trials to be comparable."""

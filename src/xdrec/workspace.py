@@ -13,7 +13,12 @@ Every stage reads what the previous one wrote by convention, so commands chain w
 One writer at a time per area: a command that writes raw/, datasets/, models/, embeddings/, reports/ or
 tuning/ holds an advisory lock on it (`Workspace.writing`), so a second writer stops with a clear message
 while readers are never blocked: they see the previous or the next result, as every write is a rename.
-Temp files of an interrupted writer (hidden `.name.*` entries) are swept by the next writer of the area.
+Temp files of an interrupted writer are swept by the next writer of the area.
+
+xdrec touches only what it made: every temp name starts with `.xdrec-` (the sweep removes nothing else),
+no symbolic link is followed (lock files are opened with O_NOFOLLOW, an area that links out of the
+workspace is refused), and names typed by the user (domains, datasets, models) are checked to be one
+plain path component before they become paths.
 """
 
 from __future__ import annotations
@@ -21,11 +26,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import getpass
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -36,6 +44,24 @@ from xdrec.errors import XdrecError
 
 DEFAULT_WORKSPACE = "xdrec-workspace"
 WORKSPACE_ENV = "XDREC_WORKSPACE"
+# Every temporary name xdrec creates starts with this (and nothing else it sweeps): see `sweep`.
+TEMP_PREFIX = ".xdrec-"
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def check_name(name: str, what: str = "domain") -> None:
+    """Raise unless `name` is safe as one file name component (it becomes raw/<name>.parquet, part of a
+    dataset folder's name, ...): no `/`, no `..`, no glob or markup characters."""
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
+        raise XdrecError(
+            f"{name!r} cannot be a {what} name: use up to 64 letters, digits, '_' or '-', starting with a "
+            "letter or digit"
+        )
+
+
+def temp_name(name: str) -> str:
+    """The prefix of the temporary names that stand in for `name` while it is written."""
+    return f"{TEMP_PREFIX}tmp-{name}."
 
 
 @contextlib.contextmanager
@@ -45,7 +71,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     Works for files and directories: an interrupted stage leaves the previous result intact.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=temp_name(path.name), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     tmp.unlink()
@@ -87,30 +113,39 @@ def _exchange(a: Path, b: Path) -> bool:
     return renameat2(at_fdcwd, bytes(a), at_fdcwd, bytes(b), rename_exchange) == 0
 
 
+_OLD = f"{TEMP_PREFIX}old-"
+
+
 def _old_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.old")
+    return path.with_name(f"{_OLD}{path.name}")
 
 
-def sweep(folder: Path) -> list[Path]:
-    """Remove what interrupted writers left in `folder` (hidden `.name.*` temp files and folders); put back
-    a folder that was moved aside to `.<name>.old` and never replaced. Returns what was removed.
+def sweep(folder: Path, depth: int = 2) -> list[Path]:
+    """Remove what interrupted writers left in `folder` and its subfolders down to `depth` levels (the
+    `.xdrec-*` temp files and folders, and nothing else); put back a folder that was moved aside to
+    `.xdrec-old-<name>` and never replaced. Returns what was removed.
 
+    Symbolic links are never followed (a linked folder is not descended into, a link is only unlinked).
     Only call it while holding the folder's write lock: a live writer's temp files look the same.
     """
-    if not folder.is_dir():
+    if folder.is_symlink() or not folder.is_dir():
         return []
     removed = []
     for entry in sorted(folder.iterdir()):
-        if entry.name.startswith(".") and entry.name.endswith(".old"):
-            original = entry.with_name(entry.name[1:].removesuffix(".old"))
-            if not original.exists():
+        if not entry.name.startswith(TEMP_PREFIX):
+            if depth > 0 and entry.is_dir() and not entry.is_symlink():
+                removed += sweep(entry, depth - 1)
+            continue
+        if entry.name.startswith(_OLD):
+            original = entry.with_name(entry.name.removeprefix(_OLD))
+            if not original.exists() and not original.is_symlink():
                 entry.rename(original)
                 continue
-        if entry.name.startswith("."):
-            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-            removed.append(entry)
-        elif entry.is_dir() and not entry.is_symlink():
-            removed += sweep(entry)
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)  # rmtree itself never follows a link inside
+        else:
+            entry.unlink()
+        removed.append(entry)
     return removed
 
 
@@ -145,15 +180,27 @@ def write_json(path: Path, obj: object) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def read_json(path: Path) -> dict:
+def read_json(path: Path, data: bytes | None = None) -> dict:
+    """The JSON object in `path` (or in `data`, bytes already read from it); one line naming it if not."""
     try:
-        return json.loads(path.read_text())
+        obj = json.loads(path.read_bytes() if data is None else data)
     except FileNotFoundError:
         raise XdrecError(f"{path} does not exist") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise XdrecError(
             f"{path} is not valid JSON ({e}): rerun the stage that writes it"  # str(e) says where
         ) from None
+    if not isinstance(obj, dict):
+        raise XdrecError(
+            f"{path} holds a JSON {type(obj).__name__}, not an object: rerun the stage that writes it"
+        )
+    return obj
+
+
+def literal_path(path: Path | str) -> str:
+    """`path` for a Polars reader that has no `glob=False` (scan_ndjson): its glob characters escaped, so
+    `D[1].jsonl` reads that file and never `D1.jsonl`."""
+    return "".join(f"[{c}]" if c in "[*?" else c for c in str(path))
 
 
 def file_sha256(path: Path) -> str:
@@ -218,9 +265,25 @@ AREAS: tuple[Area, ...] = ("raw", "datasets", "models", "embeddings", "reports",
 
 @contextlib.contextmanager
 def _lock(path: Path, area: str, command: str) -> Iterator[None]:
-    """An advisory lock (flock: released by the kernel when the holder dies, even by SIGKILL)."""
+    """An advisory lock (flock: released by the kernel when the holder dies, even by SIGKILL).
+
+    The lock file is opened without following a link: a `.locks/<area>.lock` planted as a link to
+    another file must not get that file truncated."""
+    if path.parent.is_symlink():
+        raise XdrecError(
+            f"{path.parent} is a symbolic link: xdrec keeps its locks in a folder of its own; remove it"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a+") as f:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        if path.is_symlink() or not path.is_file():
+            raise XdrecError(
+                f"{path} is not a plain file (a symbolic link or a folder): xdrec opens its lock files "
+                "without following links; remove it"
+            ) from None
+        raise e
+    with os.fdopen(fd, "r+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -247,11 +310,43 @@ class Workspace:
 
     @classmethod
     def at(cls, root: str | os.PathLike | None = None) -> Workspace:
+        if root is not None and not str(root).strip():
+            raise XdrecError("--workspace is empty: pass a folder")
         return cls(Path(root or os.environ.get(WORKSPACE_ENV) or DEFAULT_WORKSPACE))
 
+    @classmethod
+    def demo(cls) -> Workspace:
+        """`demo`'s one folder in the system temp dir (reused, not piled up). Its name is predictable, so
+        anyone could have made it first: it is used only when it is a real folder owned by this user that
+        no one else can write in (made here with mode 0700)."""
+        root = Path(tempfile.gettempdir()) / f"xdrec-demo-{getpass.getuser()}"
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(root, 0o700)
+        info = os.lstat(root)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+            raise XdrecError(
+                f"{root} was not made by you (it is a link, someone else's, or writable by others): "
+                "remove it, or pass --workspace DIR"
+            )
+        return cls(root)
+
     def check_folder(self) -> None:
+        if not str(self.root).strip():
+            raise XdrecError("--workspace is empty: pass a folder")
         if self.root.exists() and not self.root.is_dir():
             raise XdrecError(f"--workspace {self.root} is a file, not a folder: pass a folder")
+
+    def check_inside(self, folder: Path) -> None:
+        """Refuse a folder of the workspace that is a symbolic link out of it: a writer would write (and
+        sweep) wherever it points, in folders xdrec did not make."""
+        if not folder.is_symlink():
+            return
+        real, root = folder.resolve(), self.root.resolve()
+        if real != root and root not in real.parents:
+            raise XdrecError(
+                f"{folder} is a symbolic link to {real}, outside the workspace: xdrec writes only inside "
+                f"{self.root}; replace the link with a folder (or make the whole workspace live there)"
+            )
 
     # --- one writer per area ---
     @contextlib.contextmanager
@@ -262,6 +357,7 @@ class Workspace:
         self.check_folder()
         for area in areas:
             for folder in self.area_dirs(area):
+                self.check_inside(folder)
                 check_writable(folder)
         with contextlib.ExitStack() as stack:
             if not self.root.exists():  # a command that fails before writing anything leaves no workspace
@@ -271,8 +367,9 @@ class Workspace:
                 for folder in self.area_dirs(area):
                     sweep(folder)
                 if area == "datasets":  # workspace.json is written by prepare
-                    for tmp in self.root.glob(".workspace.json.*"):
-                        tmp.unlink()
+                    for tmp in self.root.iterdir():
+                        if tmp.name.startswith(temp_name("workspace.json")) and not tmp.is_dir():
+                            tmp.unlink()
             yield
 
     def _remove_if_only_locks(self) -> None:
@@ -302,6 +399,7 @@ class Workspace:
         return self.root / "raw"
 
     def raw(self, domain: str) -> Path:
+        check_name(domain)
         return self.raw_dir / f"{domain}.parquet"
 
     @property
@@ -310,6 +408,11 @@ class Workspace:
 
     # --- prepare ---
     def dataset_dir(self, name: str) -> Path:
+        parts = name.split("+")
+        if len(parts) != 2:
+            raise XdrecError(f"{name!r} is not a dataset name: datasets are named SOURCE+TARGET")
+        for part in parts:
+            check_name(part)
         return self.root / "datasets" / name
 
     def set_current_dataset(self, name: str) -> None:
@@ -333,6 +436,7 @@ class Workspace:
 
     # --- pretrain / transfer / embed / evaluate ---
     def model_dir(self, name: str) -> Path:
+        check_name(name, "model")
         return self.root / "models" / name
 
     @property
@@ -341,9 +445,11 @@ class Workspace:
 
     def run_dir(self, name: str) -> Path:
         """Where the training of models/<name>/ keeps its resumable state and live metrics until it ends."""
+        check_name(name, "model")
         return self.runs_dir / name
 
     def embeddings(self, name: str) -> Path:
+        check_name(name, "model")
         return self.root / "embeddings" / f"{name}.safetensors"
 
     @property

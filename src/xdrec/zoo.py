@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from xdrec.backbone import backbone_from_checkpoint, load_backbone
-from xdrec.checkpoint import CONFIG, read_checkpoint
+from xdrec.checkpoint import CONFIG, Checkpoint, read_checkpoint, readable_config
 from xdrec.data.dataset import Dataset
 from xdrec.embedding import load_user_vectors
 from xdrec.errors import XdrecError
@@ -52,7 +52,12 @@ def load_scorer(workspace: Workspace, name: str, dataset: Dataset, device: str =
     if name == POPULARITY:
         return PopularityScorer.from_dataset(dataset, dataset.target)
     checkpoint = read_checkpoint(workspace.model_dir(name), dataset)
-    config = checkpoint.config
+    with readable_config(checkpoint):
+        return _load(workspace, checkpoint, dataset, device)
+
+
+def _load(workspace: Workspace, checkpoint: Checkpoint, dataset: Dataset, device: str) -> Scorer:
+    name, config = checkpoint.path.name, checkpoint.config
     strategy = STRATEGIES.get(config.get("strategy", ""))
     if strategy is None:
         if checkpoint.kind in BACKBONES:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_b
 from xdrec.data.download import download_url, is_url, local_path, url_cache_path, url_file_name
 from xdrec.data.importer import FORMATS, FetchResult, format_of, import_file
 from xdrec.errors import XdrecError, first_line
-from xdrec.workspace import Workspace
+from xdrec.workspace import Workspace, check_name
 
 __all__ = ["CATEGORIES", "FetchResult", "check_category", "fetch", "import_file", "url_cache_path"]
 
@@ -55,8 +54,6 @@ CATEGORIES: tuple[str, ...] = (
     "Sports_and_Outdoors", "Subscription_Boxes", "Tools_and_Home_Improvement", "Toys_and_Games",
     "Video_Games", "Unknown",
 )  # fmt: skip
-
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
 # --- names -------------------------------------------------------------------------------------------
@@ -79,11 +76,7 @@ def check_category(name: str) -> None:
 
 def check_domain_name(name: str) -> None:
     """Raise unless `name` is safe as a file name: it becomes raw/<name>.parquet and part of dataset names."""
-    if not _SAFE_NAME.fullmatch(name):
-        raise XdrecError(
-            f"{name!r} cannot be a domain name: use up to 64 letters, digits, '_' or '-', starting with a "
-            "letter or digit"
-        )
+    check_name(name)
 
 
 def hub_filename(domain: str) -> str:

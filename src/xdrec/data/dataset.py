@@ -18,11 +18,18 @@ domain of their last (second-last) interaction on the merged timeline, so `eval_
 holds exactly the users tested in `domain`, with their whole history in `domain` before it. A user whose
 only interaction in the domain is the test one is `cold` there (no such user in the papers' data, which
 keeps >= 5 interactions per domain).
+
+One version: a `prepare` may replace the folder while a command reads it. A `Dataset` opens all its files
+from one version of the folder the first time it reads any (`_pinned`) and reads only through those open
+files, so a reader sees the old dataset or the new one whole, never the old manifest beside new splits,
+and a model records the manifest it was really trained on.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import weakref
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -36,6 +43,40 @@ from xdrec.workspace import Workspace, read_json
 
 Stage = Literal["valid", "test"]
 SPLITS = ("train", "valid", "test")
+FILES = ("manifest.json", "users.parquet", "items.parquet", "interactions.parquet")
+_FD_PATHS = Path("/proc/self/fd")  # Linux: a path that reads an open file, even once it is unlinked
+
+
+def _pin(folder: Path) -> tuple[dict[str, str], list[int]]:
+    """Open every file of the dataset from one version of `folder`: (a readable path per file, the fds).
+
+    The files are opened relative to one open handle of the folder, so all come from the same version
+    even when `prepare` swaps a new one in meanwhile; if it swapped and removed the old one between the
+    opens, start again. Where open files have no path (no /proc), the plain paths (no pin)."""
+    if not _FD_PATHS.is_dir():
+        return {name: str(folder / name) for name in FILES}, []
+    for _ in range(10):
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fds: dict[str, int] = {}
+        try:
+            for name in FILES:
+                fds[name] = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+            return {name: str(_FD_PATHS / str(fd)) for name, fd in fds.items()}, list(fds.values())
+        except FileNotFoundError as e:
+            for fd in fds.values():
+                os.close(fd)
+            if os.stat(folder).st_ino == os.fstat(dir_fd).st_ino:  # not replaced: the file is missing
+                raise FileNotFoundError(e.errno, e.strerror, str(folder / str(e.filename))) from None
+        finally:
+            os.close(dir_fd)
+    raise XdrecError(
+        f"{folder} kept being replaced while it was read (`prepare` running?): rerun the command"
+    )
+
+
+def _close(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -54,15 +95,29 @@ class Dataset:
     def from_workspace(cls, workspace: Workspace, name: str | None = None) -> Dataset:
         return cls.load(workspace.dataset_dir(workspace.current_dataset(name)))
 
+    # --- one version of the files ---
+    @cached_property
+    def _files(self) -> dict[str, str]:
+        paths, fds = _pin(self.path)
+        weakref.finalize(self, _close, fds)  # the files stay open while this Dataset lives
+        return paths
+
+    def _file(self, name: str) -> str:
+        return self._files[name]
+
+    @cached_property
+    def _manifest_bytes(self) -> bytes:
+        return Path(self._file("manifest.json")).read_bytes()
+
     # --- identity ---
     @cached_property
     def manifest(self) -> dict:
-        return read_json(self.path / "manifest.json")
+        return read_json(self.path / "manifest.json", self._manifest_bytes)
 
     @cached_property
     def manifest_hash(self) -> str:
         """What checkpoints record, so a model refuses a dataset it was not trained on."""
-        return hashlib.sha256((self.path / "manifest.json").read_bytes()).hexdigest()[:16]
+        return hashlib.sha256(self._manifest_bytes).hexdigest()[:16]
 
     @property
     def name(self) -> str:
@@ -106,15 +161,19 @@ class Dataset:
 
     # --- tables ---
     def interactions(self) -> pl.LazyFrame:
-        return pl.scan_parquet(self.path / "interactions.parquet")
+        return pl.scan_parquet(self._file("interactions.parquet"), glob=False)
 
     @cached_property
     def users(self) -> pl.DataFrame:
-        return pl.read_parquet(self.path / "users.parquet")
+        return pl.read_parquet(self._file("users.parquet"), glob=False)
 
     def items(self, domain: str) -> pl.DataFrame:
         self.check_domain(domain)
-        return pl.read_parquet(self.path / "items.parquet").filter(pl.col("domain") == domain).drop("domain")
+        return (
+            pl.read_parquet(self._file("items.parquet"), glob=False)
+            .filter(pl.col("domain") == domain)
+            .drop("domain")
+        )
 
     # --- what the models read ---
     def train_sequences(self, domain: str) -> pl.DataFrame:

@@ -32,7 +32,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from xdrec.data.schema import AMAZON_COLUMNS
 from xdrec.errors import XdrecError, first_line
-from xdrec.workspace import atomic_path
+from xdrec.workspace import atomic_path, literal_path, temp_name
 
 # Suffixes of a source file and the reader each needs. In a --source folder they are tried in this order
 # for <Domain><suffix>: Parquet first, as it is the cheapest to read.
@@ -109,7 +109,7 @@ def import_file(
     fmt = format_of(path)
     _check_readable(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out.stem}.", dir=out.parent) as scratch:
+    with tempfile.TemporaryDirectory(prefix=temp_name(out.stem), dir=out.parent) as scratch:
         staged = _stage(path, fmt, Path(scratch), skip_bad=skip_bad, progress=progress)
         bad = _check_staged(staged, path.name, skip_bad=skip_bad)
         with atomic_path(out) as tmp:
@@ -185,17 +185,17 @@ def _scan_json(path: Path) -> _Columns:
     naming = _json_naming(_first_json_record(path))
     # Reading every field as text never fails on a type (numbers come back as their digits), so type
     # problems become per-row reasons with line numbers instead of one error for the whole file.
-    frame = pl.scan_ndjson(path, schema=dict.fromkeys(naming, pl.String()))
+    frame = pl.scan_ndjson(literal_path(path), schema=dict.fromkeys(naming, pl.String()))
     return _columns(frame, naming, list(naming), path.name)
 
 
 def _scan_csv(path: Path) -> _Columns:
-    frame = pl.scan_csv(path, infer_schema=False)  # all text, for the same reason as JSON
+    frame = pl.scan_csv(path, infer_schema=False, glob=False)  # all text, for the same reason as JSON
     return _columns_from_header(frame, path)
 
 
 def _scan_parquet(path: Path) -> _Columns:
-    return _columns_from_header(pl.scan_parquet(path), path)
+    return _columns_from_header(pl.scan_parquet(path, glob=False), path)
 
 
 def _columns_from_header(frame: pl.LazyFrame, path: Path) -> _Columns:
@@ -322,7 +322,7 @@ def _problem(names: dict[str, str]) -> pl.Expr:
 
 def _check_staged(staged: _Staged, name: str, *, skip_bad: bool) -> int:
     """The number of bad rows to drop; raise if there are any and dropping was not asked for, or no rows."""
-    stage = pl.scan_parquet(staged.path)
+    stage = pl.scan_parquet(staged.path, glob=False)
     rows, bad = stage.select(pl.len(), pl.col("problem").is_not_null().sum()).collect().row(0)
     if rows == 0:
         raise XdrecError(f"{name} holds no interactions: there is nothing to import")
@@ -343,7 +343,7 @@ def _first_problems(stage: pl.LazyFrame, staged: _Staged, bad: int) -> str:
 
 
 def _write_raw(staging: Path, domain: str, out: Path) -> None:
-    good = pl.scan_parquet(staging).filter(pl.col("problem").is_null())
+    good = pl.scan_parquet(staging, glob=False).filter(pl.col("problem").is_null())
     good.select("user", "item", "rating", "timestamp", domain=pl.lit(domain, dtype=pl.String())).sink_parquet(
         out
     )
@@ -351,7 +351,9 @@ def _write_raw(staging: Path, domain: str, out: Path) -> None:
 
 def _summarise(path: Path) -> tuple[int, int, int]:
     """Rows, distinct users and distinct items of a raw file."""
-    counts = pl.scan_parquet(path).select(pl.len(), pl.col("user").n_unique(), pl.col("item").n_unique())
+    counts = pl.scan_parquet(path, glob=False).select(
+        pl.len(), pl.col("user").n_unique(), pl.col("item").n_unique()
+    )
     rows, users, items = counts.collect().row(0)
     return rows, users, items
 

@@ -37,7 +37,7 @@ from xdrec.data.splits import (
     choose_cold_users,
     split_label,
 )
-from xdrec.errors import XdrecError
+from xdrec.errors import OptionError, XdrecError
 from xdrec.workspace import Workspace, atomic_path, file_sha256, write_json
 
 SOURCE, TARGET = 0, 1  # domain_code values
@@ -57,15 +57,15 @@ class PrepareConfig:
 
     def check(self) -> None:
         if self.min_user < 1 or self.min_item < 1:
-            raise XdrecError("--min-user and --min-item must be at least 1")
+            raise OptionError("--min-user and --min-item must be at least 1")
         if self.min_per_domain < 0:
-            raise XdrecError(f"--min-per-domain must be 0 or more, got {self.min_per_domain}")
-        if not 0.0 <= self.cold_start < 1.0:
-            raise XdrecError(f"--cold-start must be in [0, 1), got {self.cold_start}")
+            raise OptionError(f"--min-per-domain must be 0 or more, got {self.min_per_domain}")
+        if not 0.0 <= self.cold_start < 1.0:  # also refuses nan
+            raise OptionError(f"--cold-start must be in [0, 1), got {self.cold_start}")
         if self.split not in SPLIT_KINDS:
-            raise XdrecError(f"--split must be one of {', '.join(SPLIT_KINDS)}, got {self.split!r}")
+            raise OptionError(f"--split must be one of {', '.join(SPLIT_KINDS)}, got {self.split!r}")
         if self.split == "timestamp" and not self.t1 < self.t2:
-            raise XdrecError(f"timestamp cut points must satisfy t1 < t2, got {self.t1} and {self.t2}")
+            raise OptionError(f"timestamp cut points must satisfy t1 < t2, got {self.t1} and {self.t2}")
 
     @property
     def per_domain(self) -> int:
@@ -79,6 +79,9 @@ class PrepareConfig:
         if not self.min_per_domain:
             del out["min_per_domain"]
         return out
+
+
+PREPARE_FIELDS = tuple(PrepareConfig.__dataclass_fields__)
 
 
 @dataclass(frozen=True)
@@ -286,7 +289,7 @@ def _mask(events: pl.DataFrame, predicate: pl.Expr) -> pl.Series:
 
 def _scan_raw(path: Path, domain: str) -> pl.LazyFrame:
     try:
-        frame = pl.scan_parquet(path)
+        frame = pl.scan_parquet(path, glob=False)
         schema = frame.collect_schema()
     except (OSError, pl.exceptions.PolarsError) as e:
         raise XdrecError(f"cannot read {path}: {e}; re-run `xdrec fetch {domain}`") from None

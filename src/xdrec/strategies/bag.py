@@ -60,8 +60,9 @@ class BagOptions:
         True, "bag: read the user's target items too (--no-bag-target-input: source only)."
     )
     weight_decay: float = option(
-        1.0, "bag: AdamW weight decay (replaces --weight-decay).", tune=Choice(low=1e-3, high=3.0, log=True)
-    )
+        1.0, "bag: AdamW weight decay (replaces --weight-decay).", low=0,
+        tune=Choice(low=1e-3, high=3.0, log=True),
+    )  # fmt: skip
     members: int = option(1, "bag: models trained side by side, their log-probabilities averaged.", low=1)
 
     def __post_init__(self) -> None:

@@ -1,0 +1,334 @@
+"""Safe with a user's files, and never a silently wrong result.
+
+Each test here is one class of fault: xdrec touching what it did not write, a wrong number with exit 0,
+or a traceback where one line belongs. Each failed on the code before the fix it guards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from click.testing import Result
+from typer.testing import CliRunner
+
+from xdrec.cli import app
+from xdrec.data.synthetic import SyntheticConfig, write_raw
+from xdrec.errors import XdrecError
+from xdrec.workspace import Workspace, sweep
+
+runner = CliRunner()
+SYNTHETIC = SyntheticConfig(n_users=300)
+SOURCE, TARGET = SYNTHETIC.source_domain, SYNTHETIC.target_domain
+TRAIN = ("--device", "cpu", "--epochs", "1")
+
+
+def invoke(root: Path, *args: str) -> Result:
+    return runner.invoke(app, ["--workspace", str(root), *args])
+
+
+def one_error_line(result: Result, *fragments: str, code: int = 1) -> str:
+    assert result.exit_code == code, f"exit {result.exit_code}\n{result.output}\n{result.exception!r}"
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("prepared") / "ws"
+    write_raw(Workspace(root).raw_dir, SYNTHETIC)
+    assert invoke(root, "prepare", SOURCE, TARGET, "-q").exit_code == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, prepared: Path) -> Path:
+    root = tmp_path_factory.mktemp("trained") / "ws"
+    shutil.copytree(prepared, root)
+    for args in (("pretrain", *TRAIN, "-q"), ("pretrain", *TRAIN, "-q", "--domain", TARGET)):
+        result = invoke(root, *args)
+        assert result.exit_code == 0, result.output
+    return root
+
+
+@pytest.fixture
+def copy(trained: Path, tmp_path: Path) -> Path:
+    shutil.copytree(trained, tmp_path / "ws", symlinks=True)
+    return tmp_path / "ws"
+
+
+# --- never touch what xdrec did not write ------------------------------------------------------
+
+
+def test_the_sweep_removes_only_its_own_temp_names(tmp_path: Path) -> None:
+    area = tmp_path / "reports"
+    (area / ".git").mkdir(parents=True)
+    (area / ".git" / "HEAD").write_text("ref")
+    (area / ".gitkeep").write_text("")
+    (area / "mine" / ".hidden").mkdir(parents=True)
+    ours = [area / ".xdrec-tmp-report.json.abc.tmp", area / "mine" / ".xdrec-tmp-x.y"]
+    ours[0].write_text("x")
+    ours[1].mkdir()
+    sweep(area)
+    assert not any(p.exists() for p in ours)
+    assert (area / ".git" / "HEAD").exists() and (area / ".gitkeep").exists()
+    assert (area / "mine" / ".hidden").is_dir()
+
+
+def test_the_sweep_never_follows_a_link(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".xdrec-tmp-not-yours").write_text("keep")  # even our prefix, behind a link, is not ours
+    area = tmp_path / "ws" / "models"
+    area.mkdir(parents=True)
+    (area / "linked").symlink_to(home)
+    (area / ".xdrec-tmp-link").symlink_to(home)  # a link with our name: unlinked, never descended into
+    sweep(area)
+    assert (home / ".ssh").is_dir() and (home / ".xdrec-tmp-not-yours").exists()
+    assert not (area / ".xdrec-tmp-link").is_symlink()
+
+
+def test_an_area_linked_out_of_the_workspace_is_refused(prepared: Path, tmp_path: Path) -> None:
+    root = tmp_path / "ws"
+    shutil.copytree(prepared, root)
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".bashrc").write_text("keep")
+    (root / "reports").symlink_to(home)
+    one_error_line(invoke(root, "evaluate", "--device", "cpu"), "symbolic link", "outside the workspace")
+    assert (home / ".ssh").is_dir() and (home / ".bashrc").read_text() == "keep"
+
+
+def test_a_lock_file_that_is_a_link_is_not_written_through(tmp_path: Path) -> None:
+    victim = tmp_path / "precious.txt"
+    victim.write_text("precious")
+    locks = tmp_path / "ws" / ".locks"
+    locks.mkdir(parents=True)
+    (locks / "models.lock").symlink_to(victim)
+    with (
+        pytest.raises(XdrecError, match="symbolic link"),
+        Workspace(tmp_path / "ws").writing(["models"], "x"),
+    ):
+        pass
+    assert victim.read_text() == "precious"
+
+
+def test_demo_refuses_a_temp_folder_it_did_not_make(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    planted = Workspace.demo().root  # made by us: fine, mode 0700
+    assert oct(planted.stat().st_mode & 0o777) == "0o700"
+    planted.rmdir()
+    planted.symlink_to(elsewhere)  # someone made it first, as a link
+    with pytest.raises(XdrecError, match="not made by you"):
+        Workspace.demo()
+    planted.unlink()
+    planted.mkdir(mode=0o777)
+    os.chmod(planted, 0o777)  # or as a folder anyone can write in
+    with pytest.raises(XdrecError, match="not made by you"):
+        Workspace.demo()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("prepare", "../../evil", TARGET),
+        ("prepare", SOURCE, "a/b"),
+        ("fetch", "..", "--source", "x.csv"),
+        ("pretrain", "--dataset", "../x+y"),
+        ("evaluate", "--model", "../../m", "--device", "cpu"),
+    ],
+)
+def test_every_command_checks_names_the_same_way(
+    prepared: Path, tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    shutil.copytree(prepared, tmp_path / "ws")
+    one_error_line(invoke(tmp_path / "ws", *args), "cannot be a")
+    assert not (tmp_path / "evil").exists()
+
+
+def test_paths_are_never_glob_patterns(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "D1.csv").write_text("user_id,parent_asin,rating,timestamp\nu,i,5,1\n")
+    (data / "D[1].csv").write_text("user_id,parent_asin,rating,timestamp\nu,i,5,1\nv,j,4,2\n")
+    result = invoke(tmp_path / "ws", "fetch", "D1", "--source", str(data / "D[1].csv"), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[0]["rows"] == 2  # the file named, not D1.csv
+
+
+def test_a_workspace_with_glob_characters_reads_its_own_data(prepared: Path, tmp_path: Path) -> None:
+    other = tmp_path / "ws1"  # what `ws[1]` would match as a pattern
+    shutil.copytree(prepared, other)
+    root = tmp_path / "ws[1]"
+    shutil.copytree(prepared, root)
+    shutil.rmtree(other / "raw")
+    SyntheticConfig(n_users=150)
+    write_raw(Workspace(other).raw_dir, SyntheticConfig(n_users=150))
+    mine = invoke(root, "prepare", SOURCE, TARGET, "--json")
+    assert mine.exit_code == 0, mine.output
+    theirs = invoke(other, "prepare", SOURCE, TARGET, "--json")
+    assert json.loads(mine.stdout)["users"] != json.loads(theirs.stdout)["users"]
+    overlap = invoke(root, "overlap", "--json")
+    assert overlap.exit_code == 0, overlap.output
+
+
+def test_an_empty_workspace_is_refused(tmp_path: Path) -> None:
+    for args in (["--workspace", "", "overlap"], ["overlap", "--workspace="]):
+        one_error_line(runner.invoke(app, args), "--workspace", code=2)
+
+
+# --- never a wrong number with exit 0 -----------------------------------------------------------
+
+
+def test_a_reader_sees_one_version_while_prepare_replaces_it(prepared: Path, tmp_path: Path) -> None:
+    from xdrec.data.dataset import Dataset
+    from xdrec.data.prepare import PrepareConfig, prepare
+
+    root = tmp_path / "ws"
+    shutil.copytree(prepared, root)
+    ws = Workspace(root)
+    data = Dataset.from_workspace(ws)
+    before = data.manifest  # the reader has started
+    prepare(ws, SOURCE, TARGET, PrepareConfig(min_user=8, min_item=8))  # a writer swaps a new dataset in
+    after = Dataset.from_workspace(ws).manifest
+    assert after["users"] != before["users"]
+    assert data.users.height == before["users"]  # the reader still reads the version it started with
+    rows = sum(d["interactions"] for d in before["domains"].values())
+    assert data.interactions().collect().height == rows
+
+
+def test_diverged_training_stops_and_keeps_the_previous_model(copy: Path) -> None:
+    weights = copy / "models" / "source-only" / "model.safetensors"
+    old = weights.read_bytes()
+    line = one_error_line(invoke(copy, "pretrain", *TRAIN, "--lr", "1e12", "-q"), "diverged")
+    assert "previous model is kept" in line
+    assert weights.read_bytes() == old
+
+
+def test_ids_are_printed_as_text_never_markup() -> None:
+    from types import SimpleNamespace
+
+    from xdrec.cli import console
+    from xdrec.views import recommend_table
+
+    items = [{"rank": 1, "item": "[/]", "score": 1.0}, {"rank": 2, "item": "a[red]b", "score": 0.5}]
+    rec = SimpleNamespace(user="u[bold]1", segment="warm", model="bag", items=items)
+    with console.capture() as captured:
+        console.print(recommend_table(rec))
+    text = captured.get()
+    assert "[/]" in text and "a[red]b" in text and "u[bold]1" in text
+
+
+def test_report_json_and_plot_are_one_unit(copy: Path, monkeypatch) -> None:
+    import errno
+
+    import xdrec.report
+
+    assert invoke(copy, "evaluate", "--device", "cpu", "--bootstrap", "20").exit_code == 0
+    folder = next((copy / "reports").glob("*/*"))
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    def full_disk(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder / "report.png"))
+
+    monkeypatch.setattr(xdrec.report, "plot_figure", full_disk)
+    one_error_line(invoke(copy, "evaluate", "--device", "cpu", "--bootstrap", "20", "--k", "5"), "no space")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # the old pair, whole
+
+
+def test_a_quick_evaluate_does_not_replace_a_report_with_intervals(copy: Path) -> None:
+    assert invoke(copy, "evaluate", "--device", "cpu", "--bootstrap", "20").exit_code == 0
+    report = next((copy / "reports").glob("*/*/report.json"))
+    before = report.read_bytes()
+    quick = invoke(copy, "evaluate", "--device", "cpu", "--bootstrap", "0")
+    assert quick.exit_code == 0 and "not saved" in quick.stdout
+    assert report.read_bytes() == before
+    again = invoke(copy, "evaluate", "--device", "cpu", "--bootstrap", "30")
+    assert again.exit_code == 0 and json.loads(report.read_text())["bootstrap"] == 30
+
+
+def test_run_reuses_the_prepared_options_unless_given(prepared: Path, tmp_path: Path) -> None:
+    from xdrec.data.prepare import PrepareConfig, prepare
+    from xdrec.pipeline import RunConfig, _prepare_options
+
+    root = tmp_path / "ws"
+    shutil.copytree(prepared, root)
+    ws = Workspace(root)
+    prepare(ws, SOURCE, TARGET, PrepareConfig(min_user=3, min_item=3))
+    name = f"{SOURCE}+{TARGET}"
+    options, changed = _prepare_options(ws, name, RunConfig())  # a plain `run`: nothing given
+    assert (options.min_user, options.min_item, changed) == (3, 3, "")
+    given = RunConfig(prepare=PrepareConfig(min_user=5, min_item=3), keep=frozenset({"min_user", "min_item"}))
+    options, changed = _prepare_options(ws, name, given)
+    assert (options.min_user, options.min_item) == (5, 3)
+    assert changed == "--min-user 5 (was 3)"
+
+
+# --- one line, not a traceback ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("pretrain", "--lr", "nan"),
+        ("pretrain", "--weight-decay", "-5"),
+        ("pretrain", "--dropout", "1.5"),
+        ("transfer", "--bag-weight-decay", "-1"),
+        ("prepare", SOURCE, TARGET, "--cold-start", "1.5"),
+        ("evaluate", "--bootstrap", "-1"),
+    ],
+)
+def test_value_range_errors_are_usage_errors(prepared: Path, args: tuple[str, ...]) -> None:
+    one_error_line(invoke(prepared, *args), code=2)
+
+
+def test_a_missing_gpu_is_said_before_any_work(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    for args in (("run", SOURCE, TARGET, "--device", "cuda"), ("evaluate", "--device", "cuda")):
+        one_error_line(invoke(tmp_path / "ws", *args), "--device cuda")
+        assert not (tmp_path / "ws" / "raw").exists()
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda c: c["model"].update(heads=3),  # heads that do not divide hidden
+        lambda c: c["model"].update(hidden="64"),  # a string for a number
+        lambda c: c.pop("model"),  # a missing key
+        lambda c: c.update(model=[1, 2]),  # a list for an object
+    ],
+)
+def test_a_hand_edited_model_config_is_one_line(copy: Path, edit) -> None:
+    path = copy / "models" / "target-only" / "config.json"
+    config = json.loads(path.read_text())
+    edit(config)
+    path.write_text(json.dumps(config))
+    one_error_line(invoke(copy, "evaluate", "--device", "cpu", "--model", "target-only"), "config.json")
+
+
+def test_a_config_that_is_a_list_is_one_line(copy: Path) -> None:
+    (copy / "models" / "target-only" / "config.json").write_text("[1, 2]")
+    one_error_line(invoke(copy, "evaluate", "--device", "cpu", "--model", "target-only"), "config.json")
+
+
+def test_a_full_disk_in_a_data_library_says_so(copy: Path, monkeypatch) -> None:
+    import polars as pl
+
+    def full(*_args, **_kwargs):
+        raise pl.exceptions.ComputeError("failed to write: No space left on device (os error 28)")
+
+    monkeypatch.setattr(pl.LazyFrame, "sink_parquet", full)
+    one_error_line(invoke(copy, "prepare", SOURCE, TARGET, "--min-item", "3"), "no space left")
