@@ -89,34 +89,59 @@ def test_cold_start_target_rows_never_reach_training(
 
 
 def test_joint_learns_every_next_item_of_the_merged_timeline(trained: Workspace) -> None:
-    """Each position's label is the token after it (either domain); the window's last has none."""
+    """Each user's examples are their merged training timeline (both domains, by time, source first at a
+    tie; source items 1..n_source, target items after them), shifted by one: checked row by row against
+    the timeline rebuilt in Python from the interactions table."""
     seen = _examples_seen(trained, "joint")
     inputs, labels = seen["inputs"], seen["labels"]
-    follows = (inputs[:, :-1] != 0) & (inputs[:, 1:] != 0)  # a token with one after it in the window
-    assert torch.equal(labels[:, :-1][follows], inputs[:, 1:][follows])
-    assert (labels[inputs == 0] == 0).all() and (labels[:, -1] == 0).all()
     data = Dataset.from_workspace(trained)
-    n_target = data.n_items(data.target)
-    assert (labels > n_target).any() and ((labels > 0) & (labels <= n_target)).any()  # both domains
-    # Each label against its own domain's items while the full softmax fits; the configured sampled loss
-    # (over both domains' items) when asked for it, as for a catalogue the size of Books.
-    assert getattr(_plan(trained, "joint").loss_fn, "__name__", None) == "partitioned_ce"
-    assert _plan(trained, "joint", replace(FAST, loss="sampled")).loss_fn is None
+    n_source, width = data.n_items(data.source), inputs.shape[1]
+    rows = data.interactions().filter(pl.col("split") == "train").collect()
+    timelines: dict[int, list[tuple[int, int, int]]] = {}
+    for user, domain, item, time in rows.select("user_id", "domain", "item_id", "timestamp").iter_rows():
+        token = item if domain == data.source else item + n_source
+        timelines.setdefault(user, []).append((time, token, token))
+    expected = [[t for _, _, t in sorted(events)] for _, events in sorted(timelines.items())]
+    expected = [t for t in expected if len(t) > 1]
+    assert len(expected) == len(inputs)
+    for row, timeline in enumerate(expected):
+        assert labels[row][labels[row] != 0].tolist() == timeline[1:][-width:]
+        assert inputs[row][inputs[row] != 0].tolist() == timeline[:-1][-width:]
+    assert (labels > n_source).any() and ((labels > 0) & (labels <= n_source)).any()  # both domains
+    assert getattr(_plan(trained, "joint").loss_fn, "__name__", None) == "two_domain_sampled"
 
 
-def test_joint_trains_with_the_sampled_loss_over_both_domains(trained: Workspace, tmp_path: Path) -> None:
-    """The path a catalogue too large for the full softmax takes: it trains and ranks the target items."""
-    copy = Workspace(tmp_path / "ws")
-    shutil.copytree(trained.root, copy.root)
-    sampled = replace(FAST, loss="sampled", negatives=32, epochs=1)
-    [result] = transfer(copy, ["joint"], config=TransferConfig(train=sampled), progress=False)
-    assert result.training.loss == "sampled"
-    data = Dataset.from_workspace(copy)
-    cases = data.eval_cases(data.target, "test").filter(pl.col("segment") == "cold").head(8)
-    scores = load_scorer(copy, "joint", data, "cpu").scores(  # cold users get joint's own scores
-        torch.tensor(cases["user_id"].to_list()), torch.zeros(8, 1, dtype=torch.long)
+def test_joint_is_one_model_that_scores_both_domains(trained: Workspace) -> None:
+    data = Dataset.from_workspace(trained)
+    config = read_json(trained.model_dir("joint") / "config.json")
+    assert config["domains"] == list(data.domains)
+    assert not trained.model_dir("joint-reverse").exists()
+    for domain in data.domains:
+        cases = data.eval_cases(domain, "test").head(8)
+        users = torch.tensor(cases["user_id"].to_list())
+        scores = load_scorer(trained, "joint", data, "cpu", domain).scores(
+            users, pad_left(cases["history"].to_list())
+        )
+        assert scores.shape == (8, data.n_items(domain) + 1) and torch.isfinite(scores[:, 1:]).all()
+    # each domain's validation was compared with that domain's single-domain model
+    assert set(config["valid_against_single"]) == set(data.domains)
+    assert sorted(config["falls_back_in"]) == sorted(
+        d for d, v in config["valid_against_single"].items() if v["own"] <= v["single"]
     )
-    assert scores.shape == (8, data.n_items(data.target) + 1) and torch.isfinite(scores[:, 1:]).all()
+
+
+def test_joint_scores_from_the_history_it_is_given(trained: Workspace) -> None:
+    """The scorer rebuilds the timeline from the target history passed in (valid or test time): a shorter
+    history gives other scores, and the same history the same scores."""
+    data = Dataset.from_workspace(trained)
+    scorer = load_scorer(trained, "joint", data, "cpu", data.target)
+    cases = data.eval_cases(data.target, "test").filter(pl.col("history").list.len() > 1).head(16)
+    users = torch.tensor(cases["user_id"].to_list())
+    full = pad_left(cases["history"].to_list())
+    shorter = pad_left([h[:-1] for h in cases["history"].to_list()])
+    assert not torch.allclose(scorer.scores(users, full), scorer.scores(users, shorter))
+    again = scorer.scores(users, shorter)
+    assert torch.equal(scorer.scores(users, shorter), again)  # deterministic in eval mode
 
 
 def test_every_strategy_is_evaluated_per_segment(trained: Workspace) -> None:
@@ -201,7 +226,7 @@ def _scores(ws: Workspace, name: str) -> torch.Tensor:
 
 
 def test_the_fallback_follows_the_recorded_validation(trained: Workspace) -> None:
-    for name in ("finetune", "fusion", "joint"):
+    for name in ("finetune", "fusion"):
         config = read_json(trained.model_dir(name) / "config.json")
         compared = config["valid_against_target"]
         assert config["falls_back"] == (compared["own"] <= compared["target"]), name

@@ -37,7 +37,7 @@ from xdrec.strategies.fallback import FALLS_BACK
 from xdrec.training import TrainConfig
 from xdrec.tuned import Tuned, apply_tuned, with_params
 from xdrec.workspace import Workspace, file_sha256, read_json
-from xdrec.zoo import POPULARITY, load_scorer, model_domain, model_fingerprint, trained_models
+from xdrec.zoo import POPULARITY, load_scorer, model_domains, model_fingerprint, trained_models
 
 if TYPE_CHECKING:
     from xdrec.data.synthetic import SyntheticConfig
@@ -73,13 +73,13 @@ def evaluate(
     domain = domain or data.target
     data.check_domain(domain)
     names = [m for m in (models or trained_models(workspace, data, domain)) if m != POPULARITY]
-    wrong = [name for name in names if model_domain(workspace, name) not in (None, domain)]
+    wrong = [name for name in names if not _scores(workspace, name, domain)]
     if wrong:  # checked before loading anything; an unknown name fails in load_scorer with its own message
         raise XdrecError(f"model {wrong[0]} scores another domain than {domain}: pass --domain to match it")
     scorers, absent = [], []
     for name in names:
         try:
-            scorers.append(load_scorer(workspace, name, data, config.device))
+            scorers.append(load_scorer(workspace, name, data, config.device, domain))
         except XdrecError as e:
             if models:  # asked for by name: its problem is the answer
                 raise
@@ -111,7 +111,7 @@ def evaluate_domains(
     (report, paths) per domain, in the dataset's domain order."""
     data = Dataset.from_workspace(workspace, dataset)
     domains = evaluation_domains(data, domain, both_domains)
-    wrong = [m for m in models if m != POPULARITY and model_domain(workspace, m) not in (None, *domains)]
+    wrong = [m for m in models if not any(_scores(workspace, m, d) for d in domains)]
     if wrong:  # checked before loading anything; an unknown name fails in load_scorer with its own message
         raise XdrecError(
             f"model {wrong[0]} scores another domain than {' or '.join(domains)}: pass --domain to match it"
@@ -119,7 +119,7 @@ def evaluate_domains(
     out = []
     for where in domains:
         # Given models: those of this domain (popularity alone where there is none); else every trained one.
-        names = [m for m in models if model_domain(workspace, m) in (None, where)] or [POPULARITY]
+        names = [m for m in models if _scores(workspace, m, where)] or [POPULARITY]
         out.append(
             evaluate(
                 workspace,
@@ -131,6 +131,12 @@ def evaluate_domains(
             )
         )
     return out
+
+
+def _scores(workspace: Workspace, name: str, domain: str) -> bool:
+    """Whether model `name` scores `domain`'s items (popularity and unknown names: yes; loading says more)."""
+    domains = model_domains(workspace, name)
+    return domains is None or domain in domains
 
 
 def evaluation_domains(data: Dataset, domain: str | None = None, both: bool = False) -> tuple[str, ...]:
@@ -188,9 +194,9 @@ def recommend(
     absent = [] if strategy else _absent_for(workspace, data, segment)
     if strict and absent:
         raise strict_error(absent)
-    if name != POPULARITY and model_domain(workspace, name) != data.target:
+    if not _scores(workspace, name, data.target):
         raise XdrecError(f"model {name} does not score {data.target} items: pick a target-domain model")
-    scorer = load_scorer(workspace, name, data, device)
+    scorer = load_scorer(workspace, name, data, device, data.target)
     history = pad_left([target["item_id"].to_list()])
     with torch.no_grad():
         scores = scorer.scores(torch.tensor([user_id]), history)[0].float().cpu()
@@ -334,6 +340,8 @@ def run(
     strategy_models = []
     for into in directions:
         for strategy in config.strategies:
+            if STRATEGIES[strategy].both_domains and into != target:
+                continue  # its one model already scores the source domain
             model = model_name(strategy, data, into)
             strategy_models.append(model)
             (effective,), tuned = _settings(

@@ -36,28 +36,36 @@ def trained_models(workspace: Workspace, dataset: Dataset, domain: str) -> list[
     found = [
         name
         for name, meta in model_records(workspace).items()
-        if meta.get("domain") == domain
-        and meta.get("dataset", {}).get("manifest_hash") == dataset.manifest_hash
+        if domain in _domains(meta) and meta.get("dataset", {}).get("manifest_hash") == dataset.manifest_hash
     ]
     rank = {name: i for i, name in enumerate(REPORT_ORDER)}  # a reverse strategy sits with its strategy
     return sorted(found, key=lambda n: (rank.get(n.removesuffix(REVERSE), len(rank)), n))
 
 
-def load_scorer(workspace: Workspace, name: str, dataset: Dataset, device: str = "auto") -> Scorer:
-    """models/<name>/ (or the popularity baseline) as a Scorer of its domain.
+def load_scorer(
+    workspace: Workspace, name: str, dataset: Dataset, device: str = "auto", domain: str | None = None
+) -> Scorer:
+    """models/<name>/ (or the popularity baseline) as a Scorer of `domain` (default: the model's own;
+    a model of both domains, `joint`, scores either).
 
     A strategy is loaded with the inputs it `needs` as the workspace holds them now, and refused if any
     of those were retrained since the strategy was trained (its lineage, see xdrec.checkpoint).
     """
     if name == POPULARITY:
-        return PopularityScorer.from_dataset(dataset, dataset.target)
+        return PopularityScorer.from_dataset(dataset, domain or dataset.target)
     checkpoint = read_checkpoint(workspace.model_dir(name), dataset)
     with readable_config(checkpoint):
-        return _load(workspace, checkpoint, dataset, device)
+        return _load(workspace, checkpoint, dataset, device, domain)
 
 
-def _load(workspace: Workspace, checkpoint: Checkpoint, dataset: Dataset, device: str) -> Scorer:
+def _load(
+    workspace: Workspace, checkpoint: Checkpoint, dataset: Dataset, device: str, domain: str | None
+) -> Scorer:
     name, config = checkpoint.path.name, checkpoint.config
+    if domain is not None and domain not in _domains(config):
+        raise XdrecError(
+            f"model {name} does not score {domain} items: it scores {' and '.join(_domains(config))}"
+        )
     strategy = STRATEGIES.get(config.get("strategy", ""))
     if strategy is None:
         if checkpoint.kind in BACKBONES:
@@ -71,10 +79,14 @@ def _load(workspace: Workspace, checkpoint: Checkpoint, dataset: Dataset, device
         current[config["embeddings"]] = vectors.model_fingerprint
     # A checkpoint from before its strategy needed the target model names none, and loads without it.
     if "target_model" in strategy.needs and "target_model" in config:
-        target_model = load_backbone(workspace, config["target_model"], dataset, device)
-        current[config["target_model"]] = target_model.fingerprint
+        # A model of both domains competes, in each, with that domain's single-domain model.
+        single = (
+            f"{dataset.role(domain)}-only" if strategy.both_domains and domain else config["target_model"]
+        )
+        target_model = load_backbone(workspace, single, dataset, device)
+        current[single] = target_model.fingerprint
     checkpoint.check_built_from(current)
-    scorer = strategy.load(checkpoint, ScoringInputs(dataset, device, vectors, target_model))
+    scorer = strategy.load(checkpoint, ScoringInputs(dataset, device, vectors, target_model, domain))
     scorer.name = (
         checkpoint.path.name
     )  # reported under its models/ name, as backbones are (<strategy>-reverse)
@@ -99,6 +111,12 @@ def model_fingerprint(workspace: Workspace, name: str) -> str | None:
     return read_json(path).get("fingerprint") if path.exists() else "missing"
 
 
-def model_domain(workspace: Workspace, name: str) -> str | None:
+def model_domains(workspace: Workspace, name: str) -> tuple[str, ...] | None:
+    """The domains models/<name>/ scores (None: no such model, or popularity, which scores any)."""
     path: Path = workspace.model_dir(name) / CONFIG
-    return read_json(path).get("domain") if path.exists() else None
+    return _domains(read_json(path)) if path.exists() else None
+
+
+def _domains(config: dict) -> tuple[str, ...]:
+    """What a config.json says its model scores: `domains` (a model of both), else its `domain`."""
+    return tuple(config.get("domains") or ([config["domain"]] if "domain" in config else []))

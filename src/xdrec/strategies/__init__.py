@@ -142,13 +142,14 @@ def transfer(
     results = []
     for name in names:
         own, settings = config, None
+        into = data.target if STRATEGIES[name].both_domains else target  # its one model scores both
         if tuned:
-            model = model_name(name, data, target)
+            model = model_name(name, data, into)
             (own,), settings = apply_tuned(
                 workspace, data, model, (config,), keep, apply=STRATEGIES[name].with_params
             )
-        own = directed(own, data, target)
-        ctx, inputs = strategy_inputs(workspace, data, STRATEGIES[name], own, target)
+        own = directed(own, data, into)
+        ctx, inputs = strategy_inputs(workspace, data, STRATEGIES[name], own, into)
         result = fit_strategy(STRATEGIES[name], ctx, own, inputs, progress, resume=resume)
         results.append(replace(result, tuned=settings))
     return results

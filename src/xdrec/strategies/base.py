@@ -107,7 +107,9 @@ class ScoringInputs:
     dataset: Dataset
     device: str
     vectors: UserVectors | None = None  # with "source_vectors"
-    target_model: SequenceScorer | None = None  # with "target_model"
+    # with "target_model": the single-domain model of the domain scored (target-only into the target)
+    target_model: SequenceScorer | None = None
+    domain: str | None = None  # the domain to score, for a strategy that scores both (None: its own)
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,9 @@ class Strategy(ABC):
     Options: ClassVar[type | None] = None
     # The shared settings (TRAINING, ARCHITECTURE) `xdrec tune` searches for it, besides its own options.
     tunes: ClassVar[tuple[str, ...]] = TRAINING
+    # True: one model scores both domains of the dataset (config.json's `domains`); it is trained once,
+    # into the dataset's target, and has no `-reverse` model.
+    both_domains: ClassVar[bool] = False
 
     @abstractmethod
     def build(self, ctx: TransferContext, config: TransferConfig, inputs: ScoringInputs) -> Plan:

@@ -1,109 +1,119 @@
-"""`joint`: one SASRec over each user's merged source + target timeline, trained on both domains' next items.
+"""`joint`: one model of each user's merged two-domain timeline that scores both domains.
 
-The standard strong baseline of cross-domain sequential recommendation. Tokens 1..n_target are target
-items and n_target+1..n_target+n_source source items; a domain embedding is added to each position. Every
-position is labelled with the next item of the merged timeline, whichever domain it is in, and scored
-against the items of that domain (`partitioned_ce_loss`), as C2DSR and ABXI train: source activity is
-both context and training signal for the shared encoder. Only target items are candidates when it ranks.
-A cold-start user's timeline is their source history alone. Source history is what
-`Dataset.context_sequences` holds (as for `embed` and `bag`), merged by timestamp with the target items
-the user is allowed to see at prediction time.
+The model (`xdrec.models.merged`) reads source and target interactions merged by time, in one token space
+(source items 1..n_source, target items n_source + 1..: same-time ties source first, as the mixed split
+orders them), and keeps a view of each position per domain. Every position is labelled with the next
+interaction of the merged timeline, whichever its domain, and scored in that domain's view against
+uniformly drawn items of that domain (`two_domain_sampled_loss`), as ABXI and C2DSR train: source activity
+is context and training signal at once. It is trained once and ranks each domain's items for that domain's
+users: `evaluate` and `recommend` load it for either domain (config.json's `domains`).
 
-Until round 4 of issue 10 each position was labelled with the next *target* item only; on Grocery ->
-Home_and_Kitchen the two-domain labels lift validation NDCG@10 from 0.0208 to 0.0222 (BENCHMARKS.md).
+What a user's timeline holds when it scores domain D: D's items the evaluation passes as history, and the
+other domain's items `Dataset.context_sequences` allows (its training split; under the mixed split its
+validation item too). A cold-start user's timeline is their other-domain history alone.
+
+It competes with each domain's single-domain SASRec on that domain's validation users: where its
+validation NDCG@10 is not above that model's, users with history in the domain get that model's scores
+(`fallback.py`); `run` can then train it by default on any split.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import polars as pl
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from xdrec.checkpoint import Checkpoint
 from xdrec.data.dataset import Dataset
 from xdrec.devices import resolve_device
+from xdrec.errors import OptionError
+from xdrec.evaluation import per_user_metrics
 from xdrec.fit import Plan
-from xdrec.models import BackboneConfig, backbone_kind, build_backbone, load_config
-from xdrec.models.losses import choose_loss, partitioned_ce_loss
+from xdrec.models.losses import two_domain_sampled_loss
+from xdrec.models.merged import MergedConfig, MergedTimeline
+from xdrec.options import Choice, check, option
 from xdrec.scoring import Scorer, pad_left
-from xdrec.strategies.base import (
-    ARCHITECTURE,
-    TRAINING,
-    ScoringInputs,
-    Strategy,
-    TransferConfig,
-    TransferContext,
-)
-from xdrec.strategies.fallback import compare_with_target, with_fallback
-from xdrec.training import Examples
-from xdrec.validation import validation_metric
+from xdrec.strategies.base import ScoringInputs, Strategy, TransferConfig, TransferContext
+from xdrec.strategies.fallback import WarmFallback
+from xdrec.training import Examples, TrainConfig, TrainResult
+from xdrec.validation import METRIC, validation_sample
 
 
-class JointModel(nn.Module):
-    def __init__(self, cfg: BackboneConfig, n_target: int) -> None:
-        super().__init__()
-        self.n_target = n_target
-        self.sasrec = build_backbone(cfg)  # any backbone; the attribute keeps its name for old checkpoints
-        self.domain_emb = nn.Embedding(3, cfg.hidden, padding_idx=0)  # 0 padding, 1 target, 2 source
+@dataclass(frozen=True)
+class JointOptions:
+    """`joint`'s model and loss (its own, not the source model's: it is trained from scratch)."""
 
-    def forward(self, inputs: Tensor) -> Tensor:
-        domain = (inputs > 0).long() + (inputs > self.n_target).long()  # (B, L)
-        return self.sasrec(inputs, extra=self.domain_emb(domain))
+    hidden: int = option(128, "joint: hidden size.", low=8, tune=Choice((64, 128, 256)))
+    blocks: int = option(1, "joint: Transformer blocks.", low=1, tune=Choice((1, 2)))
+    heads: int = option(2, "joint: attention heads (must divide --joint-hidden).", low=1)
+    dropout: float = option(
+        0.3, "joint: dropout.", low=0, high=1, high_open=True, tune=Choice(low=0.1, high=0.6)
+    )
+    rank: int = option(8, "joint: rank of each domain's adapter of the merged state.", low=1)
+    views: bool = option(False, "joint: add each domain's own-items encoding to its view (3x slower).")
+    negatives: int = option(
+        128, "joint: uniformly drawn negatives per domain and batch.", low=1, tune=Choice((64, 128, 256, 512))
+    )
+    weight_decay: float = option(
+        0.5,
+        "joint: AdamW weight decay (replaces --weight-decay).",
+        low=0,
+        tune=Choice(low=0.01, high=5.0, log=True),
+    )
+    max_len: int = option(50, "joint: the most recent interactions of the merged timeline it reads.", low=1)
 
-    def item_embeddings(self) -> Tensor:
-        return self.sasrec.item_embeddings()  # (n_target + n_source + 1, D): both domains are trained
+    def __post_init__(self) -> None:
+        check(self, "joint")
+        if self.hidden % self.heads:
+            raise OptionError(f"joint: heads ({self.heads}) must divide hidden ({self.hidden})")
 
-    def target_embeddings(self) -> Tensor:
-        return self.sasrec.item_embeddings()[: self.n_target + 1]  # only target items are candidates
+
+def _token(data: Dataset) -> pl.Expr:
+    """Source items keep their ids; target items follow them."""
+    n_source = data.n_items(data.source)
+    return (
+        pl.when(pl.col("domain") == data.source)
+        .then(pl.col("item_id"))
+        .otherwise(pl.col("item_id") + n_source)
+    )
 
 
-def timelines(data: Dataset, target: str, target_splits: tuple[str, ...]) -> pl.LazyFrame:
-    """One row per interaction in the merged timeline: user_id, token, is_target, time-ordered per user."""
-    n_target = data.n_items(target)
-    is_target = pl.col("domain") == target
+def merged_timelines(data: Dataset, splits: dict[str, tuple[str, ...]]) -> pl.LazyFrame:
+    """user_id, token (list, time order) of each user's rows of `splits[domain]` in each domain."""
+    keep = pl.lit(False)
+    for domain, names in splits.items():
+        keep = keep | ((pl.col("domain") == domain) & pl.col("split").is_in(list(names)))
     return (
         data.interactions()
-        .filter(
-            (is_target & pl.col("split").is_in(list(target_splits)))
-            | (~is_target & pl.col("split").is_in(list(data.context_splits())))
-        )
-        .with_columns(
-            is_target=is_target,
-            token=pl.when(is_target).then(pl.col("item_id")).otherwise(pl.col("item_id") + n_target),
-        )
-        .sort("user_id", "timestamp", "token")
-        .select("user_id", "token", "is_target")
-    )
-
-
-def examples(data: Dataset, target: str, max_len: int) -> Examples:
-    """Most recent max_len positions of each training timeline; label = the next token (0 at the end)."""
-    rows = (
-        timelines(data, target, ("train",))
-        .with_columns(label=pl.col("token").shift(-1).over("user_id").fill_null(0))
+        .filter(keep)
+        .with_columns(token=_token(data))
+        .sort("user_id", "timestamp", "token")  # source tokens first at a tie, as the mixed split orders
         .group_by("user_id", maintain_order=True)
-        .agg(pl.col("token").tail(max_len), pl.col("label").tail(max_len))
-        .filter(pl.col("label").list.max() > 0)
-        .collect()
+        .agg(pl.col("token"))
     )
-    return Examples(pad_left(rows["token"].to_list(), max_len), pad_left(rows["label"].to_list(), max_len))
 
 
-def scoring_timelines(data: Dataset, target: str, max_len: int) -> Tensor:
-    """(n_users, 2 * max_len) every user's most recent timeline tokens, target items up to validation.
-
-    The scorer keeps the target items in the history it is given and drops the others, so the same table
-    serves validation (train history) and test (train + valid); twice max_len leaves room for both.
-    """
-    width = 2 * max_len
+def examples(data: Dataset, max_len: int) -> Examples:
+    """Each user's merged training timeline, its most recent max_len positions; label = the next token."""
     rows = (
-        timelines(data, target, ("train", "valid"))
-        .group_by("user_id")
-        .agg(pl.col("token").tail(width))
+        merged_timelines(data, {d: ("train",) for d in data.domains})
+        .filter(pl.col("token").list.len() > 1)
         .collect()
     )
+    tokens = rows["token"].to_list()
+    return Examples(pad_left([t[:-1] for t in tokens], max_len), pad_left([t[1:] for t in tokens], max_len))
+
+
+def scoring_timelines(data: Dataset, domain: str, max_len: int) -> Tensor:
+    """(n_users, 2 * max_len) every user's most recent tokens: `domain`'s items up to validation and the
+    other domain's context. The scorer keeps the `domain` items in the history it is given and drops the
+    others, so one table serves validation and test; twice max_len leaves room for both."""
+    width = 2 * max_len
+    splits = {domain: ("train", "valid"), data.other(domain): data.context_splits()}
+    rows = merged_timelines(data, splits).with_columns(pl.col("token").list.tail(width)).collect()
     tokens = torch.zeros(data.users.height, width, dtype=torch.long)
     tokens[torch.from_numpy(rows["user_id"].to_numpy().astype("int64"))] = pad_left(
         rows["token"].to_list(), width
@@ -112,61 +122,124 @@ def scoring_timelines(data: Dataset, target: str, max_len: int) -> Tensor:
 
 
 class JointScorer:
-    """Rebuilds each user's merged timeline from the target history it is given (valid or test time)."""
+    """Scores one domain's items: rebuilds each user's merged timeline from the domain history it is given."""
 
-    def __init__(self, model: JointModel, tokens: Tensor, name: str = "joint") -> None:
-        self.model, self.tokens, self.name = model, tokens, name
+    def __init__(self, model: MergedTimeline, tokens: Tensor, view: int, name: str = "joint") -> None:
+        self.model, self.tokens, self.view, self.name = model, tokens, view, name
+        n_a = model.cfg.n_a
+        self.first, self.last = (
+            (1, n_a) if view == 0 else (n_a + 1, n_a + model.cfg.n_b)
+        )  # the domain's tokens
 
     @torch.no_grad()
     def scores(self, user_ids: Tensor, history: Tensor) -> Tensor:
         self.model.eval()
-        n_target, device = self.model.n_target, self.model.domain_emb.weight.device
+        device = self.model.domain_emb.weight.device
         tokens = self.tokens[user_ids.cpu()]  # (B, W)
-        seen = torch.zeros(len(tokens), n_target + 1, dtype=torch.bool)  # (B, n_target + 1)
+        n_domain = self.last - self.first + 1
+        seen = torch.zeros(len(tokens), n_domain + 1, dtype=torch.bool)  # (B, n_domain + 1): by item id
         seen.scatter_(1, history.cpu(), True)
         seen[:, 0] = False
-        is_target = (tokens > 0) & (tokens <= n_target)
-        keep = (tokens > n_target) | (is_target & seen.gather(1, tokens.clamp(max=n_target)))  # (B, W)
+        ours = (tokens >= self.first) & (tokens <= self.last)
+        item = torch.where(ours, tokens - self.first + 1, 0)  # (B, W): the domain's item id, else 0
+        keep = (~ours & (tokens > 0)) | (ours & seen.gather(1, item))  # (B, W)
         # Stable sort on the keep flag moves the kept tokens right, in time order: left padding again.
         order = torch.sort(keep.int(), dim=1, stable=True).indices
         merged = (tokens * keep).gather(1, order)
-        inputs = pad_left(merged, self.model.sasrec.cfg.max_len).to(device)
-        return self.model(inputs)[:, -1] @ self.model.target_embeddings().T  # (B, n_target + 1)
+        inputs = pad_left(merged, self.model.cfg.max_len).to(device)
+        return self.model.user_vectors(inputs, self.view) @ self.model.domain_table(self.view).T
+
+
+def _view(data: Dataset, domain: str) -> int:
+    return 0 if domain == data.source else 1
+
+
+def _validation(data: Dataset, max_len: int) -> dict[str, tuple[pl.DataFrame, Tensor]]:
+    """Per domain: the validation users early stopping ranks, and the scoring timelines."""
+    return {
+        d: (validation_sample(data.eval_cases(d, "valid")), scoring_timelines(data, d, max_len))
+        for d in data.domains
+    }
+
+
+def _valid_scores(
+    model: MergedTimeline, data: Dataset, cases: dict[str, tuple[pl.DataFrame, Tensor]]
+) -> dict[str, float]:
+    """Validation NDCG@10 of the model in each domain that has validation users."""
+    return {
+        d: float(
+            per_user_metrics(JointScorer(model, tokens, _view(data, d)), users, data.n_items(d), ks=(10,))[
+                METRIC
+            ].mean()
+        )
+        for d, (users, tokens) in cases.items()
+        if users.height
+    }
 
 
 class Joint(Strategy):
     name = "joint"
     serves = frozenset({"warm", "cold", "target-only"})
-    needs = frozenset({"target_model"})  # what it is compared with on validation (fallback.py)
-    tunes = (*ARCHITECTURE, *TRAINING)  # it builds a new backbone
+    needs = frozenset({"target_model"})  # each domain's single-domain model, its fallback (fallback.py)
+    both_domains = True
+
+    Options = JointOptions
+    tunes = ("lr", "batch_size")  # its architecture is its own options
+
+    def train_config(self, config: TransferConfig) -> TrainConfig:
+        return replace(config.train, weight_decay=config.options(JointOptions).weight_decay)
 
     def build(self, ctx: TransferContext, config: TransferConfig, inputs: ScoringInputs) -> Plan:
-        data, target = ctx.dataset, ctx.target
+        data = ctx.dataset
         assert inputs.target_model is not None
-        n_target = data.n_items(target)
-        cfg = config.architecture(ctx, n_target + data.n_items(ctx.source_domain))
-        model = JointModel(cfg, n_target)
-        train = config.train
-        # Each label against its own domain's items when the full softmax fits; otherwise (a catalogue the
-        # size of Books) the configured sampled loss over both domains' items.
-        full = choose_loss(train.loss, cfg.n_items, train.batch_size, cfg.max_len).name == "ce"
-        tokens = scoring_timelines(data, target, cfg.max_len)
-        validate = validation_metric(
-            data.eval_cases(target, "valid"), n_target, lambda m: JointScorer(m, tokens)
-        )
+        options = config.options(JointOptions)
+        cfg = MergedConfig(
+            data.n_items(data.source), data.n_items(data.target), options.hidden, options.blocks,
+            options.heads, options.max_len, options.dropout, options.rank, options.views,
+        )  # fmt: skip
+        model = MergedTimeline(cfg)
+        singles = {ctx.source_domain: ctx.source, ctx.target: inputs.target_model}
+        validation = _validation(data, cfg.max_len)
+
+        def validate(trained: torch.nn.Module) -> float:  # the domains' mean: one model serves both
+            assert isinstance(trained, MergedTimeline)
+            scores = _valid_scores(trained, data, validation)
+            return sum(scores.values()) / max(len(scores), 1)
+
+        def compare(trained: torch.nn.Module, _: TrainResult) -> dict[str, Any]:
+            assert isinstance(trained, MergedTimeline)
+            own = _valid_scores(trained, data, validation)
+            single = {
+                d: float(
+                    per_user_metrics(singles[d], validation[d][0], data.n_items(d), ks=(10,))[METRIC].mean()
+                )
+                for d in own
+            }
+            behind = [d for d in data.domains if d in own and own[d] <= single[d]]
+            return {
+                "falls_back": ctx.target in behind,
+                "falls_back_in": behind,
+                "valid_against_single": {d: {"own": own[d], "single": single[d]} for d in own},
+            }
+
+        loss_seed = torch.Generator().manual_seed(config.train.seed + 1)
         return Plan(
             model,
-            examples(data, target, cfg.max_len),
+            examples(data, cfg.max_len),
             validate,
-            loss_fn=partitioned_ce_loss(n_target) if full else None,
-            finish=compare_with_target(data, target, inputs.target_model),
-            record={"backbone": backbone_kind(cfg), "model": asdict(cfg), "n_target": n_target},
+            loss_fn=two_domain_sampled_loss(cfg.n_a, cfg.n_items, options.negatives, loss_seed),
+            finish=compare,
+            record={"model": asdict(cfg), "domains": list(data.domains)},
         )
 
     def load(self, checkpoint: Checkpoint, inputs: ScoringInputs) -> Scorer:
         config = checkpoint.config
-        model = JointModel(load_config(config), config["n_target"])
+        data = inputs.dataset
+        domain = inputs.domain or config["domain"]
+        model = MergedTimeline(MergedConfig(**config["model"]))
         model.load_state_dict(checkpoint.state_dict())
-        tokens = scoring_timelines(inputs.dataset, config["domain"], model.sasrec.cfg.max_len)
-        own = JointScorer(model.to(resolve_device(inputs.device)).eval(), tokens)
-        return with_fallback(own, checkpoint, inputs.target_model)
+        model = model.to(resolve_device(inputs.device)).eval()
+        own = JointScorer(model, scoring_timelines(data, domain, model.cfg.max_len), _view(data, domain))
+        if domain not in config.get("falls_back_in", []) or inputs.target_model is None:
+            return own
+        return WarmFallback(own, inputs.target_model, own.name)
