@@ -51,9 +51,10 @@ def ok(result: Result) -> Result:
     return result
 
 
-def one_error_line(result: Result, *fragments: str) -> str:
-    """A user error: exit 1, one `error: ...` line on stderr naming `fragments`, nothing on stdout."""
-    assert result.exit_code == 1, f"exit {result.exit_code}\n{result.output}\n{result.exception!r}"
+def one_error_line(result: Result, *fragments: str, code: int = 1) -> str:
+    """A user error: exit 1 (a usage error: 2), one `error: ...` line on stderr naming `fragments`,
+    nothing on stdout."""
+    assert result.exit_code == code, f"exit {result.exit_code}\n{result.output}\n{result.exception!r}"
     assert isinstance(result.exception, SystemExit), f"escaped as a traceback: {result.exception!r}"
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
@@ -366,9 +367,11 @@ def test_every_strategy_on_short_histories(tmp_path: Path) -> None:
 
 
 def evaluate_json(ws: Workspace, *args: str) -> dict:
-    return json.loads(
+    doc = json.loads(
         ok(invoke(ws, "evaluate", "--device", "cpu", "--bootstrap", "20", "--json", *args)).stdout
     )
+    (report,) = doc["reports"]  # one shape whatever the number of domains: here one
+    return report
 
 
 def test_evaluate_json_is_full_ranking_per_model_and_segment(chain: Chain) -> None:
@@ -380,7 +383,14 @@ def test_evaluate_json_is_full_ranking_per_model_and_segment(chain: Chain) -> No
     assert {r["model"] for r in rows} == {"popularity", "target-only", *STRATEGIES}  # not source-only
     assert {"warm", "cold", "all"} <= {r["segment"] for r in rows}
     assert all(r["domain"] == TARGET and r["protocol"] == "full" for r in rows)
-    assert all(0.0 <= r[m] <= 1.0 for r in rows for m in METRICS_AT_10)
+    scored = [r for r in rows if r["scored"]]
+    assert all(0.0 <= r[m] <= 1.0 for r in scored for m in METRICS_AT_10)
+    # target-only and finetune read target history alone: no numbers for cold users, who have none.
+    assert {(r["model"], r["segment"]) for r in rows if not r["scored"]} == {
+        ("target-only", "cold"),
+        ("finetune", "cold"),
+    }
+    assert all(r[m] is None for r in rows if not r["scored"] for m in METRICS_AT_10)
     assert all(r["users"] > 0 for r in rows)
     saved = json.loads((chain.ws.reports_dir / DATASET / TARGET / "report.json").read_text())
     assert saved == report
@@ -390,8 +400,10 @@ def test_evaluate_json_is_full_ranking_per_model_and_segment(chain: Chain) -> No
 def test_evaluate_table_names_the_protocol_and_the_files(chain: Chain) -> None:
     result = ok(invoke(chain.ws, "evaluate", "--device", "cpu", "--bootstrap", "20"))
     out = flat(result.stdout)
-    assert "Fullranking" in out and "SAMPLED" not in out
-    assert flat(f"saved {chain.ws.reports_dir / DATASET / TARGET / 'report.json'}") in out
+    assert "fullranking" in out and "SAMPLED" not in out
+    assert flat(f"report: {chain.ws.reports_dir / DATASET / TARGET / 'report.json'}") in out
+    verdicts = [line for line in result.stdout.splitlines() if line.startswith(("all:", "warm:", "cold:"))]
+    assert len(verdicts) == 3 and all("target-only" in v or "popularity" in v for v in verdicts)
     assert flat(str(chain.ws.reports_dir / DATASET / TARGET / "report.png")) in out
     for segment in ("warm", "cold", "all"):
         assert f"\n{segment} " in result.stdout  # a segment's first row starts its line
@@ -404,6 +416,8 @@ def test_evaluate_several_cut_offs(chain: Chain) -> None:
     assert set(report["metrics"]) == expected
     for row in report["results"]:
         assert expected <= set(row) and not METRICS_AT_10 - {"MRR"} & set(row)
+        if not row["scored"]:
+            continue  # cannot rank these users: no numbers
         assert row["HR@5"] <= row["HR@20"] and row["Recall@5"] <= row["Recall@20"]
 
 
@@ -547,7 +561,49 @@ def test_recommend_unknown_user_is_one_line(chain: Chain) -> None:
 def test_recommend_with_a_source_model_is_refused(chain: Chain) -> None:
     user = next(iter(target_users(chain.ws)))  # the warm one
     result = invoke(chain.ws, "recommend", user, "--strategy", "source-only", "--k", "50", "--device", "cpu")
-    one_error_line(result, "source-only")
+    one_error_line(result, "source-only", code=2)
+    # A name that is no model: the error lists the ones that can recommend.
+    result = invoke(chain.ws, "recommend", user, "--strategy", "nosuch", "--device", "cpu")
+    line = one_error_line(result, "'nosuch'", "popularity", "target-only", "bag", code=2)
+    assert "source-only" not in line.split("choose from")[1]
+
+
+def test_recommend_for_many_users_writes_one_parquet(chain: Chain, tmp_path: Path) -> None:
+    users = target_users(chain.ws)
+    singles = {
+        user: json.loads(
+            ok(invoke(chain.ws, "recommend", user, "--k", "4", "--device", "cpu", "--json")).stdout
+        )
+        for user in users
+    }
+    listing = tmp_path / "users.txt"
+    listing.write_text("\n".join([*users, next(iter(users))]) + "\n")  # a repeated id counts once
+    out = tmp_path / "recs.parquet"
+    result = ok(
+        invoke(
+            chain.ws, "recommend", "--users", str(listing), "--out", str(out), "--k", "4", "--device", "cpu"
+        )
+    )
+    assert f"{len(users)} users" in result.stdout and str(out) in flat(result.stdout)
+    recs = pl.read_parquet(out)
+    assert recs.columns == ["user", "segment", "model", "rank", "item", "score"]
+    assert recs["user"].unique(maintain_order=True).to_list() == list(users)
+    for user, single in singles.items():  # the same answer as one user at a time
+        mine = recs.filter(pl.col("user") == user)
+        assert mine["rank"].to_list() == [1, 2, 3, 4]
+        assert mine["item"].to_list() == [i["item"] for i in single["items"]]
+        assert mine["score"].to_list() == pytest.approx([i["score"] for i in single["items"]], rel=1e-5)
+        assert set(mine["model"]) == {single["model"]} and set(mine["segment"]) == {single["segment"]}
+    everyone = tmp_path / "all.parquet"
+    ok(invoke(chain.ws, "recommend", "--all", "--out", str(everyone), "--k", "2", "--device", "cpu"))
+    assert pl.read_parquet(everyone)["user"].n_unique() == Dataset.from_workspace(chain.ws).users.height
+    # Usage errors: no --out, two ways of naming users, an unknown user in the file.
+    one_error_line(invoke(chain.ws, "recommend", "--all"), "--out", code=2)
+    one_error_line(invoke(chain.ws, "recommend", "u1", "--all", "--out", str(out)), "one user id", code=2)
+    listing.write_text("NOT-A-USER\n")
+    before = out.read_bytes()
+    one_error_line(invoke(chain.ws, "recommend", "--users", str(listing), "--out", str(out)), "NOT-A-USER")
+    assert out.read_bytes() == before  # nothing half-written
 
 
 # --------------------------------------------------------------------------------------- workspace
@@ -648,7 +704,7 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> Ran:
 
 
 def test_run_does_every_stage_and_prints_the_report(ran: Ran) -> None:
-    report = json.loads(ran.first.stdout)
+    (report,) = json.loads(ran.first.stdout)["reports"]
     assert report["protocol"] == "full" and report["domain"] == TARGET
     rows = report["results"]
     assert {r["model"] for r in rows} == {"popularity", "target-only", *DEFAULT}
@@ -675,7 +731,7 @@ def test_a_second_identical_run_reuses_every_stage(ran: Ran) -> None:
     mtimes = {p.parent.name: p.stat().st_mtime for p in (ran.ws.root / "models").glob("*/model.safetensors")}
     assert mtimes == ran.models_after_first
     assert (ran.ws.reports_dir / DATASET / TARGET / "report.json").read_bytes() == ran.report_after_first
-    assert "Full ranking" in ran.second.stdout and "\ncold " in ran.second.stdout
+    assert "full ranking of" in ran.second.stdout and "\ncold " in ran.second.stdout
 
 
 def test_run_rejects_an_unknown_strategy_before_any_stage(tmp_path: Path) -> None:
@@ -698,13 +754,14 @@ def test_run_rejects_a_bad_cut_off_before_any_stage(ran: Ran) -> None:
 
 def test_run_with_negatives_keeps_the_full_ranking_headline(ran: Ran) -> None:
     result = ok(invoke(ran.ws, *RUN, "--source", str(ran.downloads), "--negatives", "20", "--json"))
-    assert json.loads(result.stdout)["protocol"] == "full"
+    full, sampled = json.loads(result.stdout)["reports"]  # the headline first
+    assert (full["protocol"], sampled["protocol"]) == ("full", "sampled-20")
     assert (ran.ws.reports_dir / DATASET / TARGET / "report-sampled-20.json").exists()
 
 
 def test_run_by_history_adds_the_warm_users_by_history_length(ran: Ran) -> None:
     result = ok(invoke(ran.ws, *RUN, "--source", str(ran.downloads), "--by-history", "--json"))
-    segments = {row["segment"] for row in json.loads(result.stdout)["results"]}
+    segments = {row["segment"] for row in json.loads(result.stdout)["reports"][0]["results"]}
     assert "warm" in segments and segments & set(HISTORY_SEGMENTS.values())
     evaluated = ok(invoke(ran.ws, "evaluate", "--device", "cpu", "--bootstrap", "0", "--by-history"))
     assert "warm 8+" in evaluated.stdout or "warm 5-7" in evaluated.stdout
@@ -788,7 +845,7 @@ def test_demo_runs_everything_in_the_given_workspace(tmp_path: Path) -> None:
     result = ok(invoke(ws, "demo", *DEMO_SMALL, "--quiet"))
     assert flat(f"demo workspace: {ws.root}") in flat(result.stderr)
     assert flat("Synthetic data, not real reviews") in flat(result.stderr)
-    assert "Full ranking" in result.stdout and flat(f"workspace: {ws.root}") in flat(result.stdout)
+    assert "full ranking" in result.stdout and flat(f"workspace: {ws.root}") in flat(result.stdout)
     assert ws.raw(SOURCE).exists() and ws.raw(TARGET).exists()
     assert all(model_files(ws, m) for m in ("source-only", "target-only", *DEFAULT))
     saved = json.loads((ws.reports_dir / DATASET / TARGET / "report.json").read_text())
@@ -797,4 +854,4 @@ def test_demo_runs_everything_in_the_given_workspace(tmp_path: Path) -> None:
     again = ok(invoke(ws, "demo", *DEMO_SMALL, "--json"))
     shown = json.loads(again.stdout)
     assert shown.pop("workspace") == str(ws.root)
-    assert shown == saved and again.stderr == ""
+    assert shown == {"reports": [saved]} and again.stderr == ""

@@ -113,8 +113,8 @@ def test_torchrun_run_trains_every_stage_once_and_prints_one_report(tmp_path: Pa
     args = ("run", "Src", "Tgt", "--min-item", "3", "--epochs", "1", "--bootstrap", "20", "--device", "cpu")
     done = torchrun("-m", "xdrec", "--workspace", str(ws), *args, "--json")
     assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout)  # one JSON document: rank 1 printed nothing
-    assert report["world_size"] == 2 and report["results"]
+    doc = json.loads(done.stdout)  # one JSON document: rank 1 printed nothing
+    assert doc["world_size"] == 2 and doc["reports"][0]["results"]
     for model in ("source-only", "target-only", "mapping", "finetune", "bag"):
         config = json.loads((ws / "models" / model / "config.json").read_text())
         assert config["world_size"] == 2, model

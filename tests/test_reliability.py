@@ -343,7 +343,7 @@ EVAL = ("evaluate", "--device", "cpu", "--bootstrap", "0")
 def absent_of(ws: Workspace, *args: str) -> dict[str, dict]:
     result = invoke(ws, *EVAL, "--json", *args)
     assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
+    (report,) = json.loads(result.stdout)["reports"]
     return {a["model"]: a for a in report["absent"]}
 
 
@@ -449,8 +449,7 @@ def test_demo_says_where_the_plot_is_and_quotes_the_workspace(
     shutil.copytree(trained.root, ws.root)
 
     def fake_demo(workspace: Workspace, **_kwargs):
-        report, _ = evaluate(workspace, EvaluateConfig(bootstrap=0, device="cpu"))
-        return workspace, report
+        return workspace, [evaluate(workspace, EvaluateConfig(bootstrap=0, device="cpu"))]
 
     monkeypatch.setattr(xdrec.pipeline, "demo", fake_demo)
     result = invoke(ws, "demo")

@@ -15,7 +15,7 @@ from xdrec.data.dataset import Dataset
 from xdrec.errors import XdrecError
 from xdrec.evaluation import EvaluateConfig, Report, evaluate_scorers
 from xdrec.popularity import PopularityScorer
-from xdrec.report import render_table, report_to_json, save_report
+from xdrec.report import render_table, report_to_json, reports_to_json, save_report, verdict, verdict_lines
 
 # (user_id, domain, item_id, split): Books is the source (3 items), Movies the target (5 items).
 INTERACTIONS = [
@@ -165,7 +165,7 @@ def test_render_table_marks_the_winner_per_segment(dataset: Dataset) -> None:
         dataset, "Movies", [OracleScorer(dataset, "Movies")], EvaluateConfig(bootstrap=20)
     )
     table = render_table(report)
-    assert table.title == "Full ranking over 5 items — Movies, test split"
+    assert table.title == "Books -> Movies: full ranking of 5 items, test split"
     console = Console(record=True, width=80)
     console.print(table)
     text = console.export_text()
@@ -325,3 +325,101 @@ def test_report_without_the_base_model_marks_nothing(dataset: Dataset) -> None:
     text = console.export_text()
     assert "no target-only in this report" in " ".join(text.split())
     assert text.split("mean over users")[0].count("▲") == 1  # cold only: oracle vs popularity
+
+
+class SequenceOnly(OracleScorer):
+    """Like a single-domain sequence model: reads the domain's history alone (nothing for a cold user)."""
+
+    name = "target-only"
+    history_only = True
+
+    def scores(self, user_ids: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        out = self.matrix[user_ids].clone()
+        out[(history == 0).all(1)] = 0.0  # no history: one constant ranking
+        return out
+
+
+class Deferring(OracleScorer):
+    """Gives users with history target-only's scores (the oracle's), as a strategy that falls back."""
+
+    name = "mapping"
+    defers_to = "target-only"
+
+
+class ClaimsToDefer(ReverseOracle):
+    """Says it defers to target-only but scores otherwise: the report must not believe it."""
+
+    name = "liar"
+    defers_to = "target-only"
+
+
+def test_a_model_giving_anothers_scores_says_so_and_one_that_cannot_rank_shows_a_dash(
+    dataset: Dataset,
+) -> None:
+    scorers = [
+        SequenceOnly(dataset, "Movies"),
+        Deferring(dataset, "Movies"),
+        ClaimsToDefer(dataset, "Movies"),
+    ]
+    report = evaluate_scorers(dataset, "Movies", scorers, EvaluateConfig(ks=(3,), bootstrap=20))
+    rows = {(r["model"], r["segment"]): r for r in report_to_json(report)["results"]}
+    for segment in ("all", "warm", "target-only"):  # every user there has Movies history
+        assert rows[("mapping", segment)]["same_as"] == "target-only"
+        assert rows[("liar", segment)]["same_as"] is None  # declared, but its numbers differ
+    assert rows[("mapping", "cold")]["same_as"] is None  # cold users get its own scores
+    # target-only cannot rank cold users (no Movies history): no numbers, no comparison, not a loss.
+    cold = rows[("target-only", "cold")]
+    assert cold["scored"] is False and cold["NDCG@3"] is None and cold["ci"] == {}
+    assert cold["delta"]["NDCG@3"] is None and "cannot rank" in cold["delta"]["note"]
+    assert all(r["scored"] for (m, _), r in rows.items() if m != "target-only")
+    console = Console(record=True, width=80)
+    console.print(render_table(report, plain=True))
+    text = console.export_text()
+    table, legend = text.split("mean over users")
+    assert table.count("=  target-only") == 3  # mapping in all, warm and one domain
+    cold_line = next(line for line in table.splitlines() if "—" in line)
+    assert "target-only" in cold_line and "▼" not in cold_line and "▲" not in cold_line
+    # One ★ per segment, never on a row that repeats another's numbers; mapping wins cold on its own.
+    assert table.count("★") == 4 and table.count("★ mapping") == 1
+    assert "one domain" in table and "one domain = no Books history" in " ".join(legend.split())
+    assert all(len(line) <= 80 for line in text.splitlines())
+
+
+def test_the_verdict_names_the_winner_per_segment_or_says_none(dataset: Dataset) -> None:
+    scorers = [
+        SequenceOnly(dataset, "Movies"),
+        Deferring(dataset, "Movies"),
+        ClaimsToDefer(dataset, "Movies"),
+    ]
+    report = evaluate_scorers(dataset, "Movies", scorers, EvaluateConfig(ks=(3,), bootstrap=20))
+    by_segment = {v["segment"]: v for v in verdict(report)}
+    assert list(by_segment) == report.segments
+    # Warm: mapping only repeats target-only and the liar is worse: nothing beats target-only.
+    assert (
+        by_segment["warm"]["model"] is None
+        and by_segment["warm"]["line"] == "warm: no model beats target-only"
+    )
+    # Cold: mapping's own scores (the oracle) against popularity, on one user: a sure win.
+    cold = by_segment["cold"]
+    pop = report.rows.filter((pl.col("model") == "popularity") & (pl.col("segment") == "cold"))["NDCG@3"][0]
+    assert cold["model"] == "mapping" and cold["against"] == "popularity" and cold["significant"]
+    assert cold["delta"] == pytest.approx(1.0 - pop) and cold["ci"] == [pytest.approx(1.0 - pop)] * 2
+    gain = f"{1.0 - pop:+.4f}"
+    assert cold["line"] == f"cold: mapping {gain} NDCG@3 over popularity [{gain}, {gain}], significant"
+    assert by_segment["target-only"]["line"].startswith("one domain: ")
+    # The JSON carries the same verdict, and one shape for one domain or several.
+    doc = reports_to_json([report])
+    assert list(doc) == ["reports"] and doc["reports"][0]["verdict"] == verdict(report)
+    assert verdict_lines([report])[2] == cold["line"]
+    other = evaluate_scorers(dataset, "Books", [], EvaluateConfig(bootstrap=0))
+    assert [r["domain"] for r in reports_to_json([report, other])["reports"]] == ["Movies", "Books"]
+    assert all(line.startswith(("Movies ", "Books ")) for line in verdict_lines([report, other]))
+
+
+def test_a_verdict_without_intervals_says_so(dataset: Dataset) -> None:
+    report = evaluate_scorers(dataset, "Movies", [Deferring(dataset, "Movies")], EvaluateConfig(bootstrap=0))
+    cold = next(v for v in verdict(report) if v["segment"] == "cold")
+    assert not cold["significant"] and cold["line"].endswith("(no interval: --bootstrap 0)")
+    # No target-only in the report: the other segments have nothing to compare with, and say it.
+    warm = next(v for v in verdict(report) if v["segment"] == "warm")
+    assert warm["line"] == "warm: no target-only in this report, nothing to compare with"

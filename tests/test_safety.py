@@ -222,7 +222,9 @@ def test_ids_are_printed_as_text_never_markup() -> None:
     from xdrec.views import recommend_table
 
     items = [{"rank": 1, "item": "[/]", "score": 1.0}, {"rank": 2, "item": "a[red]b", "score": 0.5}]
-    rec = SimpleNamespace(user="u[bold]1", segment="warm", model="bag", items=items)
+    rec = SimpleNamespace(
+        user="u[bold]1", segment="warm", model="bag", items=items, score="score", held_out=False
+    )
     with console.capture() as captured:
         console.print(recommend_table(rec))
     text = captured.get()

@@ -229,7 +229,17 @@ def test_progress_bar_reports_loss_speed_and_metric(capsys: pytest.CaptureFixtur
     train(new_model(), examples(), config(epochs=2), validate=lambda m: 0.125, progress=True)
     err = capsys.readouterr().err
     assert "epoch 2/2" in err and "seq/s" in err and "NDCG@10 0.1250" in err
-    assert "loss auto:" in err and "full softmax" in err  # the loss choice is logged, not silent
+    assert "full softmax" in err and "logits need" not in err  # the loss choice said in plain words
+    assert ".py:" not in err  # no source locations on screen
+    assert "warning" not in err  # validation stopped improving after epoch 1
+
+
+def test_training_that_ends_while_validation_improves_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    scores = iter([0.1, 0.2, 0.3])
+    result = train(new_model(), examples(), config(epochs=3), validate=lambda m: next(scores), progress=True)
+    assert result.best_epoch == 3 and not result.stopped_early
+    err = " ".join(capsys.readouterr().err.split())
+    assert "warning: training ended at --epochs 3 while validation NDCG@10 was still improving" in err
 
 
 def test_resolve_device() -> None:

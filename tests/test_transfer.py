@@ -180,7 +180,7 @@ def test_sasrec_and_transfer_beat_the_baselines(trained: Workspace) -> None:
     warm, cold = (_ndcg_by_model(report.rows, segment) for segment in ("warm", "cold"))
     assert warm["target-only"] > 2 * warm["popularity"], warm  # the sequential signal is learned
     best = max(cold[s] for s in ("mapping", "fusion", "joint", "bag"))
-    assert best > cold["popularity"] and best > cold["target-only"], cold
+    assert best > cold["popularity"] and cold["target-only"] is None, cold  # it cannot rank cold users
 
 
 def _ndcg_by_model(rows: pl.DataFrame, segment: str) -> dict[str, float]:

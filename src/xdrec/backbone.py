@@ -66,6 +66,8 @@ class ModelOptions:
 class SequenceScorer:
     """A trained backbone as a `Scorer`: the last position's hidden state against every item."""
 
+    history_only = True  # it reads the domain's history alone: nothing to rank a user without one
+
     def __init__(
         self, model: Backbone, name: str = "sasrec", domain: str | None = None, fingerprint: str | None = None
     ) -> None:

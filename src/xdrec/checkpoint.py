@@ -173,8 +173,11 @@ def start_run(model_dir: Path, identity: Mapping[str, Any], resume: bool | None)
 
 
 def finish_run(model_dir: Path) -> None:
+    """Mark the training of `model_dir` finished and drop its resumable state (the optimizer's moments and
+    two copies of the weights, several times the model's size): only an interrupted run needs it."""
     path = run_dir(model_dir) / RUN
     write_json(path, read_json(path) | {"finished": True})
+    shutil.rmtree(run_dir(model_dir) / "train_state", ignore_errors=True)  # xdrec.training.STATE_DIR
 
 
 def run_dir(model_dir: Path) -> Path:

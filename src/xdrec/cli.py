@@ -651,7 +651,7 @@ def pretrain(
         _print_json(summary)
     else:
         console.print(
-            f"{result.name} on {result.domain}: loss {t.loss_reason}; best validation NDCG@10 "
+            f"{result.name} on {result.domain}: best validation NDCG@10 "
             f"{t.best_metric or float('nan'):.4f} at epoch {t.best_epoch}/{t.epochs_run} "
             f"({t.seconds:.0f}s on {t.device}{_tuned_note(result.tuned)}) -> {result.model_dir}"
         )
@@ -869,7 +869,7 @@ def evaluate(
     the first prints and writes the report (--json then adds "world_size": N).
     """
     from xdrec.pipeline import evaluate_domains
-    from xdrec.report import render_table, reports_to_json
+    from xdrec.report import reports_to_json
 
     config = _evaluate_config(k, negatives, keep_seen, seed, bootstrap, device, by_history)
     results = evaluate_domains(
@@ -884,20 +884,31 @@ def evaluate(
     if as_json:
         _print_json(reports_to_json([report for report, _ in results]) | _world_size())
     else:
-        from xdrec.views import absent_lines
+        _print_reports(results)
 
-        for report, paths in results:
-            console.print(render_table(report, plain=not console.is_terminal))
-            for line in absent_lines(report.absent, "not shown"):
-                console.print(line, soft_wrap=True, highlight=False)
-            if "kept" in paths:
-                console.print(
-                    f"not saved: {paths['kept']} has 95% CIs and this report (--bootstrap 0) has none; "
-                    "pass --bootstrap N to replace it",
-                    soft_wrap=True,
-                )
-            else:
-                console.print(f"saved {paths['json']} and {paths['plot']}", soft_wrap=True)
+
+def _print_reports(results: list[tuple[Any, dict[str, Path]]]) -> None:
+    """Each report's table, then what answers the question (one verdict line per segment), then where
+    the files went."""
+    from xdrec.report import render_table, verdict_lines
+    from xdrec.views import absent_lines
+
+    for report, _ in results:
+        console.print(render_table(report, plain=not console.is_terminal))
+        for line in absent_lines(report.absent, "not shown"):
+            console.print(line, soft_wrap=True, highlight=False)
+    console.print()
+    for line in verdict_lines([report for report, _ in results]):
+        console.print(line, soft_wrap=True, highlight=False)
+    for _, paths in results:
+        if "kept" in paths:
+            console.print(
+                f"not saved: {paths['kept']} has 95% CIs and this report (--bootstrap 0) has none; "
+                "pass --bootstrap N to replace it",
+                soft_wrap=True,
+            )
+        else:
+            console.print(f"report: {paths['json']}\nplot: {paths['plot']}", soft_wrap=True)
 
 
 def _tunable() -> tuple[str, ...]:
@@ -962,20 +973,39 @@ def tune(
 @app.command()
 def recommend(
     ctx: typer.Context,
-    user_id: Annotated[str, typer.Argument(help="Raw user id (e.g. an Amazon reviewer id).")],
+    user_id: Annotated[
+        str | None, typer.Argument(help="Raw user id (e.g. an Amazon reviewer id); or --users / --all.")
+    ] = None,
     k: Annotated[int, typer.Option(help="How many items.")] = 10,
     strategy: Annotated[
         str | None,
         typer.Option(help="Model to use; default the best for the user's segment on the validation split."),
+    ] = None,
+    users: Annotated[
+        Path | None,
+        typer.Option(help="A file of raw user ids, one a line: recommend for each (needs --out)."),
+    ] = None,
+    all_users: Annotated[
+        bool, typer.Option("--all", help="Recommend for every user of the dataset (needs --out).")
+    ] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Parquet file for --users / --all: user, segment, model, rank, item, score."),
     ] = None,
     device: DeviceOpt = "auto",
     dataset: DatasetOpt = None,
     as_json: JsonOpt = False,
     strict: StrictOpt = False,
 ) -> None:
-    """Top-K target items for one user, from their whole history, excluding items they already have."""
+    """Top-K target items for one user (or many, to Parquet), from their whole history, excluding items
+    they already have."""
     from dataclasses import asdict
 
+    if (user_id is not None) + (users is not None) + all_users != 1:
+        raise OptionError("give one user id, or --users FILE, or --all")
+    if user_id is None:
+        _recommend_batch(ctx, users, k, strategy, out, device, dataset, as_json)
+        return
     from xdrec.pipeline import recommend as recommend_items
 
     rec = recommend_items(
@@ -989,6 +1019,51 @@ def recommend(
         console.print(recommend_table(rec))
         for line in absent_lines(rec.absent, "not available"):
             console.print(line, soft_wrap=True, highlight=False)
+
+
+def _recommend_batch(
+    ctx: typer.Context,
+    users: Path | None,
+    k: int,
+    strategy: str | None,
+    out: Path | None,
+    device: str,
+    dataset: str | None,
+    as_json: bool,
+) -> None:
+    """`recommend --users FILE` / `--all`: every user's items into one Parquet file, written atomically."""
+    if out is None:
+        raise OptionError("--users and --all write a Parquet file: pass --out FILE.parquet")
+    import polars as pl
+
+    from xdrec.pipeline import recommend_many
+    from xdrec.workspace import atomic_path
+
+    ids = None
+    if users is not None:
+        try:
+            ids = [line.strip() for line in users.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise OptionError(f"cannot read --users {users}: {e}") from None
+        if not ids:
+            raise OptionError(f"--users {users} holds no user id")
+    frame = recommend_many(_workspace(ctx), ids, k=k, strategy=strategy, dataset=dataset, device=device)
+    with atomic_path(out) as tmp:
+        frame.write_parquet(tmp)
+    summary = {
+        "path": str(out),
+        "users": frame["user"].n_unique(),
+        "rows": frame.height,
+        "models": dict(sorted(frame.group_by("model").agg(n=pl.col("user").n_unique()).iter_rows())),
+    }
+    if as_json:
+        _print_json(summary)
+    else:
+        by_model = ", ".join(f"{m}: {n:,}" for m, n in summary["models"].items())
+        console.print(
+            f"{summary['users']:,} users, {summary['rows']:,} recommendations ({by_model}) -> {out}",
+            soft_wrap=True,
+        )
 
 
 @app.command(cls=_declared_command(strategy_options=True, choices=("split", "loss", "lr_scaling")))
@@ -1045,7 +1120,7 @@ def run(
     """
     from xdrec.pipeline import RunConfig
     from xdrec.pipeline import run as run_pipeline
-    from xdrec.report import render_table, reports_to_json
+    from xdrec.report import reports_to_json
     from xdrec.strategies import parse_strategies
 
     config = RunConfig(
@@ -1073,7 +1148,7 @@ def run(
         tuned=True,
         keep=_given(ctx),
     )
-    reports = run_pipeline(
+    results = run_pipeline(
         _workspace(ctx),
         source,
         target,
@@ -1082,13 +1157,10 @@ def run(
         progress=not quiet and not as_json,
         log=_stage_log(as_json),
     )
-    if as_json:  # the full-ranking report(s); the sampled one(s), when asked for, under "sampled"
-        full = reports_to_json([r for r in reports if not r.sampled])
-        sampled = [r for r in reports if r.sampled]
-        _print_json(full | ({"sampled": reports_to_json(sampled)} if sampled else {}) | _world_size())
+    if as_json:  # the full-ranking report(s), then the sampled one(s) when asked for
+        _print_json(reports_to_json([report for report, _ in results]) | _world_size())
     else:
-        for report in reports:
-            console.print(render_table(report, plain=not console.is_terminal))
+        _print_reports(results)
 
 
 def _warn(counts: dict) -> None:
@@ -1126,9 +1198,9 @@ def demo(
     from xdrec.data.synthetic import SyntheticConfig
     from xdrec.pipeline import DEMO_TRAIN
     from xdrec.pipeline import demo as run_demo
-    from xdrec.report import render_table, report_to_json
+    from xdrec.report import reports_to_json
 
-    workspace, report = run_demo(
+    workspace, results = run_demo(
         _demo_workspace(ctx),
         synthetic=SyntheticConfig(n_users=users),
         train=replace(DEMO_TRAIN, epochs=epochs, device=device),
@@ -1136,12 +1208,10 @@ def demo(
         log=_stage_log(as_json),
     )
     if as_json:
-        _print_json(report_to_json(report) | {"workspace": str(workspace.root)})
+        _print_json(reports_to_json([r for r, _ in results]) | {"workspace": str(workspace.root)})
     else:
-        console.print(render_table(report, plain=not console.is_terminal))
+        _print_reports(results)
         quoted = shlex.quote(str(workspace.root))
-        for plot in sorted(workspace.reports_dir.glob("*/*/report.png")):
-            console.print(f"plot: {plot}", soft_wrap=True)
         console.print(
             f"workspace: {workspace.root}  (try: xdrec --workspace {quoted} overlap)", soft_wrap=True
         )

@@ -651,6 +651,41 @@ def paired_deltas(
     return pl.DataFrame(rows, schema=schema | {c: pl.Float64 for c in ("delta", "delta_lo", "delta_hi")})
 
 
+def _relations(
+    scorers: Sequence[Scorer],
+    per_user: dict[str, pl.DataFrame],
+    cases: pl.DataFrame,
+    *,
+    with_all: bool = True,
+) -> pl.DataFrame:
+    """model, segment, same_as, scored: what a row is besides its numbers (see `Report.rows`).
+
+    `scored` is False for a `history_only` scorer on a segment where no user has history in the domain.
+    `same_as` names the model a scorer `defers_to` when, on the segment's users, every per-user metric of
+    the two is identical: declared and checked, so a coincidence never claims it and a claim never hides
+    a difference."""
+    empty = cases.filter(pl.col("history").list.len() == 0).select("user_id")
+    by_name = {s.name: s for s in scorers}
+    rows = []
+    for name, frame in per_user.items():
+        scorer = by_name[name]
+        other = getattr(scorer, "defers_to", None)
+        metrics = [c for c in frame.columns if c not in KEY_COLUMNS]
+        for segment, group in _segment_groups(frame, with_all):
+            if group.height == 0:
+                continue
+            without = group.join(empty, on="user_id", how="semi").height
+            scored = not (getattr(scorer, "history_only", False) and without == group.height)
+            same = None
+            if other in per_user and other != name and without == 0:
+                theirs = per_user[other].join(group.select("user_id"), on="user_id", how="semi")
+                if group.select(metrics).equals(theirs.select(metrics)):
+                    same = other
+            rows.append({"model": name, "segment": segment, "same_as": same, "scored": scored})
+    schema = {"model": pl.String, "segment": pl.String, "same_as": pl.String, "scored": pl.Boolean}
+    return pl.DataFrame(rows, schema=schema)
+
+
 def _float(value: object) -> float | None:
     return None if value is None else float(value)  # type: ignore[arg-type]
 
@@ -664,8 +699,10 @@ class Report:
 
     rows: model, domain, segment, users, protocol, then per metric M: M, M_lo, M_hi, then the paired
           comparison of the headline metric with the segment's baseline (`paired_deltas`): delta_against,
-          delta, delta_lo, delta_hi; segments in report order, models in the order they were given
-          within each segment.
+          delta, delta_lo, delta_hi; then `same_as` (the model whose scores this one gives the segment's
+          users, else null) and `scored` (False: the model cannot rank these users, and every number of
+          the row is null); segments in report order, models in the order they were given within each
+          segment.
     """
 
     domain: str
@@ -677,6 +714,7 @@ class Report:
     confidence: float = 0.95
     bootstrap: int = 1000
     absent: tuple[dict[str, str], ...] = ()  # models left out, each {"model", "reason", "fix"} (inventory.py)
+    other: str = ""  # the dataset's other domain: where the transfer comes from
 
     @property
     def protocol(self) -> str:
@@ -805,7 +843,20 @@ def evaluate_scorers(
         ]
         extra = paired_deltas(regrouped, role, headline, bootstrap=bootstrap, seed=seed, with_all=False)
         deltas = pl.concat([deltas, extra])
-    rows = pl.concat(summaries).join(deltas, on=("model", "segment"), how="left", maintain_order="left")
+    relations = _relations(scorers, per_users, cases)
+    if config.by_history and cases.height:
+        relations = pl.concat([relations, _relations(scorers, regrouped, cases, with_all=False)])
+    rows = (
+        pl.concat(summaries)
+        .join(deltas, on=("model", "segment"), how="left", maintain_order="left")
+        .join(relations, on=("model", "segment"), how="left", maintain_order="left")
+    )
+    # A model that cannot rank a segment's users has no numbers there (not a row of zeros, not a loss).
+    numbers = [f"{m}{end}" for m in metric_names(ks) for end in ("", "_lo", "_hi")]
+    numbers += ["delta", "delta_lo", "delta_hi"]
+    rows = rows.with_columns(
+        pl.when(pl.col("scored")).then(pl.col(c)).otherwise(None).alias(c) for c in numbers
+    )
     # Group by segment, keeping the given model order inside each group.
     order = {segment: i for i, segment in enumerate(sorted(rows["segment"].unique(), key=segment_sort_key))}
     rows = (
@@ -813,6 +864,7 @@ def evaluate_scorers(
     )
     return Report(
         domain=domain,
+        other=next((d for d in dataset.domains if d != domain), ""),
         stage=stage,
         n_items=n_items,
         ks=ks,

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import polars as pl
 import torch
 
@@ -162,6 +163,15 @@ class Recommendation:
     model: str
     items: list[dict]  # {"rank", "item", "score"}
     absent: tuple[dict[str, str], ...] = ()  # models that would serve the segment but are missing or stale
+    score: str = "score"  # what the score is (`score_name`): its scale differs from model to model
+    held_out: bool = False  # a cold-start user of the evaluation, served here with the history it holds
+
+
+def score_name(model: str) -> str:
+    """What a model's recommendation score is, in words: the scales differ (counts, logits, log-probs)."""
+    if model == POPULARITY:
+        return "training interactions"
+    return "log-probability" if model.split("-")[0] == "bag" else "logit"
 
 
 def recommend(
@@ -182,33 +192,136 @@ def recommend(
     given, else the one that ranked the segment's users best on the validation split
     (`xdrec.selection`; never the test report).
     """
-    if k < 1:
-        raise OptionError("--k must be at least 1")
     data = Dataset.from_workspace(workspace, dataset)
-    user_id = data.user_id(user)
-    rows = data.interactions().filter(pl.col("user_id") == user_id).collect()
-    target = rows.filter(pl.col("domain") == data.target).sort("timestamp", maintain_order=True)
-    has_source = rows.filter(pl.col("domain") == data.source).height > 0
-    segment = "target-only" if not has_source else ("warm" if target.height else "cold")
-    name = strategy or select_models(workspace, data, device).model_for(segment)
+    frame = recommend_many(workspace, [user], k=k, strategy=strategy, dataset=data.name, device=device)
+    first = frame.row(0, named=True) if frame.height else None
+    segment = first["segment"] if first else _segments(data, pl.DataFrame({"user": [user]}))["segment"][0]
+    name = first["model"] if first else (strategy or POPULARITY)
     absent = [] if strategy else _absent_for(workspace, data, segment)
     if strict and absent:
         raise strict_error(absent)
-    if not _scores(workspace, name, data.target):
-        raise XdrecError(f"model {name} does not score {data.target} items: pick a target-domain model")
-    scorer = load_scorer(workspace, name, data, device, data.target)
-    history = pad_left([target["item_id"].to_list()])
-    with torch.no_grad():
-        scores = scorer.scores(torch.tensor([user_id]), history)[0].float().cpu()
-    owned = torch.tensor([0, *target["item_id"].to_list()], dtype=torch.long)  # padding + all they have
-    scores[owned] = float("-inf")
-    top = torch.topk(scores, min(k, int(torch.isfinite(scores).sum())))
-    raw = data.item_raw_ids(data.target)
-    items = [
-        {"rank": i + 1, "item": raw[j], "score": float(s)}
-        for i, (s, j) in enumerate(zip(top.values.tolist(), top.indices.tolist(), strict=True))
-    ]
-    return Recommendation(user, segment, name, items, tuple(a.as_dict() for a in absent))
+    items = [{"rank": r["rank"], "item": r["item"], "score": r["score"]} for r in frame.iter_rows(named=True)]
+    held_out = bool(data.users.filter(pl.col("user") == user)["cold"].any())
+    return Recommendation(
+        user, segment, name, items, tuple(a.as_dict() for a in absent), score_name(name), held_out
+    )
+
+
+# `recommend_many`'s columns (and the Parquet file of `xdrec recommend --out`).
+RECOMMENDATIONS = {
+    "user": pl.String,
+    "segment": pl.String,
+    "model": pl.String,
+    "rank": pl.Int64,
+    "item": pl.String,
+    "score": pl.Float64,
+}
+
+
+def recommend_many(
+    workspace: Workspace,
+    users: Sequence[str] | None = None,
+    *,
+    k: int = 10,
+    strategy: str | None = None,
+    dataset: str | None = None,
+    device: str = "auto",
+    batch_size: int = 512,
+) -> pl.DataFrame:
+    """`recommend` for many raw user ids at once (None: every user of the dataset), in batches per model.
+
+    returns: user, segment, model, rank, item, score (one row per recommended item; users in the given
+             order, ranks 1..k), for a batch export (`xdrec recommend --all --out recs.parquet`).
+    """
+    if k < 1:
+        raise OptionError("--k must be at least 1")
+    data = Dataset.from_workspace(workspace, dataset)
+    known = data.users.select("user_id", "user")
+    if users is None:
+        wanted = known
+    else:
+        wanted = pl.DataFrame({"user": list(users)}, schema={"user": pl.String}).unique(maintain_order=True)
+        wanted = wanted.join(known, on="user", how="left", maintain_order="left")
+        unknown = wanted.filter(pl.col("user_id").is_null())["user"].to_list()
+        if unknown:
+            data.user_id(unknown[0])  # its own one-line error (names the user and the dataset)
+    wanted = _segments(data, wanted)
+    names = {
+        s: strategy or select_models(workspace, data, device).model_for(s) for s in set(wanted["segment"])
+    }
+    for name in set(names.values()):
+        _check_recommender(workspace, data, name)
+    raw_items = data.item_raw_ids(data.target)
+    parts = []
+    for name in sorted(set(names.values())):
+        group = wanted.filter(pl.col("segment").replace_strict(names) == name)
+        scorer = load_scorer(workspace, name, data, device, data.target)
+        for start in range(0, group.height, batch_size):
+            chunk = group.slice(start, batch_size)
+            history = pad_left(chunk["history"])
+            with torch.no_grad():
+                scores = scorer.scores(torch.tensor(chunk["user_id"].to_list()), history).float().cpu()
+            scores.scatter_(1, history, float("-inf"))  # padding (0) and every item the user has
+            top = torch.topk(scores, min(k, scores.shape[1] - 1))
+            finite = torch.isfinite(top.values)
+            rows = finite.sum(1).tolist()
+            parts.append(
+                pl.DataFrame(
+                    {
+                        "user": np.repeat(chunk["user"].to_numpy(), rows),
+                        "segment": np.repeat(chunk["segment"].to_numpy(), rows),
+                        "model": name,
+                        "rank": np.concatenate([np.arange(1, n + 1) for n in rows]) if rows else [],
+                        "item": raw_items[top.indices[finite].numpy()],
+                        "score": top.values[finite].numpy().astype(np.float64),
+                    },
+                    schema=RECOMMENDATIONS,
+                )
+            )
+    out = pl.concat(parts) if parts else pl.DataFrame(schema=RECOMMENDATIONS)
+    order = wanted.select("user").with_row_index("_order")
+    return out.join(order, on="user", maintain_order="left").sort("_order", "rank").drop("_order")
+
+
+def _segments(data: Dataset, users: pl.DataFrame) -> pl.DataFrame:
+    """`users` (user[, user_id]) with user_id, history (every target item, in time order) and segment
+    (warm: target and source history, cold: source only, target-only: no source)."""
+    if "user_id" not in users.columns:
+        users = users.with_columns(user_id=pl.lit(data.user_id(users["user"][0]), dtype=pl.Int32))
+    rows = data.interactions().join(users.lazy().select("user_id"), on="user_id", how="semi")
+    target = (
+        rows.filter(pl.col("domain") == data.target)
+        .sort("timestamp", maintain_order=True)
+        .group_by("user_id", maintain_order=True)
+        .agg(history=pl.col("item_id"))
+    )
+    source = rows.filter(pl.col("domain") == data.source).select("user_id").unique()
+    out = (
+        users.lazy()
+        .join(target, on="user_id", how="left", maintain_order="left")
+        .join(source.with_columns(has_source=pl.lit(True)), on="user_id", how="left", maintain_order="left")
+        .collect()
+    )
+    return out.with_columns(
+        history=pl.col("history").fill_null(pl.lit([], dtype=pl.List(pl.Int32))),
+        segment=pl.when(pl.col("has_source").is_null())
+        .then(pl.lit(f"{data.role(data.target)}-only"))
+        .when(pl.col("history").list.len() > 0)
+        .then(pl.lit("warm"))
+        .otherwise(pl.lit("cold")),
+    ).drop("has_source")
+
+
+def _check_recommender(workspace: Workspace, data: Dataset, name: str) -> None:
+    """A usage error naming the models that can recommend when `name` is none of them."""
+    domains = model_domains(workspace, name)
+    if name == POPULARITY or (domains is not None and data.target in domains):
+        return
+    valid = [POPULARITY, *trained_models(workspace, data, data.target)]
+    what = "no such model" if domains is None else f"it scores {' and '.join(domains)} items"
+    raise OptionError(
+        f"cannot recommend {data.target} items with {name!r} ({what}): choose from {', '.join(valid)}"
+    )
 
 
 def _absent_for(workspace: Workspace, data: Dataset, segment: str) -> list[Absent]:
@@ -264,11 +377,12 @@ def run(
     fetch_source: str | None = None,
     progress: bool = True,
     log: Log = print,
-) -> list[Report]:
+) -> list[tuple[Report, dict[str, Path]]]:
     """fetch -> prepare -> overlap -> pretrain (source, target-only) -> embed -> transfer -> evaluate.
 
-    Returns the full-ranking report of each evaluated domain (`evaluation_domains`: the target, or both
-    under the mixed split), then the sampled ones when `config.negatives` is set.
+    Returns (report, its paths) for the full-ranking report of each evaluated domain
+    (`evaluation_domains`: the target, or both under the mixed split), then the sampled ones when
+    `config.negatives` is set.
     """
     from xdrec.data.amazon import fetch
     from xdrec.embedding import embed
@@ -371,16 +485,14 @@ def run(
 
     domains = evaluation_domains(data, both=config.reverse)
     models = [f"{data.role(domain)}-only" for domain in domains] + strategy_models
-    reports = []
+    results = []
     sampled = config.evaluate.negatives
     for negatives in (None, sampled) if sampled else (None,):
         protocol = "full ranking" if negatives is None else f"sampled, {negatives} negatives"
         log(f"evaluate: {protocol} on {' and '.join(domains)}")
         evaluation = replace(config.evaluate, negatives=negatives, device=config.train.device)
-        reports += [
-            report for report, _ in evaluate_domains(workspace, evaluation, dataset=name, models=models)
-        ]
-    return reports
+        results += evaluate_domains(workspace, evaluation, dataset=name, models=models)
+    return results
 
 
 def _settings(
@@ -484,8 +596,9 @@ def demo(
     train: TrainConfig = DEMO_TRAIN,
     progress: bool = True,
     log: Log = print,
-) -> tuple[Workspace, Report]:
-    """The whole pipeline on the embedded synthetic default, in `workspace` or a new temporary one."""
+) -> tuple[Workspace, list[tuple[Report, dict[str, Path]]]]:
+    """The whole pipeline on the embedded synthetic default, in `workspace` or a new temporary one:
+    the workspace and `run`'s (report, paths)."""
     from xdrec.data.synthetic import DESCRIPTION, SyntheticConfig, write_raw
 
     config = RunConfig(train=train, evaluate=EvaluateConfig(seed=42, bootstrap=200))  # checked first
@@ -495,4 +608,4 @@ def demo(
     log(DESCRIPTION)
     paths = write_raw(workspace.raw_dir, synthetic)
     source, target = list(paths)
-    return workspace, run(workspace, source, target, config, progress=progress, log=log)[0]
+    return workspace, run(workspace, source, target, config, progress=progress, log=log)

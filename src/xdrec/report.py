@@ -28,15 +28,26 @@ BEST_STYLE = "bold green"
 WIN, LOSS = "▲", "▼"  # the paired CI of the headline delta is above / below zero
 
 
+def segment_label(segment: str) -> str:
+    """A segment's name on screen: `<role>-only` (users with no history in the other domain) would read
+    as the model of that name, so it shows as `one domain`."""
+    return "one domain" if segment.endswith("-only") else segment
+
+
+def direction(report: Report) -> str:
+    """ "Books -> Movies": where the transfer comes from and goes to (the domain alone without a pair)."""
+    return f"{report.other} -> {report.domain}" if report.other else report.domain
+
+
 def protocol_title(report: Report) -> str:
-    """One line that says how the numbers were computed (the table's and the plot's title)."""
-    where = f"{report.domain}, {report.stage} split"
+    """One line that says what was ranked and how (the table's and the plot's title)."""
+    where = f"{direction(report)}, {report.stage} split"
     if report.sampled:
         return (
-            f"SAMPLED: positive(s) + {report.negatives} negatives per user (papers' protocol; not comparable "
-            f"to full ranking) — {where}"
+            f"SAMPLED: positive(s) + {report.negatives} negatives per user (for comparison with papers; not "
+            f"comparable to full ranking) — {where}"
         )
-    return f"Full ranking over {report.n_items:,} items — {where}"
+    return f"{direction(report)}: full ranking of {report.n_items:,} items, {report.stage} split"
 
 
 def empty_note(report: Report) -> str:
@@ -44,9 +55,14 @@ def empty_note(report: Report) -> str:
     return f"no user has a {report.stage} interaction in {report.domain}: nothing to rank there"
 
 
+def _candidates(block: pl.DataFrame) -> pl.DataFrame:
+    """The rows of a segment that compete: with numbers of their own (not `= another`, not n/a)."""
+    return block.filter(pl.col("scored") & pl.col("same_as").is_null())
+
+
 def _best(block: pl.DataFrame, metric: str) -> float | None:
     """The segment's best value of `metric`; None when nothing beats zero (no model earned a highlight)."""
-    best = block[metric].max()
+    best = _candidates(block)[metric].max()
     return best if best else None  # type: ignore[return-value]
 
 
@@ -64,25 +80,64 @@ def _mark(row: dict) -> str:
 
 
 def _bases(report: Report) -> str:
-    """The base models, e.g. "target-only (cold: popularity)"."""
+    """The base models, e.g. "target-only (cold users: popularity)"."""
     bases = dict(report.rows.select("segment", "delta_against").unique("segment").iter_rows())
     cold = bases.pop(COLD_SEGMENT, None)
     warm = sorted(set(bases.values()))
-    return " / ".join(warm) + (f" ({COLD_SEGMENT}: {cold})" if cold and warm else (cold or ""))
+    return " / ".join(warm) + (f" (cold: {cold})" if cold and warm else (cold or ""))
 
 
 def _missing_bases(report: Report) -> list[str]:
     """Base models some segment is compared with but that are not in the report."""
-    missing = report.rows.filter(pl.col("delta").is_null())["delta_against"].drop_nulls()
+    missing = report.rows.filter(pl.col("delta").is_null() & pl.col("scored"))["delta_against"].drop_nulls()
     return sorted(set(missing.to_list()))
+
+
+def legend(report: Report, *, plain: bool = False, width: int = 78) -> str:
+    """The table's legend: short lines (at most `width` characters where the words allow), only for what
+    the table shows."""
+    percent = round(report.confidence * 100)
+    headline, segments = report.headline, report.segments
+    with_ci = report.rows[f"{headline}_lo"].is_not_null().any()
+    parts = ["mean over users"]
+    if with_ci:
+        parts.append(f"CI: {percent}% interval of {headline}")
+    parts.append(f"best per segment {'marked *' if plain else 'in bold'}, ★ = best {headline}")
+    if with_ci:
+        parts.append(f"{WIN} {LOSS}: significantly above / below {_bases(report)}, paired")
+    if report.rows["same_as"].is_not_null().any():
+        parts.append("= X: gives these users X's scores")
+    if not report.rows["scored"].all():
+        parts.append(f"—: cannot rank users with no {report.domain} history")
+    parts += [f"no {base} in this report: nothing to compare with" for base in _missing_bases(report)]
+    words = []
+    if ALL_SEGMENT in segments:
+        words.append("all = every user but cold")
+    if COLD_SEGMENT in segments:
+        words.append(
+            f"cold = no {report.domain} history" + (f", ranked from {report.other}" if report.other else "")
+        )
+    if any(s.endswith("-only") for s in segments):
+        words.append(f"one domain = no {report.other or 'other-domain'} history")
+    if words:
+        parts.append("segments: " + ", ".join(words))
+    parts.append("ties count against the model")
+    lines = [parts[0]]
+    for part in parts[1:]:
+        if len(lines[-1]) + 2 + len(part) <= width:
+            lines[-1] += f"; {part}"
+        else:
+            lines.append(part)
+    return "\n".join(lines)
 
 
 def render_table(report: Report, *, plain: bool = False) -> Table:
     """One line per model, segments grouped (one section each): the means of every metric, the headline
     metric's (NDCG at the first K) bootstrap CI, ▲ / ▼ after it for a significant win / loss against the
     segment's base model (paired bootstrap, `xdrec.evaluation.paired_deltas`), the best value per segment
-    and metric in bold green, and the segment's winner on the headline marked with ★. `--json` carries
-    every metric's CI and each delta with its CI.
+    and metric in bold green, and the segment's winner on the headline marked with ★. A model that gives
+    a segment another's scores shows `= <that model>`; one that cannot rank the segment's users shows —.
+    `--json` carries every metric's CI and each delta with its CI.
 
     plain: for a file or a pipe, where bold means nothing: the best values carry a `*` instead.
     An empty report (no user to rank in the domain) is a one-row table that says so."""
@@ -91,46 +146,42 @@ def render_table(report: Report, *, plain: bool = False) -> Table:
         table.add_column("no results")
         table.add_row(empty_note(report))
         return table
-    percent = round(report.confidence * 100)
     with_ci = report.rows[f"{report.headline}_lo"].is_not_null().any()
     table = plain_table(
         protocol_title(report),
-        caption=(
-            f"mean over users; best per segment {'marked *' if plain else 'in bold'}, "
-            f"★ = best {report.headline}"
-            + (f"; CI = {percent}% bootstrap interval of {report.headline}" if with_ci else "")
-            + (
-                f"; {WIN} / {LOSS} = {report.headline} above / below {_bases(report)}, paired "
-                f"{percent}% CI clear of 0"
-                if with_ci
-                else ""
-            )
-            + "".join(f"; no {base} in this report: no comparison with it" for base in _missing_bases(report))
-            + f"; '{ALL_SEGMENT}' = every user except '{COLD_SEGMENT}'; {TIE_RULE}"
-        ),
+        caption=legend(report, plain=plain),
         title_style="bold red" if report.sampled else "bold",
+        caption_justify="left",
     )
     table.add_column("segment", style="bold", no_wrap=True)
     table.add_column("model", no_wrap=True)
     table.add_column("users", justify="right", no_wrap=True)
-    for metric in report.metrics:
+    # The headline first: it is what decides a segment's winner.
+    metrics = [report.headline] + [m for m in report.metrics if m != report.headline]
+    for metric in metrics:
         table.add_column(metric, justify="right", no_wrap=True)
         if metric == report.headline and with_ci:
             table.add_column("CI", justify="right", style="dim", no_wrap=True)
 
+    width = len(metrics) + int(bool(with_ci))
     for segment in report.segments:
         block = report.rows.filter(pl.col("segment") == segment)
         # Highlighting a lone model would claim a win it did not have to earn.
-        contested = block.height > 1
+        contested = _candidates(block).height > 1
         best = {metric: _best(block, metric) if contested else None for metric in report.metrics}
         for i, row in enumerate(block.iter_rows(named=True)):
+            head = [segment_label(segment) if i == 0 else "", "", f"{row['users']:,}"]
+            if row["same_as"] is not None or not row["scored"]:
+                head[1] = row["model"]
+                # `= name` across the headline and its CI column (where there is one: the table stays narrow)
+                what = ["=", row["same_as"]] if with_ci else [f"= {row['same_as']}"]
+                what = what if row["scored"] else ["—"]
+                table.add_row(*head, *what, *[""] * (width - len(what)), end_section=i == block.height - 1)
+                continue
             wins = row[report.headline] == best[report.headline]
-            cells: list[Text | str] = [
-                segment if i == 0 else "",
-                Text(f"★ {row['model']}" if wins else row["model"], style=BEST_STYLE if wins else ""),
-                f"{row['users']:,}",
-            ]
-            for metric in report.metrics:
+            head[1] = Text(f"★ {row['model']}" if wins else row["model"], style=BEST_STYLE if wins else "")
+            cells: list[Text | str] = list(head)
+            for metric in metrics:
                 top = row[metric] == best[metric]
                 mark = "*" if top and plain else " " if plain else ""
                 cell = Text(_number(row[metric]) + mark, style=BEST_STYLE if top else "")
@@ -145,16 +196,72 @@ def render_table(report: Report, *, plain: bool = False) -> Table:
     return table
 
 
+def verdict(report: Report) -> list[dict]:
+    """One entry per segment: the model with the largest paired gain in the headline metric over the
+    segment's base model, and whether its interval clears zero. Each entry: {"segment", "against",
+    "metric", "model" (null when no model beats the base), "delta", "ci" ([lo, hi] or null),
+    "significant", "line" (the sentence `run` and `evaluate` print)}."""
+    out = []
+    metric = report.headline
+    for segment in report.segments:
+        block = report.rows.filter(pl.col("segment") == segment)
+        against = block["delta_against"][0]
+        entry = {"segment": segment, "against": against, "metric": metric, "model": None, "delta": None}
+        entry |= {"ci": None, "significant": False}
+        label = segment_label(segment)
+        rivals = (
+            _candidates(block)
+            .filter((pl.col("model") != against) & pl.col("delta").is_not_null())
+            .sort("delta", descending=True, maintain_order=True)
+        )
+        if against not in report.models:
+            entry["line"] = f"{label}: no {against} in this report, nothing to compare with"
+        elif rivals.height == 0:
+            entry["line"] = f"{label}: no other model than {against} ranks these users"
+        else:
+            top = rivals.row(0, named=True)
+            ci = None if top["delta_lo"] is None else [top["delta_lo"], top["delta_hi"]]
+            gain = f"{top['model']} {top['delta']:+.4f} {metric} over {against}"
+            interval = "" if ci is None else f" [{ci[0]:+.4f}, {ci[1]:+.4f}]"
+            if top["delta"] <= 0:
+                entry["line"] = f"{label}: no model beats {against}"
+            elif ci is None:
+                entry |= {"model": top["model"], "delta": top["delta"]}
+                entry["line"] = f"{label}: {gain} (no interval: --bootstrap 0)"
+            elif ci[0] > 0:
+                entry |= {"model": top["model"], "delta": top["delta"], "ci": ci, "significant": True}
+                entry["line"] = f"{label}: {gain}{interval}, significant"
+            else:
+                entry |= {"model": top["model"], "delta": top["delta"], "ci": ci}
+                entry["line"] = f"{label}: no model significantly beats {against} (closest: {gain}{interval})"
+        out.append(entry)
+    return out
+
+
+def verdict_lines(reports: list[Report]) -> list[str]:
+    """Every report's verdict sentences; prefixed by the domain when there are several domains."""
+    several = len({r.domain for r in reports}) > 1
+    return [
+        (f"{r.domain} " if several else "") + (f"({r.protocol}) " if r.sampled else "") + e["line"]
+        for r in reports
+        if not r.empty
+        for e in verdict(r)
+    ]
+
+
 def report_to_json(report: Report) -> dict:
-    """{"protocol", "domain", "stage", "n_items", "negatives", "ks", "metrics", "confidence", "bootstrap",
-    "ties", "results": [{"model", "domain", "segment", "users", "protocol", <metric>: mean, ..., "ci":
-    {<metric>: [lo, hi]}, "delta": {"against": <baseline>, <headline>: d, "ci": [lo, hi]}}]}; "ci" is
-    empty (and the delta's null) when the report was made without bootstrap. When the segment's baseline
-    model is not in the report, the delta's value and CI are null and "note" says why. A domain with no
-    user to rank has "results": [] and a "note" that says so."""
+    """{"protocol", "domain", "from", "stage", "n_items", "negatives", "ks", "metrics", "confidence",
+    "bootstrap", "ties", "verdict": [`verdict` entries], "results": [{"model", "domain", "segment",
+    "users", "protocol", "same_as", "scored", <metric>: mean, ..., "ci": {<metric>: [lo, hi]}, "delta":
+    {"against": <baseline>, <headline>: d, "ci": [lo, hi]}}]}; "ci" is empty (and the delta's null) when
+    the report was made without bootstrap. "same_as" names the model whose scores this one gives the
+    segment (its numbers are that model's); a row with "scored": false cannot rank the segment's users and
+    has null numbers. When the segment's baseline model is not in the report, the delta's value and CI are
+    null and "note" says why. A domain with no user to rank has "results": [] and a "note" that says so."""
     results = []
     for row in report.rows.iter_rows(named=True):
-        result = {key: row[key] for key in ("model", "domain", "segment", "users", "protocol")}
+        result = {key: row[key] for key in ("model", "domain", "segment", "users", "protocol", "same_as")}
+        result["scored"] = row["scored"]
         result |= {metric: row[metric] for metric in report.metrics}
         result["ci"] = {
             metric: [row[f"{metric}_lo"], row[f"{metric}_hi"]]
@@ -166,6 +273,7 @@ def report_to_json(report: Report) -> dict:
     return {
         "protocol": report.protocol,
         "domain": report.domain,
+        "from": report.other or None,
         "stage": report.stage,
         "n_items": report.n_items,
         "negatives": report.negatives,
@@ -174,15 +282,14 @@ def report_to_json(report: Report) -> dict:
         "confidence": report.confidence,
         "bootstrap": report.bootstrap,
         "ties": TIE_RULE,
+        "verdict": [] if report.empty else verdict(report),
         "results": results,
         "absent": list(report.absent),  # models left out: [{"model", "reason", "fix"}]
     } | ({"note": empty_note(report)} if report.empty else {})
 
 
 def reports_to_json(reports: list[Report]) -> dict:
-    """One report's JSON (`report_to_json`) for one domain; {"reports": [one per domain]} for several."""
-    if len(reports) == 1:
-        return report_to_json(reports[0])
+    """{"reports": [one `report_to_json` per domain]}: one shape whatever the number of domains."""
     return {"reports": [report_to_json(report) for report in reports]}
 
 
@@ -190,7 +297,9 @@ def _delta_json(report: Report, row: dict) -> dict:
     delta = {"against": row["delta_against"], report.headline: row["delta"], "ci": None}
     if row["delta_lo"] is not None:
         delta["ci"] = [row["delta_lo"], row["delta_hi"]]
-    if row["delta"] is None:
+    if not row["scored"]:
+        delta["note"] = "cannot rank these users: no comparison"
+    elif row["delta"] is None:
         delta["note"] = f"{row['delta_against']} is not in this report: no paired comparison"
     return delta
 
@@ -277,16 +386,33 @@ def plot_figure(report: Report) -> Figure:
         bars = axes.bar(
             x + (i - (len(models) - 1) / 2) * width, means, width, yerr=errors, capsize=3, label=model
         )
-        axes.bar_label(bars, labels=[_number(m) if m == m else "" for m in means], fontsize=6, padding=2)
+        labels = []
+        for s, m in zip(segments, means, strict=True):
+            row = by_segment.get(s)
+            if row is None:
+                labels.append("")
+            elif not row["scored"]:  # cannot rank these users: no bar (bar_label skips it), said so
+                labels.append("")
+                axes.text(bars[len(labels) - 1].get_x() + width / 2, 0.0, "n/a", ha="center", va="bottom",
+                          fontsize=7)  # fmt: skip
+            elif row["same_as"] is not None:
+                labels.append(f"={_number(m)}")
+            else:
+                labels.append(_number(m) + _mark(row))  # ▲ / ▼: a significant win / loss
+        axes.bar_label(bars, labels=labels, fontsize=6, padding=2)
     users = dict(report.rows.select("segment", "users").unique("segment").iter_rows())
-    axes.set_xticks(x, [f"{segment}\n({users[segment]:,} users)" for segment in segments])
+    axes.set_xticks(x, [f"{segment_label(segment)}\n({users[segment]:,} users)" for segment in segments])
     with_ci = report.rows[f"{metric}_lo"].is_not_null().any()
     percent = round(report.confidence * 100)
     axes.set_ylabel(
         f"{metric} ({report.protocol})" + (f"\nerror bars: {percent}% bootstrap CI" if with_ci else "")
     )
+    marks = f"{WIN} {LOSS}: significantly above / below {_bases(report)}; " if with_ci else ""
     axes.set_title(
-        protocol_title(report), fontsize=9, color="darkred" if report.sampled else "black", wrap=True
+        f"{protocol_title(report)}\n{marks}=: same scores as that model; n/a: cannot rank these users",
+        fontsize=9,
+        color="darkred" if report.sampled else "black",
+        wrap=True,
     )
     axes.legend(fontsize=8)
     axes.set_ylim(bottom=0.0)

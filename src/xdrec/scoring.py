@@ -16,6 +16,14 @@ import torch
 
 
 class Scorer(Protocol):
+    """Besides `name` and `scores`, a scorer may say two things the report uses (read with getattr,
+    absent = False / None):
+        history_only  its scores read nothing but the user's history in the scored domain, so it cannot
+                      rank a user who has none there (a cold user): its row says so instead of a number.
+        defers_to     the name of the model whose scores it returns for every user with history in the
+                      scored domain (a strategy that falls back): its row says `= <name>`.
+    """
+
     name: str
 
     def scores(self, user_ids: torch.Tensor, history: torch.Tensor) -> torch.Tensor:

@@ -198,12 +198,13 @@ def train(
     batches = _Batches(examples, config.batch_size, run.ranks, run.device)
     console = Console(stderr=True, quiet=not (progress and run.ranks.main))
     workers = f" x {run.ranks.world_size} processes" if run.ranks.distributed else ""
-    console.log(
+    console.print(
         f"training on {run.device}{workers}: {len(examples):,} sequences, {run.n_items:,} items, "
-        f"loss {run.choice.reason}"
+        f"{run.choice.words}",
+        highlight=False,
     )
     if resumed_from:
-        console.log(f"resumed after epoch {resumed_from}")
+        console.print(f"resumed after epoch {resumed_from}", highlight=False)
     with cpu_threads(config.threads), _progress_bar(console, progress and run.ranks.main) as bar:
         for epoch in range(run.state.epoch + 1, config.epochs + 1):
             if run.finished():
@@ -233,9 +234,16 @@ def train(
             if on_epoch is not None:
                 on_epoch(line)
     if run.state.stopped_early:
-        console.log(
+        console.print(
             f"stopped early: no better {metric_name} for {config.patience} epochs "
-            f"(best epoch {run.state.best_epoch} of {run.state.epoch})"
+            f"(best epoch {run.state.best_epoch} of {run.state.epoch})",
+            highlight=False,
+        )
+    elif still_improving(run.state, config):
+        console.print(
+            f"warning: training ended at --epochs {config.epochs} while validation {metric_name} was still "
+            "improving (best at the last epoch): more --epochs may give a better model",
+            highlight=False,
         )
     run.finish()
     state = run.state
@@ -254,6 +262,16 @@ def train(
         history=list(state.history),
         world_size=run.ranks.world_size,
         lr=config.effective_lr(run.ranks.world_size),
+    )
+
+
+def still_improving(state: _State, config: TrainConfig) -> bool:
+    """Whether training ran out of epochs (not patience, not --max-steps) with its last epoch the best."""
+    return (
+        state.epoch == config.epochs
+        and state.best_epoch == state.epoch
+        and state.best_metric is not None
+        and (config.max_steps is None or state.step < config.max_steps)
     )
 
 

@@ -94,11 +94,13 @@ def overlap_table(report: dict) -> Table:
 
 def recommend_table(rec) -> Table:
     """`xdrec recommend`'s items, best first (`rec` is a pipeline.Recommendation)."""
-    title = f"{rec.user} ({rec.segment}) — top {len(rec.items)} by {rec.model}"
+    segment = "one domain" if rec.segment.endswith("-only") else rec.segment
+    held_out = "; held out as cold-start in evaluation" if rec.held_out else ""
+    title = f"{rec.user} ({segment}{held_out}) — top {len(rec.items)} by {rec.model}"
     table = plain_table(title, min_width=len(title))
     table.add_column("rank", justify="right")
     table.add_column("item", no_wrap=True)
-    table.add_column("score", justify="right")
+    table.add_column(rec.score, justify="right")
     for item in rec.items:
         table.add_row(str(item["rank"]), item["item"], f"{item['score']:.4f}")
     return table

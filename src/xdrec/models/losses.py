@@ -172,7 +172,16 @@ def two_domain_sampled_loss(
 @dataclass(frozen=True)
 class LossChoice:
     name: str  # ce | bce | sampled, or a caller's own loss function's name
-    reason: str  # one line for logs and config.json: why this loss
+    reason: str  # one line for config.json: why this loss, with the numbers behind an `auto` choice
+
+    @property
+    def words(self) -> str:
+        """The loss in plain words, for the screen."""
+        plain = {"ce": "full softmax", "bce": "binary cross-entropy", "sampled": "sampled softmax"}
+        if self.name not in plain:
+            return "the model's own loss"
+        auto = self.name == "sampled" and self.reason.startswith("auto")
+        return plain[self.name] + (" (a full softmax would not fit in memory)" if auto else "")
 
 
 def choose_loss(requested: str, n_items: int, batch_size: int, max_len: int) -> LossChoice:

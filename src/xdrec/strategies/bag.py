@@ -184,6 +184,8 @@ class BagScorer:
     ) -> None:
         self.model, self.source, self.target, self.name = model, source, target, name
         self.weight, self.decay = weight, decay
+        # Blend weight 0: users with target history get target-only's scores (the report says so).
+        self.defers_to = target.name if target is not None and weight == 0 else None
 
     @property
     def device(self) -> torch.device:

@@ -50,6 +50,8 @@ class WarmFallback:
 
     def __init__(self, own: Scorer, target: Scorer, name: str) -> None:
         self.own, self.target, self.name = own, target, name
+        self.defers_to = target.name  # what the report says of its rows for users with history
+        self.history_only = getattr(own, "history_only", False)
 
     @torch.no_grad()
     def scores(self, user_ids: Tensor, history: Tensor) -> Tensor:

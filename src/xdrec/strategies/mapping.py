@@ -88,6 +88,7 @@ class MappingScorer:
         self, model: MappingModel, vectors: UserVectors, target: SequenceScorer, name: str = "mapping"
     ) -> None:
         self.model, self.vectors, self.target, self.name = model, vectors, target, name
+        self.defers_to = target.name  # users with target history get its scores (the report says so)
 
     @torch.no_grad()
     def scores(self, user_ids: Tensor, history: Tensor) -> Tensor:
