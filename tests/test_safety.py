@@ -332,3 +332,47 @@ def test_a_full_disk_in_a_data_library_says_so(copy: Path, monkeypatch) -> None:
 
     monkeypatch.setattr(pl.LazyFrame, "sink_parquet", full)
     one_error_line(invoke(copy, "prepare", SOURCE, TARGET, "--min-item", "3"), "no space left")
+
+
+@pytest.fixture(scope="module")
+def elsewhere(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another workspace with the same raw data prepared with another seed: the same item vocabulary (a
+    model trained there loads here and scores), other cold-start users (its numbers here would be wrong)."""
+    root = tmp_path_factory.mktemp("elsewhere") / "ws"
+    shutil.copytree(prepared / "raw", root / "raw")
+    for args in (
+        ("prepare", SOURCE, TARGET, "-q", "--seed", "7"),
+        ("pretrain", *TRAIN, "-q", "--domain", TARGET),
+    ):
+        assert invoke(root, *args).exit_code == 0
+    return root
+
+
+def test_a_model_copied_with_a_forged_hash_is_refused(copy: Path, elsewhere: Path) -> None:
+    mine = copy / "models" / "target-only"
+    config = json.loads((mine / "config.json").read_text())
+    shutil.rmtree(mine)
+    shutil.copytree(elsewhere / "models" / "target-only", mine)
+    forged = json.loads((mine / "config.json").read_text())
+    assert forged["model"]["n_items"] == config["model"]["n_items"]  # it would score this dataset's items
+    forged["dataset"] = config["dataset"]  # this workspace's dataset and manifest hash
+    (mine / "config.json").write_text(json.dumps(forged))
+    for args in (
+        ("evaluate", "--device", "cpu", "--model", "target-only"),
+        ("embed", "--model", "target-only"),
+    ):
+        one_error_line(invoke(copy, *args), "target-only", "another dataset")
+
+
+def test_a_model_with_another_vocabulary_is_refused(copy: Path) -> None:
+    """A model saved before weights recorded their dataset: its vocabulary size still tells."""
+    from safetensors.torch import load_file, save_file
+
+    mine = copy / "models" / "target-only"
+    config = json.loads((mine / "config.json").read_text())
+    weights = load_file(str(mine / "model.safetensors"))
+    weights["item_emb.weight"] = weights["item_emb.weight"][:-5]
+    save_file(weights, str(mine / "model.safetensors"))  # no header: as an older xdrec wrote it
+    config["model"]["n_items"] -= 5
+    (mine / "config.json").write_text(json.dumps(config))
+    one_error_line(invoke(copy, "evaluate", "--device", "cpu", "--model", "target-only"), "another dataset")
