@@ -100,7 +100,7 @@ class Checkpoint:
 
     def check_dataset(self, dataset: Dataset) -> None:
         """Raise unless this checkpoint was trained on `dataset`: the manifest hash its config.json and
-        its weights' header record (older weights have none), and the size of its item vocabulary."""
+        its weights' header record (older weights have none), and a backbone's item vocabulary size."""
         trained = self.config.get("dataset")
         trained = trained if isinstance(trained, dict) else {}
         if trained.get("manifest_hash") != dataset.manifest_hash:
@@ -110,8 +110,9 @@ class Checkpoint:
                 f"(manifest {dataset.manifest_hash}): retrain it on this dataset: `{self.retrain_command}`"
             )
         weights = self._weights_metadata().get(MANIFEST_HASH)
-        model = self.config.get("model")
-        vocabulary = model.get("n_items") if isinstance(model, dict) else None
+        model = self.config.get("model")  # a backbone's own vocabulary (a strategy's may hold extra ids)
+        single = isinstance(model, dict) and "strategy" not in self.config
+        vocabulary = model.get("n_items") if single else None
         domain = self.config.get("domain")
         if weights not in (None, dataset.manifest_hash) or (
             vocabulary is not None and domain in dataset.domains and vocabulary != dataset.n_items(domain)
