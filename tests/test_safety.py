@@ -376,3 +376,30 @@ def test_a_model_with_another_vocabulary_is_refused(copy: Path) -> None:
     config["model"]["n_items"] -= 5
     (mine / "config.json").write_text(json.dumps(config))
     one_error_line(invoke(copy, "evaluate", "--device", "cpu", "--model", "target-only"), "another dataset")
+
+
+@pytest.mark.parametrize(
+    ("file", "column", "value", "says"),
+    [
+        ("interactions", "item_id", 10_000, "item id 10000"),
+        ("interactions", "item_id", 0, "item id 0"),
+        ("interactions", "user_id", 10_000, "user id 10000"),
+        ("interactions", "user_id", None, "without a user or item id"),
+        ("interactions", "domain", "Other", "domain 'Other'"),
+        ("items", "item_id", 10_000, "items 1.."),
+        ("users", "user_id", 10_000, "users 0.."),
+    ],
+)
+def test_an_id_out_of_range_in_a_dataset_file_is_one_line(
+    copy: Path, file: str, column: str, value: object, says: str
+) -> None:
+    import polars as pl
+
+    path = next((copy / "datasets").glob(f"*/{file}.parquet"))
+    frame = pl.read_parquet(path)
+    first = pl.int_range(pl.len()) == 0
+    changed = pl.when(first).then(pl.lit(value)).otherwise(pl.col(column)).cast(frame.schema[column])
+    frame.with_columns(changed.alias(column)).write_parquet(path)
+    for args in (("pretrain", *TRAIN, "-q"), ("evaluate", "--device", "cpu", "--bootstrap", "0")):
+        one_error_line(invoke(copy, *args), f"{file}.parquet", says, "xdrec prepare")
+
