@@ -403,3 +403,33 @@ def test_an_id_out_of_range_in_a_dataset_file_is_one_line(
     for args in (("pretrain", *TRAIN, "-q"), ("evaluate", "--device", "cpu", "--bootstrap", "0")):
         one_error_line(invoke(copy, *args), f"{file}.parquet", says, "xdrec prepare")
 
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda t: t["params"].update(hidden="abc"),  # a string for a number
+        lambda t: t["params"].update(dropout=7),  # outside its range
+        lambda t: t["params"].update(lr=-1.0),  # one the option check would blame on --lr
+        lambda t: t["params"].update(hidden=64.0),  # a float for an int
+        lambda t: t["params"].update(colour="red"),  # not a setting
+        lambda t: t.update(params=[1]),  # not an object
+        lambda t: t.pop("metric"),  # a missing key
+    ],
+)
+def test_a_tuning_file_with_a_wrong_value_is_one_line(prepared: Path, tmp_path: Path, edit) -> None:
+    from dataclasses import asdict
+
+    from xdrec.data.dataset import Dataset
+    from xdrec.tuned import Tuned, settings_path
+    from xdrec.tuning import defaults
+
+    root = tmp_path / "ws"
+    shutil.copytree(prepared, root)
+    data = Dataset.from_workspace(Workspace(root))
+    path = settings_path(Workspace(root), data.name, "target-only")
+    path.parent.mkdir(parents=True)
+    tuned = Tuned("target-only", data.name, data.manifest_hash, "NDCG@10", 0.1, 0, 1, defaults("target-only"))
+    stored = asdict(tuned)
+    edit(stored)
+    path.write_text(json.dumps(stored))
+    one_error_line(invoke(root, "pretrain", *TRAIN, "-q", "--domain", TARGET), str(path), "xdrec tune")

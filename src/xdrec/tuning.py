@@ -27,6 +27,7 @@ Files (tuning/<dataset>/ in the workspace):
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -50,7 +51,7 @@ from xdrec.strategies.base import TransferConfig
 from xdrec.training import TrainConfig, train
 from xdrec.tuned import Param, Tuned, load_tuned, settings_path, with_params
 from xdrec.validation import METRIC
-from xdrec.workspace import Workspace, write_json
+from xdrec.workspace import Workspace, atomic_path, write_json
 
 Model = Literal["source-only", "target-only", "mapping", "finetune", "fusion", "joint", "bag"]
 MODELS: tuple[str, ...] = get_args(Model)
@@ -72,9 +73,14 @@ class Choice:
         return trial.suggest_float(name, self.low, self.high, log=self.log)
 
     def holds(self, value: Param) -> bool:
-        if self.values:
-            return value in self.values
-        return isinstance(value, int | float) and self.low <= value <= self.high
+        if self.values:  # of the same type too: 64.0 is no hidden size, True no batch size
+            return any(value == v and type(value) is type(v) for v in self.values)
+        return type(value) in (int, float) and self.low <= value <= self.high  # nan is outside
+
+    def __str__(self) -> str:
+        return (
+            f"one of {', '.join(map(str, self.values))}" if self.values else f"{self.low:g} to {self.high:g}"
+        )
 
 
 # The names are the config fields they set (SASRecConfig, TrainConfig, TransferConfig): no mapping table.
@@ -240,16 +246,27 @@ def tune(
 # ---------------------------------------------------------------------------------------------- study
 
 _COMPLETE, _PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
+_WAITING = optuna.trial.TrialState.WAITING
 
 
 def _open_study(
     journal: Path, model: str, data: Dataset, config: TuneConfig, first: Mapping[str, Param]
 ) -> optuna.Study:
     """The search in `journal`, created or resumed; refuses one made on another dataset or budget."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own progress display says what matters
+    # Our progress display and error line say what matters; Optuna would log a traceback for every
+    # failed trial, a Ctrl-C included.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     journal.parent.mkdir(parents=True, exist_ok=True)
+    _keep_whole_operations(journal)
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
-    existing = optuna.load_study(study_name=model, storage=storage) if journal.stat().st_size else None
+    try:
+        existing = optuna.load_study(study_name=model, storage=storage) if journal.stat().st_size else None
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError) as e:  # whole lines, foreign ops
+        raise XdrecError(
+            f"cannot read the search in {journal} ({type(e).__name__}: {str(e)[:120]}): pass --restart to "
+            "start a new one"
+        ) from None
+    retry_defaults = False
     if existing is not None:
         attrs = existing.user_attrs
         if attrs.get("manifest_hash") != data.manifest_hash:
@@ -266,6 +283,11 @@ def _open_study(
         # A trial still marked running was cut off with its process: it did not finish.
         for trial in existing.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             existing.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        # The defaults are the one enqueued trial: one cut off (a kill, Ctrl-C) is queued again.
+        retry_defaults = not any(
+            "fixed_params" in t.system_attrs and t.state in (_COMPLETE, _PRUNED, _WAITING)
+            for t in existing.get_trials(deepcopy=False)
+        )
     # Seeded by the trials so far, so a resumed search does not propose the same settings again.
     sampler = optuna.samplers.TPESampler(seed=config.seed + len(existing.trials if existing else []))
     pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)
@@ -280,9 +302,40 @@ def _open_study(
     if existing is None:
         study.set_user_attr("manifest_hash", data.manifest_hash)
         study.set_user_attr("fixed", config.fixed())
+    if existing is None or retry_defaults:
         # The first trial is the defaults, so the search can only keep them or find better.
         study.enqueue_trial(dict(first))
     return study
+
+
+def _keep_whole_operations(journal: Path) -> None:
+    """Cut a damaged journal (a write cut off by a kill or a full disk, a line garbled) back to the
+    operations before the first damaged line, so the trials finished before it are kept; the whole file
+    is kept beside it as <journal>.damaged. Later lines are dropped too: each operation names its trial
+    by the order of those before it."""
+    data = journal.read_bytes() if journal.exists() else b""
+    whole = lines = 0
+    for line in data.splitlines(keepends=True):
+        try:
+            operation = json.loads(line) if line.endswith(b"\n") else None
+        except ValueError:  # not JSON, or not UTF-8
+            operation = None
+        if not isinstance(operation, dict) or "op_code" not in operation:
+            break
+        whole, lines = whole + len(line), lines + 1
+    if whole == len(data):
+        return
+    damaged = journal.with_name(journal.name + ".damaged")
+    with atomic_path(damaged) as tmp:
+        tmp.write_bytes(data)
+    with atomic_path(journal) as tmp:
+        tmp.write_bytes(data[:whole])
+    Console(stderr=True).print(
+        f"note: {journal} was damaged at line {lines + 1} (a write cut off?): the search resumes from the "
+        f"trials finished before it; the damaged file is kept as {damaged}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def defaults(model: str, architecture: Mapping[str, Param] | None = None) -> dict[str, Param]:
@@ -294,6 +347,29 @@ def defaults(model: str, architecture: Mapping[str, Param] | None = None) -> dic
     values |= dict(architecture or asdict(SASRecConfig(n_items=1)))
     values["weight_decay"] = max(float(values["weight_decay"]), TRAINING["weight_decay"].low)
     return {name: values[name] for name, choice in SPACE[model].items() if choice.holds(values[name])}
+
+
+def check_settings(model: str, params: object, path: Path) -> None:
+    """Refuse stored settings that no search of `model` could have chosen (a settings file edited by
+    hand, or by another xdrec version): one line naming the file, not a traceback in training or an
+    option error blaming the command line."""
+    space = SPACE.get(model, {})
+    problems = (
+        ["its params are not an object"]
+        if not isinstance(params, dict)
+        else [
+            f"{name!r} is not a setting `xdrec tune {model}` searches"
+            if name not in space
+            else f"{name} = {json.dumps(value)} is not {space[name]}"
+            for name, value in params.items()
+            if name not in space or not space[name].holds(value)
+        ]
+    )
+    if problems:
+        raise XdrecError(
+            f"{path}: {problems[0]}: run `xdrec tune {model} --restart` to choose the settings again, or "
+            "delete the file"
+        )
 
 
 def _store(workspace: Workspace, data: Dataset, model: str, study: optuna.Study) -> None:
