@@ -433,3 +433,75 @@ def test_a_tuning_file_with_a_wrong_value_is_one_line(prepared: Path, tmp_path: 
     edit(stored)
     path.write_text(json.dumps(stored))
     one_error_line(invoke(root, "pretrain", *TRAIN, "-q", "--domain", TARGET), str(path), "xdrec tune")
+
+
+# --- Ctrl-C: a message, exit 130, the old result intact ---------------------------------------
+
+
+def interrupted(result: Result) -> None:
+    assert result.exit_code == 130, f"exit {result.exit_code}\n{result.output}\n{result.exception!r}"
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: interrupted"), result.stderr
+
+
+def test_ctrl_c_in_prepare_keeps_the_old_dataset(prepared: Path, tmp_path: Path, monkeypatch) -> None:
+    import polars as pl
+    from typer.core import TyperGroup
+
+    root = tmp_path / "ws"
+    shutil.copytree(prepared, root)
+    folder = next((root / "datasets").iterdir())
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    def ctrl_c(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pl.LazyFrame, "sink_parquet", ctrl_c)  # while it writes the new dataset
+    interrupted(invoke(root, "prepare", SOURCE, TARGET, "--min-item", "3"))
+    monkeypatch.undo()
+    monkeypatch.setattr(TyperGroup, "parse_args", ctrl_c)  # while the command line is read
+    interrupted(invoke(root, "prepare", SOURCE, TARGET, "--min-item", "3"))
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_ctrl_c_while_the_commands_are_built_is_one_line(monkeypatch, capsys) -> None:
+    import sys
+
+    import typer.main
+
+    from xdrec.cli import main
+
+    def ctrl_c(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(typer.main, "get_group", ctrl_c)
+    monkeypatch.setattr(sys, "argv", ["xdrec", "overlap"])
+    with pytest.raises((SystemExit, KeyboardInterrupt)) as exited:  # the latter: a traceback
+        main()
+    assert isinstance(exited.value, SystemExit) and exited.value.code == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: interrupted")
+
+
+def test_ctrl_c_in_tune_is_one_line_without_optunas_traceback(prepared: Path, tmp_path: Path) -> None:
+    """A real SIGINT in a real process: Optuna logs to the stderr it saw at import, not CliRunner's."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "ws"
+    shutil.copytree(prepared, root)
+    code = (
+        "import os, signal, sys, xdrec.tuning\n"
+        "xdrec.tuning.train = lambda *a, **k: os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C mid-trial\n"
+        "sys.argv = ['xdrec', *sys.argv[1:]]\n"
+        "from xdrec.cli import main\n"
+        "main()\n"
+    )
+    args = ["--workspace", str(root), "tune", "--trials", "2", "--epochs", "1", "--device", "cpu", "-q"]
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300, check=False
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 130, done.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: interrupted"), done.stderr
+
