@@ -505,3 +505,28 @@ def test_ctrl_c_in_tune_is_one_line_without_optunas_traceback(prepared: Path, tm
     assert done.returncode == 130, done.stderr
     assert len(lines) == 1 and lines[0].startswith("error: interrupted"), done.stderr
 
+
+# --- an offline fetch -----------------------------------------------------------------------------
+
+
+def test_an_offline_fetch_is_one_line_at_once(tmp_path: Path, monkeypatch, caplog) -> None:
+    """The hub at an address nothing listens on (no network used): one line, not the client's retries."""
+    import logging
+    import socket
+    import time
+
+    from huggingface_hub import constants
+
+    with socket.socket() as s:  # a port that refuses connections
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    hub = f"http://127.0.0.1:{port}"
+    monkeypatch.setattr(constants, "ENDPOINT", hub)
+    monkeypatch.setattr(
+        constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub + "/{repo_id}/resolve/{revision}/{filename}"
+    )
+    caplog.set_level(logging.WARNING)
+    started = time.perf_counter()
+    one_error_line(invoke(tmp_path / "ws", "fetch", "Gift_Cards", "-q"), "cannot reach the Hugging Face hub")
+    assert time.perf_counter() - started < 10
+    assert not [r for r in caplog.records if "Retrying" in r.getMessage()]
