@@ -530,3 +530,34 @@ def test_an_offline_fetch_is_one_line_at_once(tmp_path: Path, monkeypatch, caplo
     one_error_line(invoke(tmp_path / "ws", "fetch", "Gift_Cards", "-q"), "cannot reach the Hugging Face hub")
     assert time.perf_counter() - started < 10
     assert not [r for r in caplog.records if "Retrying" in r.getMessage()]
+
+
+# --- transfer --resume after a kill -----------------------------------------------------------
+
+
+def test_transfer_resume_continues_the_killed_strategy_only(copy: Path, monkeypatch) -> None:
+    import xdrec.fit
+
+    def killed(*_args, **_kwargs):  # after the last epoch, before the model is saved
+        raise KeyboardInterrupt
+
+    assert invoke(copy, "embed", "--device", "cpu").exit_code == 0
+    both = ("transfer", "--strategy", "finetune", "--strategy", "bag", "--device", "cpu")
+    assert invoke(copy, *both, "--epochs", "1", "--lr", "0.002", "-q").exit_code == 0  # an earlier transfer
+    monkeypatch.setattr(xdrec.fit, "save_checkpoint", killed)
+    assert invoke(copy, *both, "--epochs", "1", "-q").exit_code == 130  # killed in finetune, bag not begun
+    monkeypatch.undo()
+    result = invoke(copy, *both, "--epochs", "2", "--resume")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("resumed after epoch 1") == 1  # finetune's; bag's finished run is another's
+    bag = json.loads((copy / "models" / "bag" / "config.json").read_text())
+    assert bag["train"]["lr"] == 0.001 and bag["epochs_run"] == 2
+
+    # Interrupted again, then its source model retrained: continuing it would train on what is gone.
+    monkeypatch.setattr(xdrec.fit, "save_checkpoint", killed)
+    one = ("transfer", "--strategy", "finetune", "--device", "cpu", "--epochs", "1")
+    assert invoke(copy, *one, "-q").exit_code == 130
+    monkeypatch.undo()
+    for args in (("pretrain", *TRAIN, "-q", "--seed", "3"), ("embed", "--device", "cpu")):
+        assert invoke(copy, *args).exit_code == 0
+    one_error_line(invoke(copy, *one, "--resume"), "cannot resume finetune", "built_from")

@@ -185,11 +185,26 @@ def start_run(model_dir: Path, identity: Mapping[str, Any], resume: bool | None)
     and training configuration), so a rerun continues where a kill stopped it and never continues another
     run. True/False: as asked (the trainer refuses a state that does not fit)."""
     path = run_dir(model_dir) / RUN
-    same = json.loads(json.dumps(identity, sort_keys=True, default=str))
+    same = as_recorded(identity)
     if resume is None:
-        resume = interrupted_epoch(model_dir) is not None and read_json(path).get("identity") == same
+        resume = interrupted_epoch(model_dir) is not None and last_run(model_dir) == same
     write_json(path, {"identity": same, "finished": False})
     return resume
+
+
+def last_run(model_dir: Path) -> dict[str, Any] | None:
+    """What the last training of `model_dir` was started with (`start_run`'s identity); None if unknown."""
+    path = run_dir(model_dir) / RUN
+    try:
+        identity = read_json(path).get("identity") if path.exists() else None
+    except XdrecError:
+        return None
+    return identity if isinstance(identity, dict) else None
+
+
+def as_recorded(identity: Mapping[str, Any]) -> dict[str, Any]:
+    """`identity` as run.json holds it (JSON types), for comparing with a recorded one."""
+    return json.loads(json.dumps(identity, sort_keys=True, default=str))
 
 
 def finish_run(model_dir: Path) -> None:
