@@ -20,7 +20,8 @@ has some (`mapping`: its loss; `bag`: its model's dim, dropout, cold_rate and we
 Files (tuning/<dataset>/ in the workspace):
     <model>.journal   the study, Optuna's JournalStorage (one append-only file, no database): an
                       interrupted search resumes where it stopped, and --trials N means N finished
-                      trials in all, however many runs it took
+                      trials in all, however many runs it took; a damaged one (a write cut off) is
+                      cut back to the operations before the damage, the whole kept as .damaged
     <model>.json      the best finished trial's settings and score, rewritten after every trial;
                       `pretrain`, `transfer` and `run` use them unless an option overrides them
 """
