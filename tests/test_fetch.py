@@ -339,6 +339,12 @@ def test_a_file_url_is_a_local_path_and_other_schemes_are_refused(tmp_path: Path
 # --- the hub (hf_hub_download mocked) -----------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True)
+def hub_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fetch first asks the hub once whether it answers: here it does, with no network."""
+    monkeypatch.setattr(amazon, "get_hf_file_metadata", lambda *args, **kwargs: None)
+
+
 def test_fetch_from_the_hub_converts_the_downloaded_file(
     tmp_path: Path, ws: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -334,3 +334,232 @@ def test_a_full_disk_in_a_data_library_says_so(copy: Path, monkeypatch) -> None:
 
     monkeypatch.setattr(pl.LazyFrame, "sink_parquet", full)
     one_error_line(invoke(copy, "prepare", SOURCE, TARGET, "--min-item", "3"), "no space left")
+
+
+@pytest.fixture(scope="module")
+def elsewhere(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another workspace with the same raw data prepared with another seed: the same item vocabulary (a
+    model trained there loads here and scores), other cold-start users (its numbers here would be wrong)."""
+    root = tmp_path_factory.mktemp("elsewhere") / "ws"
+    shutil.copytree(prepared / "raw", root / "raw")
+    for args in (
+        ("prepare", SOURCE, TARGET, "-q", "--seed", "7"),
+        ("pretrain", *TRAIN, "-q", "--domain", TARGET),
+    ):
+        assert invoke(root, *args).exit_code == 0
+    return root
+
+
+def test_a_model_copied_with_a_forged_hash_is_refused(copy: Path, elsewhere: Path) -> None:
+    mine = copy / "models" / "target-only"
+    config = json.loads((mine / "config.json").read_text())
+    shutil.rmtree(mine)
+    shutil.copytree(elsewhere / "models" / "target-only", mine)
+    forged = json.loads((mine / "config.json").read_text())
+    assert forged["model"]["n_items"] == config["model"]["n_items"]  # it would score this dataset's items
+    forged["dataset"] = config["dataset"]  # this workspace's dataset and manifest hash
+    (mine / "config.json").write_text(json.dumps(forged))
+    for args in (
+        ("evaluate", "--device", "cpu", "--model", "target-only"),
+        ("embed", "--model", "target-only"),
+    ):
+        one_error_line(invoke(copy, *args), "target-only", "another dataset")
+
+
+def test_a_model_with_another_vocabulary_is_refused(copy: Path) -> None:
+    """A model saved before weights recorded their dataset: its vocabulary size still tells."""
+    from safetensors.torch import load_file, save_file
+
+    mine = copy / "models" / "target-only"
+    config = json.loads((mine / "config.json").read_text())
+    weights = load_file(str(mine / "model.safetensors"))
+    weights["item_emb.weight"] = weights["item_emb.weight"][:-5]
+    save_file(weights, str(mine / "model.safetensors"))  # no header: as an older xdrec wrote it
+    config["model"]["n_items"] -= 5
+    (mine / "config.json").write_text(json.dumps(config))
+    one_error_line(invoke(copy, "evaluate", "--device", "cpu", "--model", "target-only"), "another dataset")
+
+
+@pytest.mark.parametrize(
+    ("file", "column", "value", "says"),
+    [
+        ("interactions", "item_id", 10_000, "item id 10000"),
+        ("interactions", "item_id", 0, "item id 0"),
+        ("interactions", "user_id", 10_000, "user id 10000"),
+        ("interactions", "user_id", None, "without a user or item id"),
+        ("interactions", "domain", "Other", "domain 'Other'"),
+        ("items", "item_id", 10_000, "items 1.."),
+        ("users", "user_id", 10_000, "users 0.."),
+    ],
+)
+def test_an_id_out_of_range_in_a_dataset_file_is_one_line(
+    copy: Path, file: str, column: str, value: object, says: str
+) -> None:
+    import polars as pl
+
+    path = next((copy / "datasets").glob(f"*/{file}.parquet"))
+    frame = pl.read_parquet(path)
+    first = pl.int_range(pl.len()) == 0
+    changed = pl.when(first).then(pl.lit(value)).otherwise(pl.col(column)).cast(frame.schema[column])
+    frame.with_columns(changed.alias(column)).write_parquet(path)
+    for args in (("pretrain", *TRAIN, "-q"), ("evaluate", "--device", "cpu", "--bootstrap", "0")):
+        one_error_line(invoke(copy, *args), f"{file}.parquet", says, "xdrec prepare")
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda t: t["params"].update(hidden="abc"),  # a string for a number
+        lambda t: t["params"].update(dropout=7),  # outside its range
+        lambda t: t["params"].update(lr=-1.0),  # one the option check would blame on --lr
+        lambda t: t["params"].update(hidden=64.0),  # a float for an int
+        lambda t: t["params"].update(colour="red"),  # not a setting
+        lambda t: t.update(params=[1]),  # not an object
+        lambda t: t.pop("metric"),  # a missing key
+    ],
+)
+def test_a_tuning_file_with_a_wrong_value_is_one_line(prepared: Path, tmp_path: Path, edit) -> None:
+    from dataclasses import asdict
+
+    from xdrec.data.dataset import Dataset
+    from xdrec.tuned import Tuned, settings_path
+    from xdrec.tuning import defaults
+
+    root = tmp_path / "ws"
+    shutil.copytree(prepared, root)
+    data = Dataset.from_workspace(Workspace(root))
+    path = settings_path(Workspace(root), data.name, "target-only")
+    path.parent.mkdir(parents=True)
+    tuned = Tuned("target-only", data.name, data.manifest_hash, "NDCG@10", 0.1, 0, 1, defaults("target-only"))
+    stored = asdict(tuned)
+    edit(stored)
+    path.write_text(json.dumps(stored))
+    one_error_line(invoke(root, "pretrain", *TRAIN, "-q", "--domain", TARGET), str(path), "xdrec tune")
+
+
+# --- Ctrl-C: a message, exit 130, the old result intact ---------------------------------------
+
+
+def interrupted(result: Result) -> None:
+    assert result.exit_code == 130, f"exit {result.exit_code}\n{result.output}\n{result.exception!r}"
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: interrupted"), result.stderr
+
+
+def test_ctrl_c_in_prepare_keeps_the_old_dataset(prepared: Path, tmp_path: Path, monkeypatch) -> None:
+    import polars as pl
+    from typer.core import TyperGroup
+
+    root = tmp_path / "ws"
+    shutil.copytree(prepared, root)
+    folder = next((root / "datasets").iterdir())
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    def ctrl_c(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pl.LazyFrame, "sink_parquet", ctrl_c)  # while it writes the new dataset
+    interrupted(invoke(root, "prepare", SOURCE, TARGET, "--min-item", "3"))
+    monkeypatch.undo()
+    monkeypatch.setattr(TyperGroup, "parse_args", ctrl_c)  # while the command line is read
+    interrupted(invoke(root, "prepare", SOURCE, TARGET, "--min-item", "3"))
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_ctrl_c_while_the_commands_are_built_is_one_line(monkeypatch, capsys) -> None:
+    import sys
+
+    import typer.main
+
+    from xdrec.cli import main
+
+    def ctrl_c(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(typer.main, "get_group", ctrl_c)
+    monkeypatch.setattr(sys, "argv", ["xdrec", "overlap"])
+    with pytest.raises((SystemExit, KeyboardInterrupt)) as exited:  # the latter: a traceback
+        main()
+    assert isinstance(exited.value, SystemExit) and exited.value.code == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: interrupted")
+
+
+def test_ctrl_c_in_tune_is_one_line_without_optunas_traceback(prepared: Path, tmp_path: Path) -> None:
+    """A real SIGINT in a real process: Optuna logs to the stderr it saw at import, not CliRunner's."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "ws"
+    shutil.copytree(prepared, root)
+    code = (
+        "import os, signal, sys, xdrec.tuning\n"
+        "xdrec.tuning.train = lambda *a, **k: os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C mid-trial\n"
+        "sys.argv = ['xdrec', *sys.argv[1:]]\n"
+        "from xdrec.cli import main\n"
+        "main()\n"
+    )
+    args = ["--workspace", str(root), "tune", "--trials", "2", "--epochs", "1", "--device", "cpu", "-q"]
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300, check=False
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 130, done.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: interrupted"), done.stderr
+
+
+# --- an offline fetch -----------------------------------------------------------------------------
+
+
+def test_an_offline_fetch_is_one_line_at_once(tmp_path: Path, monkeypatch, caplog) -> None:
+    """The hub at an address nothing listens on (no network used): one line, not the client's retries."""
+    import logging
+    import socket
+    import time
+
+    from huggingface_hub import constants
+
+    with socket.socket() as s:  # a port that refuses connections
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    hub = f"http://127.0.0.1:{port}"
+    monkeypatch.setattr(constants, "ENDPOINT", hub)
+    monkeypatch.setattr(
+        constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub + "/{repo_id}/resolve/{revision}/{filename}"
+    )
+    caplog.set_level(logging.WARNING)
+    started = time.perf_counter()
+    one_error_line(invoke(tmp_path / "ws", "fetch", "Gift_Cards", "-q"), "cannot reach the Hugging Face hub")
+    assert time.perf_counter() - started < 10
+    assert not [r for r in caplog.records if "Retrying" in r.getMessage()]
+
+
+# --- transfer --resume after a kill -----------------------------------------------------------
+
+
+def test_transfer_resume_continues_the_killed_strategy_only(copy: Path, monkeypatch) -> None:
+    import xdrec.fit
+
+    def killed(*_args, **_kwargs):  # after the last epoch, before the model is saved
+        raise KeyboardInterrupt
+
+    assert invoke(copy, "embed", "--device", "cpu").exit_code == 0
+    both = ("transfer", "--strategy", "finetune", "--strategy", "bag", "--device", "cpu")
+    assert invoke(copy, *both, "--epochs", "1", "--lr", "0.002", "-q").exit_code == 0  # an earlier transfer
+    monkeypatch.setattr(xdrec.fit, "save_checkpoint", killed)
+    assert invoke(copy, *both, "--epochs", "1", "-q").exit_code == 130  # killed in finetune, bag not begun
+    monkeypatch.undo()
+    result = invoke(copy, *both, "--epochs", "2", "--resume")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("resumed after epoch 1") == 1  # finetune's; bag's finished run is another's
+    bag = json.loads((copy / "models" / "bag" / "config.json").read_text())
+    assert bag["train"]["lr"] == 0.001 and bag["epochs_run"] == 2
+
+    # Interrupted again, then its source model retrained: continuing it would train on what is gone.
+    monkeypatch.setattr(xdrec.fit, "save_checkpoint", killed)
+    one = ("transfer", "--strategy", "finetune", "--device", "cpu", "--epochs", "1")
+    assert invoke(copy, *one, "-q").exit_code == 130
+    monkeypatch.undo()
+    for args in (("pretrain", *TRAIN, "-q", "--seed", "3"), ("embed", "--device", "cpu")):
+        assert invoke(copy, *args).exit_code == 0
+    one_error_line(invoke(copy, *one, "--resume"), "cannot resume finetune", "built_from")

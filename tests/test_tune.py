@@ -94,13 +94,16 @@ def test_tune_never_reads_the_test_split(prepared: Workspace, monkeypatch: pytes
     before = tune(prepared, "target-only", FAST, progress=False)
     assert stages and set(stages) == {"valid"}
 
-    # Stronger: scramble every test-split item; the search must score every trial exactly the same.
-    path = Dataset.from_workspace(prepared).path / "interactions.parquet"
+    # Stronger: scramble every test-split item (to ids both domains have); the search must score every
+    # trial exactly the same.
+    data = Dataset.from_workspace(prepared)
+    path = data.path / "interactions.parquet"
     table = pl.read_parquet(path)
     rng = np.random.default_rng(0)
+    n_items = min(data.n_items(domain) for domain in data.domains)
     scrambled = table.with_columns(
         item_id=pl.when(pl.col("split") == "test")
-        .then(pl.Series(rng.integers(1, 100, table.height), dtype=pl.Int32))
+        .then(pl.Series(rng.integers(1, n_items + 1, table.height), dtype=pl.Int32))
         .otherwise(pl.col("item_id"))
     )
     assert not scrambled.equals(table)
@@ -287,3 +290,44 @@ def test_pretrain_transfer_and_run_use_the_stored_settings_unless_given(prepared
         "pretrain: target-only unchanged, reused" in logs and "transfer: fusion unchanged, reused" not in logs
     )
     assert recorded("fusion")["train"]["lr"] == 0.003
+
+
+def test_a_damaged_journal_keeps_the_trials_finished_before_the_damage(prepared: Workspace) -> None:
+    import json
+
+    first = tune(prepared, "target-only", TuneConfig(trials=2, epochs=1, patience=1), progress=False)
+    path = study_path(prepared, "Src+Tgt", "target-only")
+    whole = path.read_bytes()
+    lines = whole.splitlines(keepends=True)
+    done = next(
+        i for i, line in enumerate(lines) if json.loads(line) == json.loads(line) | {"op_code": 6, "state": 1}
+    )
+    truncated = whole[:-20]  # trial 1's last write cut off
+    garbled = b"".join(
+        [*lines[: done + 1], b'{"op_code": 6, "tri\xff\n', *lines[done + 1 :]]
+    )  # after trial 0
+    for damaged in (truncated, garbled):
+        path.write_bytes(damaged)
+        result = tune(prepared, "target-only", TuneConfig(trials=3, epochs=1, patience=1), progress=False)
+        complete = [t for t in result.trials if t.state == "complete"]
+        assert len(complete) == 3 and result.ran == 2
+        assert complete[0].number == 0 and complete[0].value == first.trials[0].value  # kept, not rerun
+        assert path.with_name(path.name + ".damaged").read_bytes() == damaged
+
+
+@pytest.mark.parametrize("cut_off", [KeyboardInterrupt, SystemExit])  # Ctrl-C; a kill (no Optuna tell)
+def test_the_defaults_cut_off_are_tried_again(
+    prepared: Workspace, monkeypatch: pytest.MonkeyPatch, cut_off: type[BaseException]
+) -> None:
+    import xdrec.tuning
+
+    def killed(*_args, **_kwargs):
+        raise cut_off
+
+    monkeypatch.setattr(xdrec.tuning, "train", killed)
+    with pytest.raises(cut_off):
+        tune(prepared, "target-only", TuneConfig(trials=2, epochs=1, patience=1), progress=False)
+    monkeypatch.undo()
+    result = tune(prepared, "target-only", TuneConfig(trials=2, epochs=1, patience=1), progress=False)
+    assert [t.state for t in result.trials] == ["fail", "complete", "complete"]
+    assert result.trials[1].params == defaults("target-only")

@@ -9,7 +9,9 @@ The folder is written whole (a new folder swapped in): a kill leaves the old mod
 training runs, its resumable state and live log are in runs/<name>/ (see `run_dir`).
 
 A checkpoint refuses a dataset whose manifest hash differs from the one it was trained on: item ids are
-only meaningful within one prepared dataset.
+only meaningful within one prepared dataset. The weights file's own header records that hash too, and
+the loader compares the vocabulary size with the dataset's, so a model copied from another workspace
+with its config.json edited to this dataset's hash is refused, not scored.
 
 Lineage: config.json holds the weights' `fingerprint` (a prefix of their sha256), and a model built from
 other models (a transfer strategy, user vectors) records their fingerprints under `built_from`. A model
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -42,12 +44,13 @@ WEIGHTS = "model.safetensors"
 METRICS = "metrics.jsonl"  # the trainer's per-epoch log (training.METRICS)
 CONFIG = "config.json"
 BUILT_FROM = "built_from"  # config key: {model name: fingerprint} of the models this one was built from
+MANIFEST_HASH = "manifest_hash"  # weights header key: the dataset the weights were trained on
 
 
-def save_tensors(path: Path, tensors: Mapping[str, Tensor]) -> None:
+def save_tensors(path: Path, tensors: Mapping[str, Tensor], metadata: dict[str, str] | None = None) -> None:
     """Write tensors as one safetensors file, atomically (contiguous CPU copies, so views are fine)."""
     with atomic_path(path) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata)
 
 
 def load_tensors(path: Path, device: torch.device | str = "cpu") -> dict[str, Tensor]:
@@ -93,14 +96,40 @@ class Checkpoint:
             )
 
     def check_dataset(self, dataset: Dataset) -> None:
-        """Raise unless this checkpoint was trained on `dataset` (same manifest hash)."""
-        trained = self.config.get("dataset", {})
+        """Raise unless this checkpoint was trained on `dataset`: the manifest hash its config.json and
+        its weights' header record (older weights have none), and a backbone's item vocabulary size."""
+        trained = self.config.get("dataset")
+        trained = trained if isinstance(trained, dict) else {}
         if trained.get("manifest_hash") != dataset.manifest_hash:
             raise XdrecError(
                 f"model {self.path.name} was trained on dataset {trained.get('name', '?')} "
                 f"(manifest {trained.get('manifest_hash', '?')}), not on {dataset.name} "
                 f"(manifest {dataset.manifest_hash}): retrain it on this dataset: `{self.retrain_command}`"
             )
+        weights = self._weights_metadata().get(MANIFEST_HASH)
+        model = self.config.get("model")  # a backbone's own vocabulary (a strategy's may hold extra ids)
+        single = isinstance(model, dict) and "strategy" not in self.config
+        vocabulary = model.get("n_items") if single else None
+        domain = self.config.get("domain")
+        if weights not in (None, dataset.manifest_hash) or (
+            vocabulary is not None and domain in dataset.domains and vocabulary != dataset.n_items(domain)
+        ):
+            found = f"manifest {weights}" if weights != dataset.manifest_hash else f"{vocabulary} items"
+            raise XdrecError(
+                f"model {self.path.name}'s weights were trained on another dataset ({found}) than its "
+                f"config.json says ({dataset.name}): a model copied from another workspace? retrain it on "
+                f"this dataset: `{self.retrain_command}`"
+            )
+
+    def _weights_metadata(self) -> dict[str, str]:
+        try:
+            with safe_open(str(self.path / WEIGHTS), framework="pt") as f:
+                return f.metadata() or {}
+        except (SafetensorError, OSError) as e:
+            raise XdrecError(
+                f"{self.path / WEIGHTS} is not a readable safetensors file ({first_line(e)}); retrain it "
+                f"(`{self.retrain_command}`)"
+            ) from None
 
     @property
     def retrain_command(self) -> str:
@@ -132,9 +161,10 @@ def save_checkpoint(model_dir: Path, state: Mapping[str, Tensor], config: Mappin
     for key in ("kind", "dataset"):
         if key not in config:
             raise ValueError(f"checkpoint config needs {key!r}")
+    manifest = config["dataset"].get("manifest_hash")
     with atomic_path(model_dir) as tmp:
         tmp.mkdir()
-        save_tensors(tmp / WEIGHTS, state)
+        save_tensors(tmp / WEIGHTS, state, {MANIFEST_HASH: str(manifest)} if manifest else None)
         full = {**config, "xdrec_version": xdrec.__version__, "fingerprint": fingerprint(tmp / WEIGHTS)}
         log = run_dir(model_dir) / METRICS
         if log.exists():
@@ -165,11 +195,26 @@ def start_run(model_dir: Path, identity: Mapping[str, Any], resume: bool | None)
     and training configuration), so a rerun continues where a kill stopped it and never continues another
     run. True/False: as asked (the trainer refuses a state that does not fit)."""
     path = run_dir(model_dir) / RUN
-    same = json.loads(json.dumps(identity, sort_keys=True, default=str))
+    same = as_recorded(identity)
     if resume is None:
-        resume = interrupted_epoch(model_dir) is not None and read_json(path).get("identity") == same
+        resume = interrupted_epoch(model_dir) is not None and last_run(model_dir) == same
     write_json(path, {"identity": same, "finished": False})
     return resume
+
+
+def last_run(model_dir: Path) -> dict[str, Any] | None:
+    """What the last training of `model_dir` was started with (`start_run`'s identity); None if unknown."""
+    path = run_dir(model_dir) / RUN
+    try:
+        identity = read_json(path).get("identity") if path.exists() else None
+    except XdrecError:
+        return None
+    return identity if isinstance(identity, dict) else None
+
+
+def as_recorded(identity: Mapping[str, Any]) -> dict[str, Any]:
+    """`identity` as run.json holds it (JSON types), for comparing with a recorded one."""
+    return json.loads(json.dumps(identity, sort_keys=True, default=str))
 
 
 def finish_run(model_dir: Path) -> None:

@@ -61,8 +61,9 @@ class _Group(TyperGroup):
             click.echo(f"error: {e.format_message()}{hint}", err=True)  # type: ignore[attr-defined]
             sys.exit(getattr(e, "exit_code", 1))
         except typer.Abort:
-            click.echo(f"error: interrupted; {_RESUME_HINT}", err=True)
-            sys.exit(130)
+            code = 130
+        if code == 130:  # Typer turns a Ctrl-C anywhere in parsing or a command into Exit(130), silently
+            _say_interrupted()
         sys.exit(code if isinstance(code, int) else 0)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
@@ -79,9 +80,6 @@ class _Group(TyperGroup):
             return super().invoke(ctx)
         except (typer.TyperException, typer.Exit, typer.Abort, BrokenPipeError):
             raise  # usage errors are worded in main; a closed pipe (`| head`) ends quietly in Typer
-        except KeyboardInterrupt:
-            click.echo(f"error: interrupted; {_RESUME_HINT}", err=True)
-            raise typer.Exit(130) from None
         except Exception as e:
             message = explain(e, Workspace.at(ctx.params.get("workspace")))
             if message is None or os.environ.get("XDREC_DEBUG") == "1":
@@ -95,6 +93,11 @@ _RESUME_HINT = (
     "finished stages are kept; rerun the command to redo the interrupted one "
     "(`--resume` continues pretrain or transfer from the last finished epoch)"
 )
+
+
+def _say_interrupted() -> None:
+    """Ctrl-C (exit 130): what was kept and how to go on, once, wherever it struck."""
+    click.echo(f"error: interrupted; {_RESUME_HINT}", err=True)
 
 
 def _holding_locks(invoke: Any, name: str, areas: tuple[Area, ...]) -> Any:
@@ -1229,6 +1232,10 @@ def main() -> None:
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         raise
+    except KeyboardInterrupt:  # while Typer builds the commands, before the error boundary exists
+        code = 130
+        _say_interrupted()
+        sys.exit(code)
     except BaseException:
         code = 1
         raise

@@ -21,15 +21,18 @@ from torch import nn
 from xdrec import distributed
 from xdrec.checkpoint import (
     Checkpoint,
+    as_recorded,
     finish_run,
     interrupted_epoch,
+    last_run,
     read_checkpoint,
     run_dir,
     save_checkpoint,
     start_run,
 )
+from xdrec.errors import XdrecError
 from xdrec.models.losses import LossFn
-from xdrec.training import Examples, TrainConfig, TrainResult, train
+from xdrec.training import RESUME_KEYS, Examples, TrainConfig, TrainResult, train
 from xdrec.validation import METRIC
 
 P = TypeVar("P")
@@ -49,6 +52,33 @@ class Plan:
     # returns more config.json fields, e.g. a setting chosen on validation with the trained model (bag's
     # blend weight, a strategy's fallback to the target model).
     finish: Callable[[nn.Module, TrainResult], Mapping[str, Any]] | None = None
+
+
+def _continues(out_dir: Path, started: Mapping[str, Any], epoch: int | None) -> bool:
+    """--resume for one model: whether its last run is this training, to be continued.
+
+    `transfer --resume` after a kill resumes the strategy the kill interrupted; the others start over
+    unless their last (finished) run was this same training, which then ends at once. An interrupted
+    run of this model started on other inputs or settings is refused, naming it and what differs:
+    continuing it would train something other than what was asked. (Epochs and patience may differ.)
+    """
+    last = last_run(out_dir)
+    if last is None:
+        return True  # nothing recorded: the trainer checks the saved state
+    now = as_recorded(started)
+    was, record = last.get("record") or {}, now["record"]
+    changed = [k for k in sorted(set(was) | set(record)) if was.get(k) != record.get(k)]
+    changed += [
+        f"--{k.replace('_', '-')}" for k in RESUME_KEYS if last.get("train", {}).get(k) != now["train"][k]
+    ]
+    if not changed:
+        return True
+    if epoch is None:
+        return False  # a finished run of other settings or inputs: nothing of it to continue
+    raise XdrecError(
+        f"cannot resume {out_dir.name}: its interrupted run (after epoch {epoch}) was started with other "
+        f"{', '.join(changed)}: repeat its options, or drop --resume to start it over"
+    )
 
 
 @dataclass(frozen=True)
@@ -90,11 +120,13 @@ def fit(
 ) -> Fitted:
     """Seed, build the plan, train it into `out_dir`, and save models/<name>/ with `record` + the plan's.
 
-    resume: continue the interrupted training in runs/<name>/; None: when it was started the same way
-    (single process only: under torchrun the ranks could not agree on it before the process group
-    exists, so None means a fresh start there)."""
+    resume: continue the interrupted training in runs/<name>/ (`_continues`); None: when it was started
+    the same way (single process only: under torchrun the ranks could not agree on it before the process
+    group exists, so None means a fresh start there)."""
     epoch = interrupted_epoch(out_dir)
     started = {"record": record, "train": asdict(config)}
+    if resume and not distributed.launched().distributed:
+        resume = _continues(out_dir, started, epoch)
     if distributed.launched().distributed:
         resume = bool(resume)
         if distributed.is_main():

@@ -35,9 +35,14 @@ class Choice:
         return trial.suggest_float(name, self.low, self.high, log=self.log)  # type: ignore[no-any-return]
 
     def holds(self, value: Param) -> bool:
-        if self.values:
-            return value in self.values
-        return isinstance(value, int | float) and self.low <= value <= self.high
+        if self.values:  # of the same type too: 64.0 is no hidden size, True no batch size
+            return any(value == v and type(value) is type(v) for v in self.values)
+        return type(value) in (int, float) and self.low <= value <= self.high  # nan is outside
+
+    def __str__(self) -> str:
+        return (
+            f"one of {', '.join(map(str, self.values))}" if self.values else f"{self.low:g} to {self.high:g}"
+        )
 
 
 @dataclass(frozen=True)

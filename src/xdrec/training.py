@@ -483,7 +483,8 @@ class _Run:
                 or f"loss was {saved['loss']}"
             )
             raise XdrecError(
-                f"cannot resume: the interrupted run differs ({what}); repeat its options or drop --resume"
+                f"cannot resume {path.parent.name}: the interrupted run differs ({what}); repeat its options "
+                "or drop --resume"
             )
         own = "" if self.ranks.main else f".{self.ranks.rank}"
         try:
@@ -501,7 +502,8 @@ class _Run:
         except (RuntimeError, ValueError) as e:
             first = str(e).strip().splitlines()[0]
             raise XdrecError(
-                f"cannot resume: the saved training state does not fit this model ({first}); drop --resume"
+                f"cannot resume {path.parent.name}: the saved training state does not fit this model "
+                f"({first}); drop --resume"
             ) from None
         fields = {
             k: saved[k]

@@ -40,12 +40,24 @@ def settings_path(workspace: Workspace, dataset: str, model: str) -> Path:
 
 def load_tuned(workspace: Workspace, data: Dataset, model: str) -> Tuned | None:
     """The stored settings for `model` on `data`; None when there are none or they were chosen on
-    another version of the dataset (its manifest changed since)."""
+    another version of the dataset (its manifest changed since). A file holding a value its model's
+    search could not have chosen (edited by hand) is refused, naming it."""
     path = settings_path(workspace, data.name, model)
     if not path.exists():
         return None
-    tuned = Tuned(**read_json(path))
-    return tuned if tuned.manifest_hash == data.manifest_hash else None
+    try:
+        tuned = Tuned(**read_json(path))
+    except TypeError as e:  # a missing or unknown key
+        raise XdrecError(
+            f"{path} is not a settings file `xdrec tune` wrote ({e}): run `xdrec tune {model} --restart` "
+            "or delete the file"
+        ) from None
+    if tuned.manifest_hash != data.manifest_hash:
+        return None
+    from xdrec.tuning import check_settings  # the search space (optuna): read only where settings exist
+
+    check_settings(model, tuned.params, path)
+    return tuned
 
 
 C = TypeVar("C")

@@ -21,13 +21,15 @@ copies the source model's blocks, so only dropout and max_len) and its own optio
 Files (tuning/<dataset>/ in the workspace):
     <model>.journal   the study, Optuna's JournalStorage (one append-only file, no database): an
                       interrupted search resumes where it stopped, and --trials N means N finished
-                      trials in all, however many runs it took
+                      trials in all, however many runs it took; a damaged one (a write cut off) is
+                      cut back to the operations before the damage, the whole kept as .damaged
     <model>.json      the best finished trial's settings and score, rewritten after every trial;
                       `pretrain`, `transfer` and `run` use them unless an option overrides them
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -53,7 +55,7 @@ from xdrec.strategies.base import TransferConfig
 from xdrec.training import TrainConfig
 from xdrec.tuned import Tuned, load_tuned, settings_path, with_params
 from xdrec.validation import METRIC
-from xdrec.workspace import Workspace, write_json
+from xdrec.workspace import Workspace, atomic_path, write_json
 
 SINGLE_DOMAIN = ("source-only", "target-only")
 
@@ -210,16 +212,27 @@ def tune(
 # ---------------------------------------------------------------------------------------------- study
 
 _COMPLETE, _PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
+_WAITING = optuna.trial.TrialState.WAITING
 
 
 def _open_study(
     journal: Path, model: str, data: Dataset, config: TuneConfig, first: Mapping[str, Param]
 ) -> optuna.Study:
     """The search in `journal`, created or resumed; refuses one made on another dataset or budget."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own progress display says what matters
+    # Our progress display and error line say what matters; Optuna would log a traceback for every
+    # failed trial, a Ctrl-C included.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     journal.parent.mkdir(parents=True, exist_ok=True)
+    _keep_whole_operations(journal)
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
-    existing = optuna.load_study(study_name=model, storage=storage) if journal.stat().st_size else None
+    try:
+        existing = optuna.load_study(study_name=model, storage=storage) if journal.stat().st_size else None
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError) as e:  # whole lines, foreign ops
+        raise XdrecError(
+            f"cannot read the search in {journal} ({type(e).__name__}: {str(e)[:120]}): pass --restart to "
+            "start a new one"
+        ) from None
+    retry_defaults = False
     if existing is not None:
         attrs = existing.user_attrs
         if attrs.get("manifest_hash") != data.manifest_hash:
@@ -236,6 +249,11 @@ def _open_study(
         # A trial still marked running was cut off with its process: it did not finish.
         for trial in existing.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             existing.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        # The defaults are the one enqueued trial: one cut off (a kill, Ctrl-C) is queued again.
+        retry_defaults = not any(
+            "fixed_params" in t.system_attrs and t.state in (_COMPLETE, _PRUNED, _WAITING)
+            for t in existing.get_trials(deepcopy=False)
+        )
     # Seeded by the trials so far, so a resumed search does not propose the same settings again.
     sampler = optuna.samplers.TPESampler(seed=config.seed + len(existing.trials if existing else []))
     pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)
@@ -250,9 +268,40 @@ def _open_study(
     if existing is None:
         study.set_user_attr("manifest_hash", data.manifest_hash)
         study.set_user_attr("fixed", config.fixed())
+    if existing is None or retry_defaults:
         # The first trial is the defaults, so the search can only keep them or find better.
         study.enqueue_trial(dict(first))
     return study
+
+
+def _keep_whole_operations(journal: Path) -> None:
+    """Cut a damaged journal (a write cut off by a kill or a full disk, a line garbled) back to the
+    operations before the first damaged line, so the trials finished before it are kept; the whole file
+    is kept beside it as <journal>.damaged. Later lines are dropped too: each operation names its trial
+    by the order of those before it."""
+    data = journal.read_bytes() if journal.exists() else b""
+    whole = lines = 0
+    for line in data.splitlines(keepends=True):
+        try:
+            operation = json.loads(line) if line.endswith(b"\n") else None
+        except ValueError:  # not JSON, or not UTF-8
+            operation = None
+        if not isinstance(operation, dict) or "op_code" not in operation:
+            break
+        whole, lines = whole + len(line), lines + 1
+    if whole == len(data):
+        return
+    damaged = journal.with_name(journal.name + ".damaged")
+    with atomic_path(damaged) as tmp:
+        tmp.write_bytes(data)
+    with atomic_path(journal) as tmp:
+        tmp.write_bytes(data[:whole])
+    Console(stderr=True).print(
+        f"note: {journal} was damaged at line {lines + 1} (a write cut off?): the search resumes from the "
+        f"trials finished before it; the damaged file is kept as {damaged}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def defaults(model: str, architecture: Mapping[str, Param] | None = None) -> dict[str, Param]:
@@ -267,6 +316,29 @@ def defaults(model: str, architecture: Mapping[str, Param] | None = None) -> dic
     smallest = options.space(TrainConfig)["weight_decay"].low
     values["weight_decay"] = max(float(values["weight_decay"]), smallest)
     return {name: values[name] for name, choice in searched.items() if choice.holds(values[name])}
+
+
+def check_settings(model: str, params: object, path: Path) -> None:
+    """Refuse stored settings that no search of `model` could have chosen (a settings file edited by
+    hand, or by another xdrec version): one line naming the file, not a traceback in training or an
+    option error blaming the command line."""
+    searched = space(model) if model in tunable() else {}
+    problems = (
+        ["its params are not an object"]
+        if not isinstance(params, dict)
+        else [
+            f"{name!r} is not a setting `xdrec tune {model}` searches"
+            if name not in searched
+            else f"{name} = {json.dumps(value)} is not {searched[name]}"
+            for name, value in params.items()
+            if name not in searched or not searched[name].holds(value)
+        ]
+    )
+    if problems:
+        raise XdrecError(
+            f"{path}: {problems[0]}: run `xdrec tune {model} --restart` to choose the settings again, or "
+            "delete the file"
+        )
 
 
 def _store(workspace: Workspace, data: Dataset, model: str, study: optuna.Study) -> None:

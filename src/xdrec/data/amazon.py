@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from huggingface_hub import hf_hub_download
+from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 from huggingface_hub.errors import HTTPError as HubNetworkError
 from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
@@ -182,9 +182,14 @@ def _materialise(origin: _Origin, workspace: Workspace, *, progress: bool) -> Pa
 
 def _download_hub(filename: str, cache: Path, *, progress: bool) -> Path:
     what = f"{HUB_REPO}/{filename}"
+    # Offline, the hub client retries for about 24 s, logging each try: ask once first, and if the hub
+    # cannot be reached, use the cached copy or say so in one line.
+    offline = not _hub_answers(filename)
     try:
         with _hub_progress_bars(progress):
-            local = hf_hub_download(HUB_REPO, filename, repo_type="dataset", cache_dir=cache)
+            local = hf_hub_download(
+                HUB_REPO, filename, repo_type="dataset", cache_dir=cache, local_files_only=offline
+            )
     except LocalEntryNotFoundError:  # before EntryNotFoundError: it is a subclass raised when offline
         raise XdrecError(
             f"cannot reach the Hugging Face hub to download {what} (and it is not in {cache}): check the "
@@ -198,6 +203,18 @@ def _download_hub(filename: str, cache: Path, *, progress: bool) -> Path:
             "a local copy with --source PATH"
         ) from None
     return Path(local)
+
+
+def _hub_answers(filename: str) -> bool:
+    """Whether the hub answers one request for the file's metadata (any answer, an error status too:
+    the download that follows words it), without the client's retries."""
+    try:
+        get_hf_file_metadata(hf_hub_url(HUB_REPO, filename, repo_type="dataset"), timeout=10)
+    except HfHubHTTPError:
+        return True
+    except (HubNetworkError, OSError):  # no connection, a name that does not resolve, a timeout
+        return False
+    return True
 
 
 @contextlib.contextmanager

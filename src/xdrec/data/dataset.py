@@ -161,14 +161,17 @@ class Dataset:
 
     # --- tables ---
     def interactions(self) -> pl.LazyFrame:
+        self._checked_ids  # noqa: B018 (once, on the first read)
         return pl.scan_parquet(self._file("interactions.parquet"), glob=False)
 
     @cached_property
     def users(self) -> pl.DataFrame:
+        self._checked_ids  # noqa: B018
         return pl.read_parquet(self._file("users.parquet"), glob=False)
 
     def items(self, domain: str) -> pl.DataFrame:
         self.check_domain(domain)
+        self._checked_ids  # noqa: B018
         return (
             pl.read_parquet(self._file("items.parquet"), glob=False)
             .filter(pl.col("domain") == domain)
@@ -261,6 +264,71 @@ class Dataset:
         """Raw item id (parent_asin) by item id; index 0 (padding) is an empty string."""
         items = self.items(domain).sort("item_id")
         return np.array(["", *items["item"].to_list()], dtype=object)
+
+    @cached_property
+    def _checked_ids(self) -> bool:
+        """Refuse a table whose ids are not the ones the manifest describes (a file edited by hand, or
+        copied from another dataset): models index their tables by these ids, so a stray one would end
+        in an IndexError deep in torch, or quietly score another item."""
+
+        def refuse(name: str, what: str) -> XdrecError:
+            return XdrecError(
+                f"{self.path / name} {what}: it was edited or comes from another dataset: run "
+                f"`xdrec prepare {self.source} {self.target}` to rewrite it"
+            )
+
+        n_users, n_items = self.manifest.get("users"), {d: self.n_items(d) for d in self.domains}
+        name = "interactions.parquet"
+        stats = (
+            pl.scan_parquet(self._file(name), glob=False)
+            .group_by("domain")
+            .agg(
+                lo=pl.col("item_id").min(),
+                hi=pl.col("item_id").max(),
+                user_hi=pl.col("user_id").max(),
+                user_lo=pl.col("user_id").min(),
+                nulls=pl.col("user_id").null_count() + pl.col("item_id").null_count(),
+                splits=pl.col("split").is_in(SPLITS).all(),
+            )
+            .collect()
+        )
+        for row in stats.iter_rows(named=True):
+            domain = row["domain"]
+            if domain not in n_items:
+                raise refuse(name, f"holds domain {domain!r}, not one of {', '.join(self.domains)}")
+            if row["nulls"]:
+                raise refuse(name, f"holds {domain} rows without a user or item id")
+            if not 1 <= row["lo"] <= row["hi"] <= n_items[domain]:
+                item = row["lo"] if row["lo"] < 1 else row["hi"]
+                raise refuse(name, f"holds {domain} item id {item}, outside 1..{n_items[domain]}")
+            if n_users is not None and not 0 <= row["user_lo"] <= row["user_hi"] < n_users:
+                user = row["user_lo"] if row["user_lo"] < 0 else row["user_hi"]
+                raise refuse(name, f"holds user id {user}, outside 0..{n_users - 1}")
+            if not row["splits"]:
+                raise refuse(name, f"holds a split other than {', '.join(SPLITS)}")
+        items = pl.scan_parquet(self._file("items.parquet"), glob=False)
+        per_domain = items.group_by("domain").agg(
+            n=pl.len(),
+            unique=pl.col("item_id").n_unique(),
+            lo=pl.col("item_id").min(),
+            hi=pl.col("item_id").max(),
+        )
+        for row in per_domain.collect().iter_rows(named=True):
+            n = n_items.get(row["domain"])
+            if n is None or not row["n"] == row["unique"] == row["hi"] == n or row["lo"] != 1:
+                raise refuse("items.parquet", f"does not number {row['domain']}'s items 1..{n or '?'}")
+        users = pl.scan_parquet(self._file("users.parquet"), glob=False).select(
+            n=pl.len(),
+            unique=pl.col("user_id").n_unique(),
+            lo=pl.col("user_id").min(),
+            hi=pl.col("user_id").max(),
+        )
+        row = users.collect().row(0, named=True)
+        if n_users and (
+            not row["n"] == row["unique"] == n_users or (row["lo"], row["hi"]) != (0, n_users - 1)
+        ):
+            raise refuse("users.parquet", f"does not number the users 0..{n_users - 1}")
+        return True
 
     def _sequences(self, domain: str, splits: tuple[str, ...]) -> pl.DataFrame:
         self.check_domain(domain)
