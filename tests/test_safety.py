@@ -493,8 +493,8 @@ def test_ctrl_c_in_tune_is_one_line_without_optunas_traceback(prepared: Path, tm
     root = tmp_path / "ws"
     shutil.copytree(prepared, root)
     code = (
-        "import os, signal, sys, xdrec.tuning\n"
-        "xdrec.tuning.train = lambda *a, **k: os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C mid-trial\n"
+        "import os, signal, sys, xdrec.fit, xdrec.tuning\n"
+        "xdrec.fit.train = lambda *a, **k: os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C mid-trial\n"
         "sys.argv = ['xdrec', *sys.argv[1:]]\n"
         "from xdrec.cli import main\n"
         "main()\n"
