@@ -150,21 +150,17 @@ def two_domain_sampled_loss(
 
     def two_domain_sampled(hidden: Tensor, labels: Tensor, table: Tensor) -> Tensor:
         views, y = _labelled(hidden, labels)  # (M, 2, D), (M,)
-        domain = (y > boundary).long()  # (M,)
-        h = views[torch.arange(len(y), device=y.device), domain]  # (M, D): the label's domain's view
-        pos = _wide((h * table[y]).sum(-1))  # (M,)
-        drawn = torch.stack(
-            [
-                torch.randint(lo, hi, (negatives,), generator=generator, device=generator.device)
-                for lo, hi in bounds
-            ]
-        ).to(y.device)  # (2, N)
-        neg = torch.where(  # (M, N): each row against its own domain's draws
-            domain[:, None] == 0, _wide(h @ table[drawn[0]].T), _wide(h @ table[drawn[1]].T)
-        )
-        neg = neg.masked_fill(drawn[domain] == y[:, None], float("-inf"))
-        logits = torch.cat([pos[:, None], neg], dim=1)  # (M, 1 + N)
-        return F.cross_entropy(logits, torch.zeros_like(y))
+        total = views.new_zeros(())
+        for view, (first, last) in enumerate(bounds):
+            rows = (y >= first) & (y < last)  # this domain's labels, scored in its view
+            drawn = torch.randint(first, last, (negatives,), generator=generator, device=generator.device)
+            drawn = drawn.to(y.device)  # (N,)
+            h, own = views[rows, view], y[rows]  # (m, D), (m,)
+            pos = _wide((h * table[own]).sum(-1))  # (m,)
+            neg = _wide(h @ table[drawn].T).masked_fill(drawn[None] == own[:, None], float("-inf"))  # (m, N)
+            logits = torch.cat([pos[:, None], neg], dim=1)  # (m, 1 + N)
+            total = total + F.cross_entropy(logits, torch.zeros_like(own), reduction="sum")
+        return total / len(y)
 
     return two_domain_sampled
 

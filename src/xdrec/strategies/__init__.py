@@ -45,9 +45,10 @@ from xdrec.workspace import Workspace
 # The registry, in report order.
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in (Mapping(), Finetune(), Fusion(), Joint(), Bag())}
 # What `run` and `transfer` train unless told otherwise: the strategies that are no worse than target-only
-# on warm users and than popularity on the cold users they serve (BENCHMARKS.md). `fusion` falls below
-# popularity on cold users and `joint` below target-only on warm ones, on the pairs measured so far.
-DEFAULT = ("mapping", "finetune", "bag")
+# on warm users and than popularity on the cold users they serve (BENCHMARKS.md); `joint`, the model of both
+# timelines, serves each domain's single-domain model where validation does not prefer it. `fusion` falls
+# below popularity on cold users on the pairs measured so far.
+DEFAULT = ("mapping", "finetune", "bag", "joint")
 
 
 @dataclass(frozen=True)

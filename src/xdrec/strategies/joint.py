@@ -55,7 +55,10 @@ class JointOptions:
     rank: int = option(8, "joint: rank of each domain's adapter of the merged state.", low=1)
     views: bool = option(False, "joint: add each domain's own-items encoding to its view (3x slower).")
     negatives: int = option(
-        128, "joint: uniformly drawn negatives per domain and batch.", low=1, tune=Choice((64, 128, 256, 512))
+        2048,
+        "joint: negatives per domain and batch, drawn uniformly from its items.",
+        low=1,
+        tune=Choice((256, 512, 1024, 2048, 4096)),
     )
     weight_decay: float = option(
         0.5,
