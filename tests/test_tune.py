@@ -319,12 +319,12 @@ def test_a_damaged_journal_keeps_the_trials_finished_before_the_damage(prepared:
 def test_the_defaults_cut_off_are_tried_again(
     prepared: Workspace, monkeypatch: pytest.MonkeyPatch, cut_off: type[BaseException]
 ) -> None:
-    import xdrec.tuning
+    import xdrec.fit
 
     def killed(*_args, **_kwargs):
         raise cut_off
 
-    monkeypatch.setattr(xdrec.tuning, "train", killed)
+    monkeypatch.setattr(xdrec.fit, "train", killed)
     with pytest.raises(cut_off):
         tune(prepared, "target-only", TuneConfig(trials=2, epochs=1, patience=1), progress=False)
     monkeypatch.undo()
