@@ -36,11 +36,14 @@ def cell(row: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("workspace", type=Path)
     results = parser.parse_args().workspace / "afk-results"
     seeds = sorted(int(p.stem.split("-")[1]) for p in results.glob("full-*.json"))
-    print(f"| domain | protocol | SASRec | {' | '.join(f'joint, seed {s}' for s in seeds)} | joint, mean | ABXI |")
+    columns = " | ".join(f"joint, seed {s}" for s in seeds)
+    print(f"| domain | protocol | SASRec | {columns} | joint, mean | ABXI |")
     print(f"|---|---|---|{'---|' * len(seeds)}---|---|")
     for protocol in ("full", "sampled"):
         by_seed = {s: rows(results / f"{protocol}-{s}.json") for s in seeds}

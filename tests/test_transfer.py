@@ -212,7 +212,7 @@ def test_recommend_never_returns_an_item_the_user_has(trained: Workspace) -> Non
 def test_parse_strategies() -> None:
     assert parse_strategies(["all"]) == list(STRATEGIES)
     assert parse_strategies([]) == parse_strategies(["default"]) == list(DEFAULT)
-    assert parse_strategies(["default", "joint"]) == [*DEFAULT, "joint"]
+    assert parse_strategies(["default", "fusion"]) == [*DEFAULT, "fusion"]
     assert parse_strategies(["joint", "fusion", "joint"]) == ["joint", "fusion"]
     with pytest.raises(XdrecError, match="unknown strategy"):
         parse_strategies(["nope"])
