@@ -477,7 +477,7 @@ def test_recommend_json_gives_k_new_target_items(chain: Chain) -> None:
 
 def test_recommend_ranks_with_the_whole_history(chain: Chain, monkeypatch: pytest.MonkeyPatch) -> None:
     import xdrec.pipeline as pipeline
-    from xdrec.zoo import load_scorer
+    from xdrec.store import load_scorer
 
     seen: list[torch.Tensor] = []
 
@@ -509,7 +509,7 @@ def test_recommend_ranks_with_the_whole_history(chain: Chain, monkeypatch: pytes
 
 def test_recommend_picks_the_model_per_segment_on_validation(chain_copy: Workspace) -> None:
     from xdrec.selection import FILE, MIN_USERS, select_models
-    from xdrec.zoo import serves
+    from xdrec.store import serves
 
     data = Dataset.from_workspace(chain_copy)
     selection = select_models(chain_copy, data, "cpu")

@@ -3,7 +3,7 @@
 A strategy says what it is (`name`), which user segments it serves from real evidence (`serves`), which
 trained inputs it is built from besides the source model (`needs`), what to train (`build` -> a `Plan`)
 and how to score with what it saved (`load`). Everything else reads this contract: `fit` (seed -> build ->
-train -> save, with the lineage every strategy records), `xdrec.zoo` (loading, lineage checks), and
+train -> save, with the lineage every strategy records), `xdrec.store` (loading, lineage checks), and
 `xdrec.pipeline` (`run`'s reuse check, the model chosen for a user's segment).
 """
 
