@@ -11,7 +11,6 @@ import polars as pl
 import pytest
 import torch
 
-from xdrec.backbone import load_backbone, training_examples
 from xdrec.checkpoint import (
     load_tensors,
     optimizer_from_tensors,
@@ -27,6 +26,8 @@ from xdrec.errors import XdrecError
 from xdrec.models.sasrec import SASRecConfig
 from xdrec.pretraining import pretrain
 from xdrec.scoring import pad_left
+from xdrec.sequence_scorer import load_backbone
+from xdrec.sequence_training import training_examples
 from xdrec.training import TrainConfig
 from xdrec.workspace import Workspace
 

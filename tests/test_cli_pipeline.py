@@ -508,7 +508,7 @@ def test_recommend_ranks_with_the_whole_history(chain: Chain, monkeypatch: pytes
 
 
 def test_recommend_picks_the_model_per_segment_on_validation(chain_copy: Workspace) -> None:
-    from xdrec.selection import FILE, MIN_USERS, select_models
+    from xdrec.serving import FILE, MIN_USERS, select_models
     from xdrec.store import serves
 
     data = Dataset.from_workspace(chain_copy)

@@ -569,7 +569,7 @@ MaxLenOpt = Annotated[int | None, typer.Option(help="Most recent items a model r
 def _model_options(
     hidden: int | None, blocks: int | None, heads: int | None, dropout: float | None, max_len: int | None
 ):
-    from xdrec.backbone import ModelOptions
+    from xdrec.model_options import ModelOptions
 
     return ModelOptions(hidden=hidden, blocks=blocks, heads=heads, dropout=dropout, max_len=max_len)
 

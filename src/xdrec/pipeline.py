@@ -18,7 +18,6 @@ import polars as pl
 import torch
 
 from xdrec import distributed
-from xdrec.backbone import ModelOptions
 from xdrec.data.dataset import Dataset
 from xdrec.data.overlap import overlap_report
 from xdrec.data.prepare import PREPARE_FIELDS, PrepareConfig, dataset_name, prepare
@@ -26,10 +25,11 @@ from xdrec.devices import resolve_device
 from xdrec.embedding import embeddings_match
 from xdrec.errors import OptionError, XdrecError
 from xdrec.evaluation import EvaluateConfig, Report, evaluate_scorers
+from xdrec.model_options import ModelOptions
 from xdrec.models import default_config
 from xdrec.report import keeps_intervals, report_paths, save_report
 from xdrec.scoring import pad_left
-from xdrec.selection import select_models
+from xdrec.serving import select_models
 from xdrec.store import (
     POPULARITY,
     Absent,
@@ -45,7 +45,7 @@ from xdrec.store import (
 from xdrec.strategies import DEFAULT, STRATEGIES, TransferConfig, model_name
 from xdrec.strategies.fallback import FALLS_BACK
 from xdrec.training import TrainConfig
-from xdrec.tuned import Tuned, apply_tuned, with_params
+from xdrec.tuned_settings import Tuned, apply_tuned, with_params
 from xdrec.workspace import Workspace, file_sha256, read_json
 
 if TYPE_CHECKING:
@@ -198,7 +198,7 @@ def recommend(
     splits exist to evaluate, a user being served has all of it. Their segment follows from it (warm:
     target and source history, cold: source only, target-only: no source). The model is `strategy` if
     given, else the one that ranked the segment's users best on the validation split
-    (`xdrec.selection`; never the test report).
+    (`xdrec.serving`; never the test report).
     """
     data = Dataset.from_workspace(workspace, dataset)
     frame = recommend_many(workspace, [user], k=k, strategy=strategy, dataset=data.name, device=device)

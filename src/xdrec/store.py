@@ -23,7 +23,6 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from xdrec.backbone import backbone_from_checkpoint, load_backbone
 from xdrec.checkpoint import BUILT_FROM, CONFIG, RUN, Checkpoint, read_checkpoint, readable_config
 from xdrec.checkpoint import rebuild_command as command_for
 from xdrec.data.dataset import Dataset
@@ -32,6 +31,7 @@ from xdrec.errors import XdrecError
 from xdrec.models import BACKBONES
 from xdrec.popularity import PopularityScorer
 from xdrec.scoring import Scorer
+from xdrec.sequence_scorer import backbone_from_checkpoint, load_backbone
 from xdrec.strategies import DEFAULT, STRATEGIES, Strategy
 from xdrec.strategies.base import REVERSE, ScoringInputs
 from xdrec.training import TrainConfig

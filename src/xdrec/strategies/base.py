@@ -15,15 +15,16 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
-from xdrec.backbone import ModelOptions, SequenceScorer
 from xdrec.checkpoint import BUILT_FROM, Checkpoint, dataset_identity
 from xdrec.data.dataset import Dataset
 from xdrec.embedding import UserVectors
 from xdrec.fit import Plan, fit
+from xdrec.model_options import ModelOptions
 from xdrec.models import BackboneConfig
 from xdrec.scoring import Scorer
+from xdrec.sequence_scorer import SequenceScorer
 from xdrec.training import TrainConfig, TrainResult
-from xdrec.tuned import Param, Tuned, with_params
+from xdrec.tuned_settings import Param, Tuned, with_params
 from xdrec.workspace import Workspace
 
 # The user segments of a report that a model can serve (see xdrec.evaluation).
