@@ -203,7 +203,7 @@ def recommend(
     data = Dataset.from_workspace(workspace, dataset)
     frame = recommend_many(workspace, [user], k=k, strategy=strategy, dataset=data.name, device=device)
     first = frame.row(0, named=True) if frame.height else None
-    segment = first["segment"] if first else _segments(data, pl.DataFrame({"user": [user]}))["segment"][0]
+    segment = first["segment"] if first else user_segments(data, pl.DataFrame({"user": [user]}))["segment"][0]
     name = first["model"] if first else (strategy or POPULARITY)
     absent = [] if strategy else _absent_for(workspace, data, segment)
     if strict and absent:
@@ -253,7 +253,7 @@ def recommend_many(
         unknown = wanted.filter(pl.col("user_id").is_null())["user"].to_list()
         if unknown:
             data.user_id(unknown[0])  # its own one-line error (names the user and the dataset)
-    wanted = _segments(data, wanted)
+    wanted = user_segments(data, wanted)
     names = {
         s: strategy or select_models(workspace, data, device).model_for(s) for s in set(wanted["segment"])
     }
@@ -291,7 +291,7 @@ def recommend_many(
     return out.join(order, on="user", maintain_order="left").sort("_order", "rank").drop("_order")
 
 
-def _segments(data: Dataset, users: pl.DataFrame) -> pl.DataFrame:
+def user_segments(data: Dataset, users: pl.DataFrame) -> pl.DataFrame:
     """`users` (user[, user_id]) with user_id, history (every target item, in time order) and segment
     (warm: target and source history, cold: source only, target-only: no source)."""
     if "user_id" not in users.columns:

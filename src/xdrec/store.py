@@ -14,7 +14,10 @@ Every question about models/ is answered here, from each folder's config.json (`
 
 A model is stale when it was trained on another prepared dataset (re-prepared since), when its weights
 do not belong to its record, or when a model it was built from (`built_from` in its record) was
-retrained since. It is missing when it was never trained or its training was interrupted.
+retrained since: what `run` rebuilds. It is missing when it was never trained or its training was
+interrupted. Loading asks the narrower question with the same comparison (`stale_inputs`): do the inputs
+it reads (the user vectors, the target model) still have the fingerprints the model was trained with?
+So a strategy still loads beside the user vectors it was trained on until `embed` replaces them.
 """
 
 from __future__ import annotations

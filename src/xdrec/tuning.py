@@ -53,7 +53,7 @@ from xdrec.sequence_training import ndcg_validator, training_examples
 from xdrec.strategies import STRATEGIES
 from xdrec.strategies.base import TransferConfig
 from xdrec.training import TrainConfig
-from xdrec.tuned_settings import Tuned, load_tuned, settings_path, with_params
+from xdrec.tuned_settings import JOURNAL, Tuned, load_tuned, settings_path, with_params
 from xdrec.validation import METRIC
 from xdrec.workspace import Workspace, atomic_path, write_json
 
@@ -63,9 +63,6 @@ SINGLE_DOMAIN = ("source-only", "target-only")
 def tunable() -> tuple[str, ...]:
     """What `tune` can search: the single-domain models and every registered strategy."""
     return (*SINGLE_DOMAIN, *STRATEGIES)
-
-
-JOURNAL = ".journal"
 
 
 def space(model: str) -> dict[str, Choice]:
