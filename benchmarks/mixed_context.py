@@ -27,8 +27,8 @@ import polars as pl
 from transfer_gain import paired_ci  # benchmarks/ is on the path when a script of it runs
 from xdrec.data.dataset import Dataset
 from xdrec.evaluation import per_user_metrics
+from xdrec.store import load_scorer, model_domains
 from xdrec.workspace import Workspace
-from xdrec.zoo import load_scorer, model_domain
 
 METRIC = "NDCG@10"
 PROTOCOLS = {"full": None, "sampled-999": 999}
@@ -60,7 +60,7 @@ def run(workspace: Workspace, models: list[str], resamples: int, seed: int) -> d
         )
     rows = []
     for name in models:
-        domain = model_domain(workspace, name) or data.target
+        domain = (model_domains(workspace, name) or (data.target,))[0]
         cases = data.eval_cases(domain, "test").sort("user_id")
         moved = (
             data.interactions()

@@ -41,12 +41,13 @@ import polars as pl
 import torch
 
 from xdrec import distributed
-from xdrec.backbone import SequenceScorer, training_examples
 from xdrec.data.dataset import Dataset
 from xdrec.data.prepare import PrepareConfig, prepare
 from xdrec.data.synthetic import books_scale, write_raw
 from xdrec.devices import resolve_device
 from xdrec.models.sasrec import SASRec, SASRecConfig
+from xdrec.sequence_scorer import SequenceScorer
+from xdrec.sequence_training import training_examples
 from xdrec.training import TrainConfig, train
 from xdrec.validation import validation_metric
 from xdrec.workspace import Workspace

@@ -30,9 +30,9 @@ import torch
 from xdrec.data.dataset import Dataset
 from xdrec.evaluation import per_user_metrics
 from xdrec.scoring import Precomputed, pad_left
+from xdrec.store import load_scorer
 from xdrec.strategies.bag import BLENDS, BagScorer, blend
 from xdrec.workspace import Workspace
-from xdrec.zoo import load_scorer
 
 METRIC = "NDCG@10"
 

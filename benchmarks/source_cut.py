@@ -20,13 +20,13 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from xdrec.backbone import load_backbone
 from xdrec.data.dataset import Dataset
 from xdrec.embedding import UserVectors
 from xdrec.evaluation import per_user_metrics
 from xdrec.scoring import pad_left
+from xdrec.sequence_scorer import load_backbone
+from xdrec.store import load_scorer
 from xdrec.workspace import Workspace
-from xdrec.zoo import load_scorer
 
 
 def main(argv: list[str] | None = None) -> None:

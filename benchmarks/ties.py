@@ -27,8 +27,8 @@ from xdrec.evaluation import per_user_metrics, sample_negatives
 from xdrec.pipeline import evaluation_domains
 from xdrec.popularity import PopularityScorer
 from xdrec.scoring import Scorer, pad_left
+from xdrec.store import POPULARITY, load_scorer, trained_models
 from xdrec.workspace import Workspace
-from xdrec.zoo import POPULARITY, load_scorer, trained_models
 
 
 def counts(

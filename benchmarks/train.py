@@ -6,12 +6,12 @@
 
 What is timed is the project's own code path, nothing re-implemented:
 - training: `xdrec.training.train` with `TrainConfig(max_steps=--steps, threads=...)` on the windows that
-  `xdrec.backbone.training_examples` builds (every window max_len wide, as `xdrec pretrain` trains), with
-  the loss `auto` picks for the catalogue (full softmax `ce`, or `sampled` once the logits would pass
-  `CE_MEMORY_BUDGET`; the table says which). bf16 autocast on CUDA and the thread count are the trainer's
-  own. Throughput = sequences seen / the epochs' own seconds from `TrainResult.history` (the trainer's
-  clock; it ends each epoch with a device sync, so CUDA timings are complete); optimizer creation and
-  other per-call setup are outside it. One untimed warm-up call (`--warmup` steps) precedes the repeats.
+  `xdrec.sequence_training.training_examples` builds (every window max_len wide, as `xdrec pretrain`
+  trains), with the loss `auto` picks for the catalogue (full softmax `ce`, or `sampled` once the logits
+  would pass `CE_MEMORY_BUDGET`; the table says which). bf16 autocast on CUDA and the thread count are the
+  trainer's own. Throughput = sequences seen / the epochs' own seconds from `TrainResult.history` (the
+  trainer's clock; it ends each epoch with a device sync, so CUDA timings are complete); optimizer creation
+  and other per-call setup are outside it. One untimed warm-up call (`--warmup` steps) precedes the repeats.
 - evaluation: `xdrec.evaluation.per_user_metrics` with a `SequenceScorer` over the full catalogue (NDCG@10,
   history masked, batch 512 as `xdrec pretrain`'s validation and `xdrec evaluate` use), after a one-batch
   warm-up; throughput = users / wall seconds of the call.
@@ -49,12 +49,13 @@ import numpy as np
 import polars as pl
 import torch
 
-from xdrec.backbone import SequenceScorer, training_examples
 from xdrec.data.synthetic import SyntheticConfig, generate
 from xdrec.devices import available_cores, resolve_device
 from xdrec.errors import XdrecError
 from xdrec.evaluation import per_user_metrics
 from xdrec.models.sasrec import SASRec, SASRecConfig
+from xdrec.sequence_scorer import SequenceScorer
+from xdrec.sequence_training import training_examples
 from xdrec.training import Examples, TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,7 +70,8 @@ def code_fingerprint() -> dict[str, Any]:
         "distributed.py",
         "evaluation.py",
         "validation.py",
-        "backbone.py",  # the training windows and the scorer (pretrain.py before Architecture 1/3)
+        "sequence_training.py",  # the training windows
+        "sequence_scorer.py",  # the scorer
         "devices.py",
         "models/sasrec.py",
         "models/losses.py",

@@ -33,8 +33,8 @@ from xdrec.checkpoint import CONFIG
 from xdrec.data.dataset import Dataset
 from xdrec.errors import XdrecError
 from xdrec.evaluation import COLD_SEGMENT, HISTORY_SEGMENTS, history_segments, per_user_metrics
+from xdrec.store import POPULARITY, load_scorer, trained_models
 from xdrec.workspace import Workspace, read_json
-from xdrec.zoo import POPULARITY, load_scorer, trained_models
 
 METRIC = "NDCG@10"
 BASELINES = {"warm": "target-only", COLD_SEGMENT: POPULARITY}

@@ -44,8 +44,8 @@ from torch import Tensor
 from xdrec.data.dataset import Dataset
 from xdrec.evaluation import per_user_metrics
 from xdrec.scoring import Precomputed, pad_left
+from xdrec.store import load_scorer, trained_models
 from xdrec.workspace import Workspace
-from xdrec.zoo import load_scorer, trained_models
 
 sys.path.insert(0, str(Path(__file__).parent))
 from cold_start import binary_matrix

@@ -12,9 +12,9 @@ import polars as pl
 import torch
 from safetensors.torch import save_file
 
-from xdrec.backbone import SequenceScorer
 from xdrec.evaluation import per_user_metrics
 from xdrec.models.sasrec import SASRec, SASRecConfig
+from xdrec.sequence_scorer import SequenceScorer
 from xdrec.training import Examples, TrainConfig, train
 from xdrec.validation import validation_metric
 

@@ -11,7 +11,6 @@ import polars as pl
 import pytest
 import torch
 
-from xdrec.backbone import load_backbone, training_examples
 from xdrec.checkpoint import (
     load_tensors,
     optimizer_from_tensors,
@@ -27,6 +26,8 @@ from xdrec.errors import XdrecError
 from xdrec.models.sasrec import SASRecConfig
 from xdrec.pretraining import pretrain
 from xdrec.scoring import pad_left
+from xdrec.sequence_scorer import load_backbone
+from xdrec.sequence_training import training_examples
 from xdrec.training import TrainConfig
 from xdrec.workspace import Workspace
 
@@ -185,7 +186,7 @@ def test_unreadable_weights_are_a_clear_error(tmp_path: Path) -> None:
 def test_the_retrain_command_follows_the_record(tmp_path: Path) -> None:
     """finetune loads as a backbone but is retrained by transfer; a reverse model names its domain."""
     from xdrec.checkpoint import Checkpoint
-    from xdrec.inventory import retrain_command
+    from xdrec.store import rebuild_command
 
     def command(name: str, **record: str) -> str:
         return Checkpoint(
@@ -197,10 +198,10 @@ def test_the_retrain_command_follows_the_record(tmp_path: Path) -> None:
     reverse = command("mapping-reverse", kind="mapping", strategy="mapping", domain="S", role="source")
     assert reverse == "xdrec transfer --strategy mapping --domain S"
 
-    class Pair:  # what retrain_command reads of a Dataset
+    class Pair:  # what rebuild_command reads of a Dataset
         source, target = "S", "T"
 
     data: Dataset = Pair()  # type: ignore[assignment]
-    assert retrain_command(data, "mapping-reverse") == "xdrec transfer --strategy mapping --domain S"
-    assert retrain_command(data, "finetune") == "xdrec transfer --strategy finetune"
-    assert retrain_command(data, "source-only") == "xdrec pretrain --domain S"
+    assert rebuild_command(data, "mapping-reverse") == "xdrec transfer --strategy mapping --domain S"
+    assert rebuild_command(data, "finetune") == "xdrec transfer --strategy finetune"
+    assert rebuild_command(data, "source-only") == "xdrec pretrain --domain S"

@@ -477,7 +477,7 @@ def test_recommend_json_gives_k_new_target_items(chain: Chain) -> None:
 
 def test_recommend_ranks_with_the_whole_history(chain: Chain, monkeypatch: pytest.MonkeyPatch) -> None:
     import xdrec.pipeline as pipeline
-    from xdrec.zoo import load_scorer
+    from xdrec.store import load_scorer
 
     seen: list[torch.Tensor] = []
 
@@ -508,8 +508,8 @@ def test_recommend_ranks_with_the_whole_history(chain: Chain, monkeypatch: pytes
 
 
 def test_recommend_picks_the_model_per_segment_on_validation(chain_copy: Workspace) -> None:
-    from xdrec.selection import FILE, MIN_USERS, select_models
-    from xdrec.zoo import serves
+    from xdrec.serving import FILE, MIN_USERS, select_models
+    from xdrec.store import serves
 
     data = Dataset.from_workspace(chain_copy)
     selection = select_models(chain_copy, data, "cpu")
@@ -604,6 +604,84 @@ def test_recommend_for_many_users_writes_one_parquet(chain: Chain, tmp_path: Pat
     before = out.read_bytes()
     one_error_line(invoke(chain.ws, "recommend", "--users", str(listing), "--out", str(out)), "NOT-A-USER")
     assert out.read_bytes() == before  # nothing half-written
+
+
+# ---------------------------------------------------------------------------------- status, users
+
+
+def test_status_lists_every_part_of_the_workspace(chain: Chain) -> None:
+    found = json.loads(ok(invoke(chain.ws, "status", "--json")).stdout)
+    assert found["dataset"] == DATASET and found["workspace"] == str(chain.ws.root)
+    (dataset,) = found["datasets"]
+    assert dataset["current"] and (dataset["source"], dataset["target"]) == (SOURCE, TARGET)
+    assert dataset["options"] == Dataset.from_workspace(chain.ws).manifest["parameters"]
+    models = {m["model"]: m for m in found["models"]}
+    assert list(models) == ["source-only", "target-only", *STRATEGIES]  # report order
+    assert {m["state"] for m in models.values()} == {"fresh"} and models["bag"]["reason"] == ""
+    assert models["source-only"]["fix"] == f"xdrec pretrain --domain {SOURCE}"
+    assert models["mapping"]["fix"] == "xdrec transfer --strategy mapping"
+    assert set(models["joint"]["domains"]) == {SOURCE, TARGET} and models["bag"]["domains"] == [TARGET]
+    assert [(e["name"], e["state"]) for e in found["embeddings"]] == [("source-only", "fresh")]
+    on_disk = sorted(chain.ws.reports_dir.glob("*/*/report*.json"))
+    assert [r["path"] for r in found["reports"]] == [str(p) for p in on_disk]
+    assert found["tuning"] == []
+    table = ok(invoke(chain.ws, "status")).stdout
+    assert table.splitlines()[0] == f"models of {DATASET}: {len(models)} fresh"  # the answer first
+    assert "xdrec transfer --strategy bag" in table and "tuning studies: none" in table
+
+
+def test_status_says_what_is_stale_or_missing_and_how_to_rebuild_it(chain_copy: Workspace) -> None:
+    ok(invoke(chain_copy, "pretrain", *TRAIN, "--seed", "7"))  # a new source model, under the others
+    shutil.rmtree(chain_copy.model_dir("bag"))
+    found = json.loads(ok(invoke(chain_copy, "status", "--json")).stdout)
+    states = {m["model"]: (m["state"], m["reason"]) for m in found["models"]}
+    assert states["source-only"] == states["target-only"] == ("fresh", "")
+    assert states["bag"] == ("missing", "not trained")
+    stale = [m for m in STRATEGIES if m != "bag"]
+    assert all(states[m] == ("stale", "source-only was retrained since") for m in stale)
+    assert [(e["name"], e["state"]) for e in found["embeddings"]] == [("source-only", "stale")]
+    first = ok(invoke(chain_copy, "status")).stdout.splitlines()[0]
+    assert first.startswith(f"models of {DATASET}: 2 fresh, {len(stale)} stale, 1 missing (`xdrec run`")
+
+
+def test_status_of_no_workspace_or_an_unknown_dataset_is_one_line(chain: Chain, tmp_path: Path) -> None:
+    one_error_line(invoke(tmp_path / "nothing", "status"), "no workspace at", str(tmp_path / "nothing"))
+    one_error_line(invoke(chain.ws, "status", "--dataset", "A+B"), "no prepared dataset 'A+B'")
+    empty = Workspace(tmp_path / "empty")
+    empty.root.mkdir()
+    found = json.loads(ok(invoke(empty, "status", "--json")).stdout)
+    assert found["dataset"] is None and found["models"] == found["datasets"] == found["reports"] == []
+    assert ok(invoke(empty, "status")).stdout.startswith("no prepared dataset: run `xdrec prepare")
+
+
+def test_users_lists_raw_ids_by_segment(chain: Chain) -> None:
+    data = Dataset.from_workspace(chain.ws)
+    # Brute force: each user's interactions per domain, and the segment recommend serves them as.
+    counts: dict[tuple[str, str], int] = {}
+    events = data.interactions().collect().join(data.users.select("user_id", "user"), on="user_id")
+    for user, domain in events.select("user", "domain").iter_rows():
+        counts[user, domain] = counts.get((user, domain), 0) + 1
+    expected = []
+    for user, cold in data.users.sort("user_id").select("user", "cold").iter_rows():
+        source, target = counts.get((user, SOURCE), 0), counts.get((user, TARGET), 0)
+        segment = "target-only" if source == 0 else "warm" if target else "cold"
+        expected.append(
+            {"user": user, "segment": segment, "held_out": cold, "source": source, "target": target}
+        )
+    everyone = json.loads(ok(invoke(chain.ws, "users", "--limit", "1000000", "--json")).stdout)["users"]
+    assert everyone == expected
+    cold = json.loads(ok(invoke(chain.ws, "users", "--segment", "cold", "--limit", "3", "--json")).stdout)
+    assert cold["users"] == [u for u in expected if u["segment"] == "cold"][:3]
+    held = json.loads(ok(invoke(chain.ws, "users", "--segment", "held-out", "--json")).stdout)["users"]
+    assert held == [u for u in expected if u["held_out"]][:10]  # --limit 10 by default
+    for user, (segment, _) in target_users(chain.ws).items():  # the segment recommend serves them as
+        assert next(u for u in expected if u["user"] == user)["segment"] == segment
+    table = ok(invoke(chain.ws, "users", "--segment", "cold", "--limit", "2")).stdout
+    assert all(u["user"] in table for u in cold["users"][:2]) and cold["users"][2]["user"] not in table
+    one_error_line(
+        invoke(chain.ws, "users", "--segment", "lukewarm"), "warm, cold, target-only, held-out", code=2
+    )
+    one_error_line(invoke(chain.ws, "users", "--limit", "0"), "--limit", code=2)
 
 
 # --------------------------------------------------------------------------------------- workspace

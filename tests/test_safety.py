@@ -422,7 +422,7 @@ def test_a_tuning_file_with_a_wrong_value_is_one_line(prepared: Path, tmp_path: 
     from dataclasses import asdict
 
     from xdrec.data.dataset import Dataset
-    from xdrec.tuned import Tuned, settings_path
+    from xdrec.tuned_settings import Tuned, settings_path
     from xdrec.tuning import defaults
 
     root = tmp_path / "ws"

@@ -12,7 +12,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from xdrec.backbone import load_backbone
 from xdrec.checkpoint import BUILT_FROM
 from xdrec.cli import app
 from xdrec.data.dataset import Dataset
@@ -26,12 +25,13 @@ from xdrec.options import Choice, check, option
 from xdrec.pipeline import evaluate, recommend
 from xdrec.pretraining import pretrain
 from xdrec.scoring import pad_left
+from xdrec.sequence_scorer import load_backbone
+from xdrec.store import load_scorer
 from xdrec.strategies import DEFAULT, STRATEGIES, TransferConfig, parse_strategies, transfer
 from xdrec.strategies.base import TRAINING, ScoringInputs, Strategy, TransferContext
 from xdrec.training import Examples, TrainConfig
 from xdrec.tuning import defaults, space
 from xdrec.workspace import Workspace, read_json
-from xdrec.zoo import load_scorer
 
 SYNTHETIC = SyntheticConfig(n_users=1200)
 FAST = TrainConfig(epochs=3, patience=2, batch_size=128, lr=2e-3, seed=0, device="cpu")

@@ -17,7 +17,7 @@ from xdrec.strategies import STRATEGIES, TransferConfig
 from xdrec.strategies.bag import BagOptions
 from xdrec.strategies.mapping import MappingOptions
 from xdrec.training import TrainConfig
-from xdrec.tuned import apply_tuned, load_tuned, settings_path, with_params
+from xdrec.tuned_settings import apply_tuned, load_tuned, settings_path, with_params
 from xdrec.tuning import TuneConfig, defaults, study_path, tune
 from xdrec.workspace import Workspace
 
@@ -154,9 +154,9 @@ def test_tune_user_errors(prepared: Workspace) -> None:
 
 
 def test_tune_strategies_saves_nothing(prepared: Workspace) -> None:
-    from xdrec.backbone import load_backbone
     from xdrec.embedding import embed
     from xdrec.pretraining import pretrain
+    from xdrec.sequence_scorer import load_backbone
 
     quick = TrainConfig(epochs=1, seed=1)
     pretrain(
@@ -208,7 +208,7 @@ def test_tune_cli_json_table_and_errors(prepared: Workspace) -> None:
 def _store_settings(ws: Workspace, model: str, params: dict) -> None:
     from dataclasses import asdict
 
-    from xdrec.tuned import Tuned
+    from xdrec.tuned_settings import Tuned
     from xdrec.workspace import write_json
 
     data = Dataset.from_workspace(ws)

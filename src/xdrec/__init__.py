@@ -45,7 +45,7 @@ _API = {
     "XdrecError": "xdrec.errors",
     "PrepareConfig": "xdrec.data.prepare",
     "TrainConfig": "xdrec.training",
-    "ModelOptions": "xdrec.backbone",
+    "ModelOptions": "xdrec.model_options",
     "SASRecConfig": "xdrec.models",
     "TransferConfig": "xdrec.strategies",
     "EvaluateConfig": "xdrec.evaluation",

@@ -15,7 +15,8 @@ with its config.json edited to this dataset's hash is refused, not scored.
 
 Lineage: config.json holds the weights' `fingerprint` (a prefix of their sha256), and a model built from
 other models (a transfer strategy, user vectors) records their fingerprints under `built_from`. A model
-whose inputs were retrained since is stale: loading refuses it, and `xdrec run` retrains it.
+whose inputs were retrained since is stale: loading refuses it, and `xdrec run` retrains it (xdrec.store
+answers which models are fresh, stale or missing).
 """
 
 from __future__ import annotations
@@ -82,18 +83,6 @@ class Checkpoint:
     def fingerprint(self) -> str | None:
         """Identifies these weights (None for checkpoints written before fingerprints existed)."""
         return self.config.get("fingerprint")
-
-    def check_built_from(self, current: Mapping[str, str | None]) -> None:
-        """Raise if a model this one was built from has other weights now than it had at training time.
-
-        `current`: {model name: fingerprint of what the workspace holds now}, for the inputs scoring reads.
-        """
-        stale = stale_inputs(self.config, current)
-        if stale:
-            raise XdrecError(
-                f"model {self.path.name} was trained on an earlier {stale[0]} than the workspace now holds: "
-                f"re-run `{self.retrain_command}` (or `xdrec run`)"
-            )
 
     def check_dataset(self, dataset: Dataset) -> None:
         """Raise unless this checkpoint was trained on `dataset`: the manifest hash its config.json and
@@ -228,12 +217,6 @@ def finish_run(model_dir: Path) -> None:
 def run_dir(model_dir: Path) -> Path:
     """models/<name>/ -> runs/<name>/: the trainer's resumable state and live log (`out_dir` of train)."""
     return model_dir.parent.parent / "runs" / model_dir.name
-
-
-def stale_inputs(config: Mapping[str, Any], current: Mapping[str, str | None]) -> list[str]:
-    """The models in `current` whose fingerprint differs from the one `config` recorded in `built_from`."""
-    recorded = config.get(BUILT_FROM, {})
-    return [name for name, fingerprint in current.items() if recorded.get(name) != fingerprint]
 
 
 def fingerprint(path: Path) -> str:

@@ -25,7 +25,7 @@ from xdrec.workspace import AREAS, WORKSPACE_ENV, Area, Workspace
 
 # What each command writes (it holds those areas' write locks while it runs). A command in neither table
 # holds every area's lock: a new command is safe before it is listed here.
-_READS_ONLY = ("overlap", "recommend")
+_READS_ONLY = ("overlap", "recommend", "status", "users")
 _WRITES: dict[str, tuple[Area, ...]] = {
     "fetch": ("raw",),
     "prepare": ("datasets",),
@@ -569,7 +569,7 @@ MaxLenOpt = Annotated[int | None, typer.Option(help="Most recent items a model r
 def _model_options(
     hidden: int | None, blocks: int | None, heads: int | None, dropout: float | None, max_len: int | None
 ):
-    from xdrec.backbone import ModelOptions
+    from xdrec.model_options import ModelOptions
 
     return ModelOptions(hidden=hidden, blocks=blocks, heads=heads, dropout=dropout, max_len=max_len)
 
@@ -1218,6 +1218,50 @@ def demo(
         console.print(
             f"workspace: {workspace.root}  (try: xdrec --workspace {quoted} overlap)", soft_wrap=True
         )
+
+
+@app.command()
+def status(ctx: typer.Context, dataset: DatasetOpt = None, as_json: JsonOpt = False) -> None:
+    """What the workspace holds: datasets and their options, models (fresh, stale or missing, and the
+    command that rebuilds each), user vectors, reports and tuning studies."""
+    from xdrec.status import status as workspace_status
+
+    found = workspace_status(_workspace(ctx), dataset)
+    if as_json:
+        _print_json(found.as_dict())
+        return
+    from xdrec.views import status_summary, status_tables
+
+    console.print(status_summary(found), soft_wrap=True, highlight=False)
+    console.print(f"workspace: {found.workspace}", soft_wrap=True, highlight=False)
+    for part in status_tables(found):
+        console.print(part, soft_wrap=isinstance(part, str), highlight=False)
+
+
+@app.command()
+def users(
+    ctx: typer.Context,
+    segment: Annotated[
+        str | None,
+        typer.Option(
+            help="warm (history in both domains), cold (source history only), target-only, or held-out "
+            "(the evaluation's cold-start users); default: every segment."
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option(help="At most this many users (in user-id order).")] = 10,
+    dataset: DatasetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Raw user ids by segment, as `recommend` serves them: a user id to try is one command away."""
+    from xdrec.status import users as list_users
+
+    frame = list_users(_workspace(ctx), segment, limit=limit, dataset=dataset)
+    if as_json:
+        _print_json({"users": frame.to_dicts()})
+    else:
+        from xdrec.views import users_table
+
+        console.print(users_table(frame, segment))
 
 
 def main() -> None:

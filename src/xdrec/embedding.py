@@ -21,10 +21,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from xdrec.backbone import load_backbone
 from xdrec.data.dataset import Dataset
 from xdrec.errors import XdrecError
 from xdrec.scoring import pad_left
+from xdrec.sequence_scorer import load_backbone
 from xdrec.workspace import Workspace, atomic_path
 
 SOURCE_MODEL = "source-only"

@@ -713,7 +713,7 @@ class Report:
     rows: pl.DataFrame
     confidence: float = 0.95
     bootstrap: int = 1000
-    absent: tuple[dict[str, str], ...] = ()  # models left out, each {"model", "reason", "fix"} (inventory.py)
+    absent: tuple[dict[str, str], ...] = ()  # models left out, each {"model", "reason", "fix"} (store.py)
     other: str = ""  # the dataset's other domain: where the transfer comes from
 
     @property

@@ -18,8 +18,6 @@ import polars as pl
 import torch
 
 from xdrec import distributed
-from xdrec.backbone import ModelOptions
-from xdrec.checkpoint import BUILT_FROM, CONFIG, stale_inputs
 from xdrec.data.dataset import Dataset
 from xdrec.data.overlap import overlap_report
 from xdrec.data.prepare import PREPARE_FIELDS, PrepareConfig, dataset_name, prepare
@@ -27,18 +25,28 @@ from xdrec.devices import resolve_device
 from xdrec.embedding import embeddings_match
 from xdrec.errors import OptionError, XdrecError
 from xdrec.evaluation import EvaluateConfig, Report, evaluate_scorers
-from xdrec.inventory import Absent, retrain_command, strict_error, untrained
+from xdrec.model_options import ModelOptions
 from xdrec.models import default_config
 from xdrec.report import keeps_intervals, report_paths, save_report
 from xdrec.scoring import pad_left
-from xdrec.selection import select_models
+from xdrec.serving import select_models
+from xdrec.store import (
+    POPULARITY,
+    Absent,
+    is_current,
+    load_scorer,
+    model_domains,
+    model_fingerprint,
+    rebuild_command,
+    strict_error,
+    trained_models,
+    untrained,
+)
 from xdrec.strategies import DEFAULT, STRATEGIES, TransferConfig, model_name
-from xdrec.strategies.base import Strategy
 from xdrec.strategies.fallback import FALLS_BACK
 from xdrec.training import TrainConfig
-from xdrec.tuned import Tuned, apply_tuned, with_params
+from xdrec.tuned_settings import Tuned, apply_tuned, with_params
 from xdrec.workspace import Workspace, file_sha256, read_json
-from xdrec.zoo import POPULARITY, load_scorer, model_domains, model_fingerprint, trained_models
 
 if TYPE_CHECKING:
     from xdrec.data.synthetic import SyntheticConfig
@@ -84,7 +92,7 @@ def evaluate(
         except XdrecError as e:
             if models:  # asked for by name: its problem is the answer
                 raise
-            absent.append(Absent(name, f"stale: {e}", retrain_command(data, name)))
+            absent.append(Absent(name, f"stale: {e}", rebuild_command(data, name)))
     if not models:
         absent += untrained(workspace, data, domain, names)
     if strict and absent:
@@ -190,12 +198,12 @@ def recommend(
     splits exist to evaluate, a user being served has all of it. Their segment follows from it (warm:
     target and source history, cold: source only, target-only: no source). The model is `strategy` if
     given, else the one that ranked the segment's users best on the validation split
-    (`xdrec.selection`; never the test report).
+    (`xdrec.serving`; never the test report).
     """
     data = Dataset.from_workspace(workspace, dataset)
     frame = recommend_many(workspace, [user], k=k, strategy=strategy, dataset=data.name, device=device)
     first = frame.row(0, named=True) if frame.height else None
-    segment = first["segment"] if first else _segments(data, pl.DataFrame({"user": [user]}))["segment"][0]
+    segment = first["segment"] if first else user_segments(data, pl.DataFrame({"user": [user]}))["segment"][0]
     name = first["model"] if first else (strategy or POPULARITY)
     absent = [] if strategy else _absent_for(workspace, data, segment)
     if strict and absent:
@@ -245,7 +253,7 @@ def recommend_many(
         unknown = wanted.filter(pl.col("user_id").is_null())["user"].to_list()
         if unknown:
             data.user_id(unknown[0])  # its own one-line error (names the user and the dataset)
-    wanted = _segments(data, wanted)
+    wanted = user_segments(data, wanted)
     names = {
         s: strategy or select_models(workspace, data, device).model_for(s) for s in set(wanted["segment"])
     }
@@ -283,7 +291,7 @@ def recommend_many(
     return out.join(order, on="user", maintain_order="left").sort("_order", "rank").drop("_order")
 
 
-def _segments(data: Dataset, users: pl.DataFrame) -> pl.DataFrame:
+def user_segments(data: Dataset, users: pl.DataFrame) -> pl.DataFrame:
     """`users` (user[, user_id]) with user_id, history (every target item, in time order) and segment
     (warm: target and source history, cold: source only, target-only: no source)."""
     if "user_id" not in users.columns:
@@ -422,7 +430,7 @@ def run(
             workspace, data, model, (architecture, config.train), config
         )
         expected = {k: v for k, v in asdict(own_architecture).items() if k != "n_items"}  # type: ignore[call-overload]
-        if _model_is_current(workspace, model, data, train, expected):
+        if is_current(workspace, model, data, train, expected):
             log(f"pretrain: {model} unchanged, reused")
         else:
             log(f"pretrain: {model} on {domain}" + _tuned_note(tuned))
@@ -463,8 +471,8 @@ def run(
             )
             own = STRATEGIES[strategy].record(effective)
             train = STRATEGIES[strategy].train_config(effective)
-            if _model_is_current(workspace, model, data, train, effective.model.given(), **own) and (
-                _records_its_inputs(workspace, model, STRATEGIES[strategy])
+            if is_current(
+                workspace, model, data, train, effective.model.given(), STRATEGIES[strategy], **own
             ):
                 log(f"transfer: {model} unchanged, reused")
             else:
@@ -546,41 +554,6 @@ def _dataset_is_current(
         return False
     inputs = manifest.get("inputs", {})
     return all(inputs.get(d, {}).get("sha256") == file_sha256(workspace.raw(d)) for d in (source, target))
-
-
-def _model_is_current(
-    workspace: Workspace,
-    name: str,
-    data: Dataset,
-    train: TrainConfig,
-    architecture: dict[str, object],
-    **expected: object,
-) -> bool:
-    """models/<name>/ was trained on `data` with `train`, the `architecture` values (for a model that
-    records one) and the `expected` config values, from inputs that were not retrained since."""
-    path = workspace.model_dir(name) / CONFIG
-    if not path.exists():
-        return False
-    config = read_json(path)
-    same_data = config.get("dataset", {}).get("manifest_hash") == data.manifest_hash
-    model = config.get("model")
-    same_model = model is None or all(model.get(k) == v for k, v in architecture.items())
-    inputs = {model: model_fingerprint(workspace, model) for model in config.get(BUILT_FROM, {})}
-    return (
-        same_data
-        and same_model
-        and config.get("train") == asdict(train)
-        and all(config.get(k) == v for k, v in expected.items())
-        and not stale_inputs(config, inputs)
-    )
-
-
-def _records_its_inputs(workspace: Workspace, name: str, strategy: Strategy) -> bool:
-    """models/<name>/ names the target model the strategy needs: a checkpoint from before the strategy
-    needed one (finetune before its fallback) still loads, but `run` retrains it to the current contract."""
-    return "target_model" not in strategy.needs or "target_model" in read_json(
-        workspace.model_dir(name) / CONFIG
-    )
 
 
 # ------------------------------------------------------------------------------------------------ demo

@@ -1,6 +1,6 @@
 """`xdrec pretrain`: train one single-domain sequence model (SASRec) on one domain of a prepared dataset.
 
-The training windows, validation and loading are the backbone runtime's (`xdrec.backbone`).
+The training windows and validator are `xdrec.sequence_training`'s, loading is `xdrec.sequence_scorer`'s.
 """
 
 from __future__ import annotations
@@ -11,15 +11,16 @@ from pathlib import Path
 
 from torch import nn
 
-from xdrec.backbone import SequenceScorer, ndcg_validator, training_examples
 from xdrec.checkpoint import dataset_identity
 from xdrec.data.dataset import Dataset
 from xdrec.devices import resolve_device
 from xdrec.errors import XdrecError
 from xdrec.fit import Plan, fit
 from xdrec.models import BackboneConfig, backbone_kind, build_backbone, default_config
+from xdrec.sequence_scorer import SequenceScorer
+from xdrec.sequence_training import ndcg_validator, training_examples
 from xdrec.training import TrainConfig, TrainResult
-from xdrec.tuned import Tuned, apply_tuned
+from xdrec.tuned_settings import Tuned, apply_tuned
 from xdrec.workspace import Workspace
 
 
@@ -64,7 +65,7 @@ def pretrain(
     name: default `source-only` / `target-only` by the domain's role.
     validate: overrides the default validation (full-ranking NDCG@10 on the valid split).
     tuned: apply the settings `xdrec tune` stored for this model (architecture and training), except the
-        fields named in `keep` (the options a user set explicitly); see `xdrec.tuned`.
+        fields named in `keep` (the options a user set explicitly); see `xdrec.tuned_settings`.
     """
     data = Dataset.from_workspace(workspace, dataset)
     domain = domain or data.source

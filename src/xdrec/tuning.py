@@ -43,17 +43,17 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from xdrec import options
-from xdrec.backbone import ndcg_validator, training_examples
 from xdrec.data.dataset import Dataset
 from xdrec.distributed import launched
 from xdrec.errors import OptionError, XdrecError
 from xdrec.fit import Plan, seeded, train_plan
 from xdrec.models import build_backbone, default_config
 from xdrec.options import Choice, Param
+from xdrec.sequence_training import ndcg_validator, training_examples
 from xdrec.strategies import STRATEGIES
 from xdrec.strategies.base import TransferConfig
 from xdrec.training import TrainConfig
-from xdrec.tuned import Tuned, load_tuned, settings_path, with_params
+from xdrec.tuned_settings import JOURNAL, Tuned, load_tuned, settings_path, with_params
 from xdrec.validation import METRIC
 from xdrec.workspace import Workspace, atomic_path, write_json
 
@@ -63,9 +63,6 @@ SINGLE_DOMAIN = ("source-only", "target-only")
 def tunable() -> tuple[str, ...]:
     """What `tune` can search: the single-domain models and every registered strategy."""
     return (*SINGLE_DOMAIN, *STRATEGIES)
-
-
-JOURNAL = ".journal"
 
 
 def space(model: str) -> dict[str, Choice]:

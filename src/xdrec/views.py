@@ -162,3 +162,96 @@ def tune_table(result) -> Table:
             style="bold green" if star else None,
         )
     return table
+
+
+def status_tables(status) -> list[Table | str]:
+    """`xdrec status`: one table per part of the workspace (`status` is a status.Status), or a line saying
+    the part is empty and the command that fills it."""
+    out: list[Table | str] = []
+    if status.datasets:
+        table = plain_table("datasets (* current)")
+        for column in ("dataset", "split", "core", "cold-start", "seed", "users", "in both"):
+            table.add_column(column, justify="left" if column in ("dataset", "split") else "right")
+        for d in status.datasets:
+            o = d["options"]
+            table.add_row(
+                ("* " if d["current"] else "  ") + d["name"],
+                str(o.get("split", "?")),
+                f"{o.get('min_user', '?')}/{o.get('min_item', '?')}",
+                f"{o['cold_start']:.0%}" if isinstance(o.get("cold_start"), float) else "?",
+                str(o.get("seed", "?")),
+                f"{d['users']:,}" if isinstance(d["users"], int) else "?",
+                f"{d['overlap_users']:,}" if isinstance(d["overlap_users"], int) else "?",
+            )
+        out.append(table)
+    else:
+        out.append("datasets: none prepared (`xdrec prepare SOURCE TARGET`)")
+    if status.models:
+        table = plain_table(f"models of {status.dataset}")
+        for column in ("model", "scores", "state", "why", "rebuild with"):
+            table.add_column(column, no_wrap=column in ("model", "rebuild with"))
+        for m in status.models:
+            table.add_row(m.model, " ".join(m.domains), m.state, m.reason or "", m.fix)
+        out.append(table)
+    elif status.dataset is None:
+        out.append("models: none (prepare a dataset first)")
+    if status.embeddings:
+        table = plain_table("user vectors (embeddings/)")
+        for column in ("of model", "state", "why", "rebuild with"):
+            table.add_column(column, no_wrap=column in ("of model", "rebuild with"))
+        for e in status.embeddings:
+            table.add_row(e["name"], e["state"], e["reason"], e["fix"])
+        out.append(table)
+    if status.reports:
+        table = plain_table("reports (reports/)")
+        for column in ("dataset", "domain", "protocol", "models", "written"):
+            table.add_column(column, justify="right" if column == "models" else "left")
+        for r in status.reports:
+            table.add_row(r["dataset"], r["domain"], str(r["protocol"]), str(len(r["models"])), r["written"])
+        out.append(table)
+    else:
+        out.append("reports: none (`xdrec evaluate`)")
+    if status.tuning:
+        table = plain_table("tuning studies (tuning/)")
+        for column in ("dataset", "model", "trials", "best trial", "validation"):
+            table.add_column(column, justify="left" if column in ("dataset", "model") else "right")
+        for t in status.tuning:
+            value = f"{t['metric']} {t['value']:.4f}" if t["value"] is not None else "no finished trial"
+            best = str(t["best_trial"]) if t["best_trial"] is not None else "-"
+            table.add_row(t["dataset"], t["model"], str(t["trials"]), best, value)
+        out.append(table)
+    else:
+        out.append("tuning studies: none (`xdrec tune MODEL`)")
+    return out
+
+
+def status_summary(status) -> str:
+    """The answer first: how many models of the dataset are fresh, stale and missing, and what to run."""
+    if status.dataset is None:
+        return "no prepared dataset: run `xdrec prepare SOURCE TARGET` (or `xdrec demo`)"
+    states = [m.state for m in status.models]
+    counts = ", ".join(f"{states.count(s)} {s}" for s in ("fresh", "stale", "missing") if s in states)
+    todo = " (`xdrec run` rebuilds what is stale or missing; each row says its own command)"
+    return f"models of {status.dataset}: {counts or 'none'}" + (todo if set(states) - {"fresh"} else "")
+
+
+def users_table(frame, segment: str | None) -> Table:
+    """`xdrec users`: raw ids with their segment and history sizes (`frame` from status.users)."""
+    table = plain_table(f"users{f' ({segment})' if segment else ''}: {frame.height:,} shown")
+    table.add_column("user", no_wrap=True)
+    table.add_column("segment")
+    table.add_column("held out", justify="center")
+    table.add_column("source", justify="right")
+    table.add_column("target", justify="right")
+    for row in frame.iter_rows(named=True):
+        table.add_row(
+            row["user"],
+            row["segment"],
+            "yes" if row["held_out"] else "",
+            str(row["source"]),
+            str(row["target"]),
+        )
+    table.caption = (
+        "held out: a cold-start user of the evaluation (their target history is all in the test split)"
+    )
+    return table

@@ -18,11 +18,11 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from xdrec.backbone import load_backbone
 from xdrec.data.dataset import Dataset
 from xdrec.embedding import load_user_vectors
 from xdrec.errors import XdrecError
 from xdrec.options import Spec, declared
+from xdrec.sequence_scorer import load_backbone
 from xdrec.strategies.bag import Bag
 from xdrec.strategies.base import (
     ScoringInputs,
@@ -39,7 +39,7 @@ from xdrec.strategies.finetune import Finetune
 from xdrec.strategies.fusion import Fusion
 from xdrec.strategies.joint import Joint
 from xdrec.strategies.mapping import Mapping
-from xdrec.tuned import apply_tuned
+from xdrec.tuned_settings import apply_tuned
 from xdrec.workspace import Workspace
 
 # The registry, in report order.
@@ -129,7 +129,7 @@ def transfer(
     target-only` its vectors, source-only mapping's target space, and the models are
     models/<strategy>-reverse/.
     tuned: train each strategy with the settings `xdrec tune` stored for its model name, except the
-        fields named in `keep` (the options a user set explicitly); see `xdrec.tuned`.
+        fields named in `keep` (the options a user set explicitly); see `xdrec.tuned_settings`.
     """
     names = parse_strategies(strategies)
     data = Dataset.from_workspace(workspace, dataset)

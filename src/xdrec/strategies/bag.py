@@ -29,13 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xdrec.backbone import SequenceScorer
 from xdrec.checkpoint import Checkpoint
 from xdrec.data.dataset import Dataset
 from xdrec.evaluation import per_user_metrics
 from xdrec.fit import Plan
 from xdrec.options import Choice, check, option
 from xdrec.scoring import Precomputed, pad_left
+from xdrec.sequence_scorer import SequenceScorer
 from xdrec.strategies.base import ScoringInputs, Strategy, TransferConfig, TransferContext
 from xdrec.strategies.mapping import pseudo_cold_cases, split_pseudo_cold
 from xdrec.training import Examples, LossFn, TrainConfig, TrainResult

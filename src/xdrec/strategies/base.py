@@ -3,7 +3,7 @@
 A strategy says what it is (`name`), which user segments it serves from real evidence (`serves`), which
 trained inputs it is built from besides the source model (`needs`), what to train (`build` -> a `Plan`)
 and how to score with what it saved (`load`). Everything else reads this contract: `fit` (seed -> build ->
-train -> save, with the lineage every strategy records), `xdrec.zoo` (loading, lineage checks), and
+train -> save, with the lineage every strategy records), `xdrec.store` (loading, lineage checks), and
 `xdrec.pipeline` (`run`'s reuse check, the model chosen for a user's segment).
 """
 
@@ -15,15 +15,16 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
-from xdrec.backbone import ModelOptions, SequenceScorer
 from xdrec.checkpoint import BUILT_FROM, Checkpoint, dataset_identity
 from xdrec.data.dataset import Dataset
 from xdrec.embedding import UserVectors
 from xdrec.fit import Plan, fit
+from xdrec.model_options import ModelOptions
 from xdrec.models import BackboneConfig
 from xdrec.scoring import Scorer
+from xdrec.sequence_scorer import SequenceScorer
 from xdrec.training import TrainConfig, TrainResult
-from xdrec.tuned import Param, Tuned, with_params
+from xdrec.tuned_settings import Param, Tuned, with_params
 from xdrec.workspace import Workspace
 
 # The user segments of a report that a model can serve (see xdrec.evaluation).

@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from xdrec.backbone import SequenceScorer
 from xdrec.checkpoint import Checkpoint
 from xdrec.data.dataset import Dataset
 from xdrec.evaluation import per_user_metrics
 from xdrec.scoring import Scorer
+from xdrec.sequence_scorer import SequenceScorer
 from xdrec.training import TrainResult
 from xdrec.validation import METRIC, validation_sample
 

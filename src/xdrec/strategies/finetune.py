@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from xdrec.backbone import backbone_from_checkpoint, ndcg_validator, training_examples
 from xdrec.checkpoint import Checkpoint
 from xdrec.errors import XdrecError
 from xdrec.fit import Plan
 from xdrec.models import backbone_kind, build_backbone
 from xdrec.scoring import Scorer
+from xdrec.sequence_scorer import backbone_from_checkpoint
+from xdrec.sequence_training import ndcg_validator, training_examples
 from xdrec.strategies.base import TRAINING, ScoringInputs, Strategy, TransferConfig, TransferContext
 from xdrec.strategies.fallback import compare_with_target, with_fallback
 

@@ -19,13 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xdrec.backbone import SequenceScorer
 from xdrec.checkpoint import Checkpoint
 from xdrec.embedding import UserVectors
 from xdrec.evaluation import COLD_SEGMENT
 from xdrec.fit import Plan
 from xdrec.options import Choice, check, option
 from xdrec.scoring import pad_left
+from xdrec.sequence_scorer import SequenceScorer
 from xdrec.strategies.base import ScoringInputs, Strategy, TransferConfig, TransferContext
 from xdrec.training import Examples
 from xdrec.validation import validation_metric

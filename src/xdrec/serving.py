@@ -2,7 +2,7 @@
 
 `recommend` serves a user with the model that ranked best for their segment on validation: every model
 trained for the target (and popularity) ranks the target's validation cases, and the best mean NDCG@10
-per segment among the models that serve it (`zoo.serves`, from the strategy contract) wins; ties go to the
+per segment among the models that serve it (`store.serves`, from the strategy contract) wins; ties go to the
 earlier model in report order, the simpler one. A non-cold segment with fewer than MIN_USERS validation users
 is judged by the `all` segment's scores (every non-cold user), since its own mean would be noise. The test
 report is never read, so choosing a model does not leak the test split into what is served.
@@ -27,9 +27,9 @@ import polars as pl
 from xdrec.data.dataset import Dataset
 from xdrec.errors import XdrecError
 from xdrec.evaluation import ALL_SEGMENT, COLD_SEGMENT, per_user_metrics, segment_sort_key
+from xdrec.store import POPULARITY, load_scorer, model_fingerprint, serves, trained_models
 from xdrec.validation import METRIC, VALIDATION_USERS, validation_sample
 from xdrec.workspace import Workspace, read_json, write_json
-from xdrec.zoo import POPULARITY, load_scorer, model_fingerprint, serves, trained_models
 
 FILE = "selection.json"
 MIN_USERS = 100  # fewer validation users in a segment: chosen by the `all` segment's scores

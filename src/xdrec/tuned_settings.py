@@ -18,6 +18,7 @@ from xdrec.options import Param
 from xdrec.workspace import Workspace, read_json
 
 SETTINGS = ".json"
+JOURNAL = ".journal"  # the study itself (xdrec.tuning), beside its settings
 
 
 @dataclass(frozen=True)
