@@ -86,7 +86,10 @@ def test_permission_error_mid_command_is_one_line(copy: Workspace, monkeypatch) 
         raise PermissionError(13, "Permission denied", str(copy.reports_dir / "x" / "report.json"))
 
     monkeypatch.setattr(xdrec.pipeline, "save_report", refuse)
-    line = one_error_line(invoke(copy, "evaluate", "--bootstrap", "0", "--device", "cpu"), "report.json")
+    # -q: no progress bars before it (the models were ranked when saving the report failed)
+    line = one_error_line(
+        invoke(copy, "evaluate", "--bootstrap", "0", "--device", "cpu", "-q"), "report.json"
+    )
     assert "chmod" in line
 
 
