@@ -1,4 +1,4 @@
-"""Reliability (issue 12): the error boundary, one writer per area, leftovers swept, output for scripts.
+"""Reliability: the error boundary, one writer per area, leftovers swept, output for scripts.
 
 Each test here failed on the code before it: a traceback, a silent success, a file left behind.
 """

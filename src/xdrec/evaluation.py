@@ -49,8 +49,8 @@ Segments
     With `by_history` the warm users are also reported by how many items of the evaluated domain their
     history holds when they are ranked (`HISTORY_SEGMENTS`: `warm 1-2` ... `warm 8+`; under leave-one-out
     the test history includes the valid item): transfer matters most where that history is short, and the
-    `warm` mean hides it (BENCHMARKS.md, round 4 of issue 10). Those rows are extra: `warm` and `all` keep
-    every warm user.
+    `warm` mean hides it (BENCHMARKS.md, "Does transfer help warm users?"). Those rows are extra: `warm`
+    and `all` keep every warm user.
 
 Domains
     A `Report` covers one domain. Under `prepare --split mixed` each user is tested once, in the domain of
