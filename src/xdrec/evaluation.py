@@ -30,8 +30,8 @@ Relevance, ranks and ties
         rank_k = 1 + k + #{non-relevant candidates j : score_j >= score_k}
     ABXI's and SASRec's reference code count only strictly higher scores (`>`), so a tie goes to the model.
     With real-valued model scores ties are rare and the two rules agree to the fourth decimal (measured
-    in BENCHMARKS.md, "Does the tie rule matter?"); a scorer with integer scores (popularity's counts) is
-    where they differ, and there only the pessimistic rule is honest.
+    in docs/benchmark-log.md, "Does the tie rule matter?"); a scorer with integer scores (popularity's
+    counts) is where they differ, and there only the pessimistic rule is honest.
 
 Metrics (per user; R = number of relevant items; hits@K = relevant items with rank <= K)
     HR@K       1 if hits@K > 0, else 0
