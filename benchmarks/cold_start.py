@@ -3,7 +3,7 @@
     PYTHONPATH=src python benchmarks/cold_start.py --workspace fk            # after `xdrec run ...` there
     PYTHONPATH=src python benchmarks/cold_start.py --workspace fk --json
 
-The issue-4 bar asks the best transfer strategy to reach 2x popularity's NDCG@10 on the `cold` segment.
+The bar set for cold start is the best transfer strategy at 2x popularity's NDCG@10 on the `cold` segment.
 This script asks whether the data allows that at all: it fits classic cross-domain cold-start models,
 which share nothing with xdrec's SASRec strategies, on the same prepared dataset and ranks the same cold
 users with the project's own evaluation (full ranking, `per_user_metrics`, bootstrap CIs). If models of
@@ -176,7 +176,7 @@ def run(workspace: Workspace, seed: int, max_cells: int, log: Callable[[str], No
     fit_users = torch.from_numpy(fit["user_id"].to_numpy().astype("int64"))
     a, b = xs[fit_users], xt[fit_users]
     popularity = b.sum(0)
-    # The report's baseline: counts over every training row, so the ratios below are the issue's ratios.
+    # The report's baseline: counts over every training row, so the ratios below are the report's ratios.
     counts = torch.as_tensor(data.item_counts(target), dtype=torch.float32)
     tie_break = 1e-6 * counts / counts.max()
 

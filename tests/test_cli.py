@@ -24,6 +24,7 @@ def test_every_command_has_help(command: str) -> None:
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage" in result.output and len(result.output.splitlines()) > 3
+    assert "--quiet" in result.output and "-q" in result.output  # scripts pass -q to every command
 
 
 def test_prepare_then_overlap_chain_through_the_workspace(small_workspace: Workspace) -> None:

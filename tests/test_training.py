@@ -242,6 +242,21 @@ def test_training_that_ends_while_validation_improves_says_so(capsys: pytest.Cap
     assert "warning: training ended at --epochs 3 while validation NDCG@10 was still improving" in err
 
 
+def test_quiet_training_of_a_kept_model_still_warns_it_ended_improving(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scores = iter([0.1, 0.2])
+    train(new_model(), examples(), config(epochs=2), validate=lambda m: next(scores), progress=False)
+    assert capsys.readouterr().err == ""  # nothing kept (a tune trial): nothing said
+    scores = iter([0.1, 0.2])
+    train(
+        new_model(), examples(), config(epochs=2), validate=lambda m: next(scores), out_dir=tmp_path,
+        progress=False,
+    )  # fmt: skip
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith("warning: training ended at --epochs 2") and "epoch 2/2" not in err
+
+
 def test_resolve_device() -> None:
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")

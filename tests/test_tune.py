@@ -331,3 +331,18 @@ def test_the_defaults_cut_off_are_tried_again(
     result = tune(prepared, "target-only", TuneConfig(trials=2, epochs=1, patience=1), progress=False)
     assert [t.state for t in result.trials] == ["fail", "complete", "complete"]
     assert result.trials[1].params == defaults("target-only")
+
+
+def test_a_trial_shows_its_epochs_from_its_start(prepared: Workspace) -> None:
+    import optuna
+
+    from xdrec.tuning import _objective
+
+    objective, _ = _objective(prepared, Dataset.from_workspace(prepared), "target-only", FAST)
+    shown: list[tuple[int, int, float | None]] = []
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(direction="maximize")
+    study.optimize(lambda trial: objective(trial, lambda *seen: shown.append(seen)), n_trials=1)
+    assert [s[:2] for s in shown] == [(0, 0), (0, 1), (0, 2)][: len(shown)] and len(shown) >= 2
+    assert shown[0][2] is None  # said before the first epoch ends, not only after it
+    assert all(isinstance(s[2], float) for s in shown[1:])

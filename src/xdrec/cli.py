@@ -244,7 +244,14 @@ DatasetOpt = Annotated[
 StrictOpt = Annotated[
     bool, typer.Option("--strict", help="Fail when a model the pipeline trains is missing or stale.")
 ]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+QuietOpt = Annotated[
+    bool,
+    typer.Option(
+        "--quiet", "-q", help="Only the results: no progress bars or training lines (warnings still show)."
+    ),
+]
+# prepare and embed answer no question (their files are the result): their -q prints nothing on success.
+SilentOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")]
 
 
 @app.callback()
@@ -435,7 +442,7 @@ def prepare(
     t1: T1Opt = None,
     t2: T2Opt = None,
     as_json: JsonOpt = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")] = False,
+    quiet: SilentOpt = False,
 ) -> None:
     """Filter, index and split two fetched domains into datasets/SOURCE+TARGET/."""
     from xdrec.data.prepare import prepare as prepare_dataset
@@ -455,7 +462,12 @@ def prepare(
 
 
 @app.command()
-def overlap(ctx: typer.Context, dataset: DatasetOpt = None, as_json: JsonOpt = False) -> None:
+def overlap(
+    ctx: typer.Context,
+    dataset: DatasetOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,  # the table is the result: accepted so that scripts can pass -q everywhere
+) -> None:
     """Users per domain, users active in both, their share, Jaccard and history lengths."""
     from xdrec.data.dataset import Dataset
     from xdrec.data.overlap import overlap_report
@@ -667,12 +679,14 @@ def embed(
     device: DeviceOpt = "auto",
     dataset: DatasetOpt = None,
     as_json: JsonOpt = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")] = False,
+    quiet: SilentOpt = False,
 ) -> None:
     """User vectors from the source model: embeddings/<model>.safetensors + a raw-user-id index."""
     from xdrec.embedding import embed as embed_users
 
-    result = embed_users(_workspace(ctx), dataset=dataset, model=model, device=device)
+    result = embed_users(
+        _workspace(ctx), dataset=dataset, model=model, device=device, progress=not quiet and not as_json
+    )
     if as_json:
         _print_json({k: getattr(result, k) for k in result.__dataclass_fields__})
     elif not quiet:
@@ -857,6 +871,7 @@ def evaluate(
     dataset: DatasetOpt = None,
     as_json: JsonOpt = False,
     strict: StrictOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Full-ranking HR@K, NDCG@K, MRR, Recall@K per model and user segment, with 95% CIs.
 
@@ -883,6 +898,7 @@ def evaluate(
         domain=domain,
         both_domains=both_domains,
         strict=strict,
+        progress=not quiet and not as_json,
     )
     if as_json:
         _print_json(reports_to_json([report for report, _ in results]) | _world_size())
@@ -999,6 +1015,7 @@ def recommend(
     dataset: DatasetOpt = None,
     as_json: JsonOpt = False,
     strict: StrictOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Top-K target items for one user (or many, to Parquet), from their whole history, excluding items
     they already have."""
@@ -1007,7 +1024,7 @@ def recommend(
     if (user_id is not None) + (users is not None) + all_users != 1:
         raise OptionError("give one user id, or --users FILE, or --all")
     if user_id is None:
-        _recommend_batch(ctx, users, k, strategy, out, device, dataset, as_json)
+        _recommend_batch(ctx, users, k, strategy, out, device, dataset, as_json, quiet)
         return
     from xdrec.pipeline import recommend as recommend_items
 
@@ -1033,6 +1050,7 @@ def _recommend_batch(
     device: str,
     dataset: str | None,
     as_json: bool,
+    quiet: bool,
 ) -> None:
     """`recommend --users FILE` / `--all`: every user's items into one Parquet file, written atomically."""
     if out is None:
@@ -1050,7 +1068,10 @@ def _recommend_batch(
             raise OptionError(f"cannot read --users {users}: {e}") from None
         if not ids:
             raise OptionError(f"--users {users} holds no user id")
-    frame = recommend_many(_workspace(ctx), ids, k=k, strategy=strategy, dataset=dataset, device=device)
+    frame = recommend_many(
+        _workspace(ctx), ids, k=k, strategy=strategy, dataset=dataset, device=device,
+        progress=not quiet and not as_json,
+    )  # fmt: skip
     with atomic_path(out) as tmp:
         frame.write_parquet(tmp)
     summary = {

@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 
 from xdrec.data.dataset import Dataset
 from xdrec.errors import XdrecError
+from xdrec.progress import counting
 from xdrec.scoring import pad_left
 from xdrec.sequence_scorer import load_backbone
 from xdrec.workspace import Workspace, atomic_path
@@ -60,16 +61,21 @@ def embed(
     model: str = SOURCE_MODEL,
     device: str = "auto",
     batch_size: int = 1024,
+    progress: bool = True,
 ) -> EmbedResult:
+    """Every user's vector from `model` (a single-domain backbone) over their history in its domain, into
+    embeddings/<model>.safetensors and its raw-user-id index. progress: a bar on stderr."""
     data = Dataset.from_workspace(workspace, dataset)
     scorer = load_backbone(workspace, model, data, device)
     sequences = data.context_sequences(scorer.domain or data.source)
     max_len = scorer.model.cfg.max_len
     chunks = []
-    with torch.no_grad():
+    with torch.no_grad(), counting(f"embed {model}", "users", enabled=progress) as update:
         for start in range(0, sequences.height, batch_size):
+            update(start, sequences.height)
             history = pad_left(sequences["items"][start : start + batch_size], max_len).to(scorer.device)
             chunks.append(scorer.model.user_vector(history).float().cpu())  # (B, D)
+        update(sequences.height, sequences.height)
     vectors = torch.cat(chunks) if chunks else torch.zeros(0, scorer.model.cfg.hidden)
     user_ids = torch.from_numpy(sequences["user_id"].to_numpy().astype("int64"))
     path = workspace.embeddings(model)

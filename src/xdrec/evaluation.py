@@ -30,8 +30,8 @@ Relevance, ranks and ties
         rank_k = 1 + k + #{non-relevant candidates j : score_j >= score_k}
     ABXI's and SASRec's reference code count only strictly higher scores (`>`), so a tie goes to the model.
     With real-valued model scores ties are rare and the two rules agree to the fourth decimal (measured
-    in BENCHMARKS.md, "Does the tie rule matter?"); a scorer with integer scores (popularity's counts) is
-    where they differ, and there only the pessimistic rule is honest.
+    in docs/benchmark-log.md, "Does the tie rule matter?"); a scorer with integer scores (popularity's
+    counts) is where they differ, and there only the pessimistic rule is honest.
 
 Metrics (per user; R = number of relevant items; hits@K = relevant items with rank <= K)
     HR@K       1 if hits@K > 0, else 0
@@ -49,8 +49,8 @@ Segments
     With `by_history` the warm users are also reported by how many items of the evaluated domain their
     history holds when they are ranked (`HISTORY_SEGMENTS`: `warm 1-2` ... `warm 8+`; under leave-one-out
     the test history includes the valid item): transfer matters most where that history is short, and the
-    `warm` mean hides it (BENCHMARKS.md, round 4 of issue 10). Those rows are extra: `warm` and `all` keep
-    every warm user.
+    `warm` mean hides it (BENCHMARKS.md, "Does transfer help warm users?"). Those rows are extra: `warm`
+    and `all` keep every warm user.
 
 Domains
     A `Report` covers one domain. Under `prepare --split mixed` each user is tested once, in the domain of
@@ -85,6 +85,7 @@ from xdrec.data.dataset import Dataset
 from xdrec.devices import resolve_device
 from xdrec.errors import OptionError, XdrecError
 from xdrec.popularity import PopularityScorer
+from xdrec.progress import Update, counting
 from xdrec.scoring import FactoredScorer, Scorer, pad_left
 
 FULL = "full"
@@ -403,13 +404,17 @@ def _rank_batches(
     sampler: _NegativeSampler | None,
     batch_size: int,
     inputs_on: torch.device,
+    on_batch: Update | None = None,
 ) -> list[np.ndarray]:
     """Score and rank `cases[start:stop]` (`rows`) batch by batch: one (batch, n_metrics) float64 array
-    per batch. The sampler's rows are the cases' own positions, whatever the range."""
+    per batch. The sampler's rows are the cases' own positions, whatever the range. `on_batch(done, total)`
+    hears of each batch ranked."""
     values = []
     first, stop = rows
     with torch.no_grad():
         for start in range(first, stop, batch_size):
+            if on_batch is not None:
+                on_batch(start - first, stop - first)
             batch = cases.slice(start, min(batch_size, stop - start))
             user_ids = torch.from_numpy(batch["user_id"].to_numpy().astype(np.int64)).to(inputs_on)
             history = pad_left(batch["history"]).to(inputs_on)
@@ -459,6 +464,8 @@ def _rank_batches(
             del scores
             positions = _positions(above, valid).cpu()
             values.append(_metrics_from_positions(positions, valid.sum(1).cpu(), ks))
+    if on_batch is not None:
+        on_batch(stop - first, stop - first)
     return values
 
 
@@ -474,6 +481,7 @@ def per_user_metrics(
     batch_size: int = 512,
     device: torch.device | str | None = None,
     sharded: bool = False,
+    on_batch: Update | None = None,
 ) -> pl.DataFrame:
     """Rank the domain's items for every case and score the ranking (definitions: module docstring).
 
@@ -493,6 +501,9 @@ def per_user_metrics(
     the shares are gathered, so each rank returns the whole frame a single process returns (the same rows
     and negatives; the same values up to float rounding of differently composed batches). Every rank
     must then make the same call. Without a process group it changes nothing.
+
+    on_batch: called with (users ranked, users to rank) before each batch and once at the end (this
+    process's share under torchrun): a progress display's hook.
     """
     ks = _check_ks(ks)
     if batch_size < 1:
@@ -510,7 +521,9 @@ def per_user_metrics(
         scorer.eval()  # type: ignore[attr-defined]
     rows = distributed.share(cases.height) if sharded else (0, cases.height)
     try:
-        values = _rank_batches(scorer, cases, rows, n_items, ks, keep_seen, sampler, batch_size, inputs_on)
+        values = _rank_batches(
+            scorer, cases, rows, n_items, ks, keep_seen, sampler, batch_size, inputs_on, on_batch
+        )
     finally:
         if was_training:
             scorer.train()  # type: ignore[attr-defined]
@@ -790,6 +803,7 @@ def evaluate_scorers(
     *,
     stage: Literal["valid", "test"] = "test",
     with_popularity: bool = True,
+    progress: bool = False,
 ) -> Report:
     """Evaluate every scorer on `domain`'s `stage` split and summarise per segment.
 
@@ -799,7 +813,7 @@ def evaluate_scorers(
     headline metric against the segment's baseline (`paired_deltas`).
 
     Under torchrun every rank calls it and ranks its share of the users (`per_user_metrics`'s `sharded`);
-    each gets the whole report.
+    each gets the whole report. progress: a bar per model on stderr (users ranked, time taken).
     """
     dataset.check_domain(domain)
     ks, negatives, bootstrap, seed = config.ks, config.negatives, config.bootstrap, config.seed
@@ -815,10 +829,11 @@ def evaluate_scorers(
 
     summaries, per_users = [], {}
     for scorer in scorers:
-        per_user = per_user_metrics(
-            scorer, cases, n_items, ks, keep_seen=config.keep_seen, negatives=negatives, seed=seed,
-            batch_size=config.batch_size, device=device, sharded=True,
-        )  # fmt: skip
+        with counting(f"evaluate {scorer.name} on {domain}", "users", enabled=progress) as update:
+            per_user = per_user_metrics(
+                scorer, cases, n_items, ks, keep_seen=config.keep_seen, negatives=negatives, seed=seed,
+                batch_size=config.batch_size, device=device, sharded=True, on_batch=update,
+            )  # fmt: skip
         per_users[scorer.name] = per_user
         summary = summarize(per_user, bootstrap=bootstrap, seed=seed)
         summaries.append(

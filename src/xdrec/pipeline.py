@@ -27,8 +27,9 @@ from xdrec.errors import OptionError, XdrecError
 from xdrec.evaluation import EvaluateConfig, Report, evaluate_scorers
 from xdrec.model_options import ModelOptions
 from xdrec.models import default_config
+from xdrec.progress import Update, counting
 from xdrec.report import keeps_intervals, report_paths, save_report
-from xdrec.scoring import pad_left
+from xdrec.scoring import Scorer, pad_left
 from xdrec.serving import select_models
 from xdrec.store import (
     POPULARITY,
@@ -62,6 +63,7 @@ def evaluate(
     models: Sequence[str] = (),
     domain: str | None = None,
     strict: bool = False,
+    progress: bool = True,
 ) -> tuple[Report, dict[str, Path]]:
     """Evaluate `models` (default: every model trained for the domain) beside popularity on the test split.
 
@@ -69,7 +71,7 @@ def evaluate(
     named in `report.absent`; `strict` makes that an error. Models named in `models` must all load.
     Writes reports/<dataset>/<domain>/report.json + .png (sampled: report-sampled-N.*) and returns them;
     writes nothing and returns {"kept": the saved JSON} when that would replace a report with confidence
-    intervals by one without (`bootstrap` 0).
+    intervals by one without (`bootstrap` 0). progress: a bar per model on stderr.
 
     Under torchrun (`xdrec.distributed`) every rank ranks its share of the test users on its own device
     and gets the whole report; rank 0 alone writes it.
@@ -97,7 +99,7 @@ def evaluate(
         absent += untrained(workspace, data, domain, names)
     if strict and absent:
         raise strict_error(absent)
-    report = evaluate_scorers(data, domain, scorers, config)
+    report = evaluate_scorers(data, domain, scorers, config, progress=progress)
     report = replace(report, absent=tuple(a.as_dict() for a in absent))
     directory = report_dir(workspace, data, domain)
     kept = keeps_intervals(report, directory)
@@ -115,6 +117,7 @@ def evaluate_domains(
     domain: str | None = None,
     both_domains: bool = False,
     strict: bool = False,
+    progress: bool = True,
 ) -> list[tuple[Report, dict[str, Path]]]:
     """`evaluate` on each of `evaluation_domains(...)`, every model in the domain it scores. Returns
     (report, paths) per domain, in the dataset's domain order."""
@@ -137,6 +140,7 @@ def evaluate_domains(
                 models=names if models else (),
                 domain=where,
                 strict=strict,
+                progress=progress,
             )
         )
     return out
@@ -201,7 +205,9 @@ def recommend(
     (`xdrec.serving`; never the test report).
     """
     data = Dataset.from_workspace(workspace, dataset)
-    frame = recommend_many(workspace, [user], k=k, strategy=strategy, dataset=data.name, device=device)
+    frame = recommend_many(
+        workspace, [user], k=k, strategy=strategy, dataset=data.name, device=device, progress=False
+    )
     first = frame.row(0, named=True) if frame.height else None
     segment = first["segment"] if first else user_segments(data, pl.DataFrame({"user": [user]}))["segment"][0]
     name = first["model"] if first else (strategy or POPULARITY)
@@ -235,8 +241,10 @@ def recommend_many(
     dataset: str | None = None,
     device: str = "auto",
     batch_size: int = 512,
+    progress: bool = True,
 ) -> pl.DataFrame:
-    """`recommend` for many raw user ids at once (None: every user of the dataset), in batches per model.
+    """`recommend` for many raw user ids at once (None: every user of the dataset), in batches per model
+    (progress: a bar per model on stderr).
 
     returns: user, segment, model, rank, item, score (one row per recommended item; users in the given
              order, ranks 1..k), for a batch export (`xdrec recommend --all --out recs.parquet`).
@@ -264,31 +272,49 @@ def recommend_many(
     for name in sorted(set(names.values())):
         group = wanted.filter(pl.col("segment").replace_strict(names) == name)
         scorer = load_scorer(workspace, name, data, device, data.target)
-        for start in range(0, group.height, batch_size):
-            chunk = group.slice(start, batch_size)
-            history = pad_left(chunk["history"])
-            with torch.no_grad():
-                scores = scorer.scores(torch.tensor(chunk["user_id"].to_list()), history).float().cpu()
-            scores.scatter_(1, history, float("-inf"))  # padding (0) and every item the user has
-            top = torch.topk(scores, min(k, scores.shape[1] - 1))
-            finite = torch.isfinite(top.values)
-            rows = finite.sum(1).tolist()
-            parts.append(
-                pl.DataFrame(
-                    {
-                        "user": np.repeat(chunk["user"].to_numpy(), rows),
-                        "segment": np.repeat(chunk["segment"].to_numpy(), rows),
-                        "model": name,
-                        "rank": np.concatenate([np.arange(1, n + 1) for n in rows]) if rows else [],
-                        "item": raw_items[top.indices[finite].numpy()],
-                        "score": top.values[finite].numpy().astype(np.float64),
-                    },
-                    schema=RECOMMENDATIONS,
-                )
-            )
+        with counting(f"recommend with {name}", "users", enabled=progress) as update:
+            parts += _top_items(scorer, name, group, raw_items, k, batch_size, update)
     out = pl.concat(parts) if parts else pl.DataFrame(schema=RECOMMENDATIONS)
     order = wanted.select("user").with_row_index("_order")
     return out.join(order, on="user", maintain_order="left").sort("_order", "rank").drop("_order")
+
+
+def _top_items(
+    scorer: Scorer,
+    name: str,
+    group: pl.DataFrame,
+    raw_items: np.ndarray,
+    k: int,
+    batch_size: int,
+    update: Update,
+) -> list[pl.DataFrame]:
+    """The top `k` unseen items of each of `group`'s users (user, segment, history) by `scorer`."""
+    parts = []
+    for start in range(0, group.height, batch_size):
+        update(start, group.height)
+        chunk = group.slice(start, batch_size)
+        history = pad_left(chunk["history"])
+        with torch.no_grad():
+            scores = scorer.scores(torch.tensor(chunk["user_id"].to_list()), history).float().cpu()
+        scores.scatter_(1, history, float("-inf"))  # padding (0) and every item the user has
+        top = torch.topk(scores, min(k, scores.shape[1] - 1))
+        finite = torch.isfinite(top.values)
+        rows = finite.sum(1).tolist()
+        parts.append(
+            pl.DataFrame(
+                {
+                    "user": np.repeat(chunk["user"].to_numpy(), rows),
+                    "segment": np.repeat(chunk["segment"].to_numpy(), rows),
+                    "model": name,
+                    "rank": np.concatenate([np.arange(1, n + 1) for n in rows]) if rows else [],
+                    "item": raw_items[top.indices[finite].numpy()],
+                    "score": top.values[finite].numpy().astype(np.float64),
+                },
+                schema=RECOMMENDATIONS,
+            )
+        )
+    update(group.height, group.height)
+    return parts
 
 
 def user_segments(data: Dataset, users: pl.DataFrame) -> pl.DataFrame:
@@ -446,7 +472,7 @@ def run(
         log("embed: unchanged, reused")
     else:
         log("embed: source-only user vectors")
-        embed(workspace, dataset=name, device=config.train.device)
+        embed(workspace, dataset=name, device=config.train.device, progress=progress)
 
     transfer_config = config.transfer
     # Into the target; with `reverse` also into the source, from target-only and its vectors.
@@ -458,7 +484,7 @@ def run(
             log("embed: target-only unchanged, reused")
         else:
             log("embed: target-only user vectors (for the reverse direction)")
-            embed(workspace, dataset=name, model="target-only", device=config.train.device)
+            embed(workspace, dataset=name, model="target-only", device=config.train.device, progress=progress)
     strategy_models = []
     for into in directions:
         for strategy in config.strategies:
@@ -499,7 +525,7 @@ def run(
         protocol = "full ranking" if negatives is None else f"sampled, {negatives} negatives"
         log(f"evaluate: {protocol} on {' and '.join(domains)}")
         evaluation = replace(config.evaluate, negatives=negatives, device=config.train.device)
-        results += evaluate_domains(workspace, evaluation, dataset=name, models=models)
+        results += evaluate_domains(workspace, evaluation, dataset=name, models=models, progress=progress)
     return results
 
 

@@ -239,11 +239,14 @@ def train(
             f"(best epoch {run.state.best_epoch} of {run.state.epoch})",
             highlight=False,
         )
-    elif still_improving(run.state, config):
-        console.print(
+    elif still_improving(run.state, config) and (progress or out_dir is not None):
+        # A warning about a model that is kept (out_dir): said under --quiet too. A tune trial (no out_dir,
+        # no progress) keeps no model: the search, not this line, decides its epochs.
+        Console(stderr=True, quiet=not run.ranks.main).print(
             f"warning: training ended at --epochs {config.epochs} while validation {metric_name} was still "
             "improving (best at the last epoch): more --epochs may give a better model",
             highlight=False,
+            soft_wrap=True,  # one line, also in a log file
         )
     run.finish()
     state = run.state

@@ -175,8 +175,11 @@ def tune(
             done = 1 if trial.state in (_COMPLETE, _PRUNED) else 0
             bar.update(task, advance=done, best=_best_text(study), now="")
 
-        def show(trial: int, epoch: int, value: float) -> None:
-            bar.update(task, now=f"(trial {trial}: epoch {epoch}, {METRIC} {value:.4f})")
+        def show(trial: int, done: int, value: float | None) -> None:
+            # The running trial's epoch, from its start on: a trial's first epoch can take a minute.
+            running = f"trial {trial}: epoch {min(done + 1, config.epochs)}/{config.epochs}"
+            last = "" if value is None else f", {METRIC} {value:.4f} after epoch {done}"
+            bar.update(task, now=f"({running}{last})")
 
         if remaining:
             # A pruned trial ends early; a trial out of (GPU) memory fails and the search goes on; any
@@ -385,7 +388,8 @@ def _progress_bar(console: Console, enabled: bool) -> Progress:
 
 # ---------------------------------------------------------------------------------------------- trials
 
-Show = Callable[[int, int, float], None]  # (trial, epoch, validation score) for the progress display
+# (trial, epochs done, last validation score or None) for the progress display
+Show = Callable[[int, int, float | None], None]
 Objective = Callable[[optuna.Trial, Show], float]
 # What to train for a trial's settings: the same `Plan` that `pretrain` / `transfer` would fit.
 Planner = Callable[[Mapping[str, Param], TrainConfig], tuple[Plan, TrainConfig]]
@@ -426,6 +430,7 @@ def _objective(
                 if trial.should_prune():
                     raise optuna.TrialPruned()
 
+        show(trial.number, 0, None)
         result = train_plan(plan, train_config, progress=False, on_epoch=report)
         if result.best_metric is None or math.isnan(result.best_metric):
             raise XdrecError(f"trial {trial.number} had no validation score: the dataset has no valid split")
