@@ -1242,7 +1242,12 @@ def demo(
 
 
 @app.command()
-def status(ctx: typer.Context, dataset: DatasetOpt = None, as_json: JsonOpt = False) -> None:
+def status(
+    ctx: typer.Context,
+    dataset: DatasetOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,  # the tables are the result: accepted so that scripts can pass -q everywhere
+) -> None:
     """What the workspace holds: datasets and their options, models (fresh, stale or missing, and the
     command that rebuilds each), user vectors, reports and tuning studies."""
     from xdrec.status import status as workspace_status
@@ -1272,6 +1277,7 @@ def users(
     limit: Annotated[int, typer.Option(help="At most this many users (in user-id order).")] = 10,
     dataset: DatasetOpt = None,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,  # the list is the result: accepted so that scripts can pass -q everywhere
 ) -> None:
     """Raw user ids by segment, as `recommend` serves them: a user id to try is one command away."""
     from xdrec.status import users as list_users
