@@ -14,10 +14,10 @@ from xdrec.models.losses import (
     ce_loss,
     choose_loss,
     make_loss,
-    partitioned_ce_loss,
     popularity_negatives,
     sampled_softmax_loss,
     sampling_log_q,
+    two_domain_sampled_loss,
     uniform_negatives,
 )
 
@@ -48,19 +48,38 @@ def test_ce_matches_brute_force(batch) -> None:
     assert ce_loss(hidden, labels, table).item() == pytest.approx(np.mean(terms), rel=1e-9)
 
 
-def test_partitioned_ce_matches_brute_force(batch) -> None:
-    """Two domains in one table (ids 1..4 and 5..9): each label against its own domain's items only."""
-    hidden, labels, table = batch
-    boundary = 4
+def _two_domain_reference(views, labels, table, boundary: int, draws: tuple[int, int], seed: int) -> float:
+    """The loss row by row, with the batch's draws of each domain replayed from the same generator."""
+    replay = torch.Generator().manual_seed(seed)
+    drawn = [torch.randint(1, boundary + 1, (draws[0],), generator=replay).tolist()]
+    drawn.append(torch.randint(boundary + 1, N_ITEMS + 1, (draws[1],), generator=replay).tolist())
     terms = []
     for b, t, y in labelled(labels):
-        part = range(1, boundary + 1) if y <= boundary else range(boundary + 1, N_ITEMS + 1)
-        s = {i: float(hidden[b, t] @ table[i]) for i in part}
-        terms.append(-s[y] + math.log(sum(math.exp(v) for v in s.values())))
-    got = partitioned_ce_loss(boundary)(hidden, labels, table).item()
-    assert got == pytest.approx(np.mean(terms), rel=1e-9)
-    one_part = partitioned_ce_loss(N_ITEMS)(hidden, labels, table).item()
-    assert one_part == pytest.approx(ce_loss(hidden, labels, table).item(), rel=1e-12)
+        d = int(y > boundary)
+        h = views[b, t, d]
+        scores = [float(h @ table[y])] + [float(h @ table[n]) for n in drawn[d] if n != y]
+        terms.append(-scores[0] + math.log(sum(math.exp(v) for v in scores)))
+    return float(np.mean(terms))
+
+
+def test_two_domain_sampled_matches_brute_force(batch) -> None:
+    """Two domains in one table (ids 1..4 and 5..9): each label in its own domain's view, against the
+    batch's draws of that domain, its own id masked among them."""
+    hidden, labels, table = batch
+    views = torch.stack([hidden, -2 * hidden], dim=2)  # (B, L, 2, D): two different views
+    loss = two_domain_sampled_loss(4, N_ITEMS, 3, torch.Generator().manual_seed(5))
+    expected = _two_domain_reference(views, labels, table, 4, (3, 3), seed=5)
+    assert loss(views, labels, table).item() == pytest.approx(expected, rel=1e-9)
+
+
+def test_two_domain_sampled_draws_no_more_than_a_domain_has(batch) -> None:
+    hidden, labels, table = batch
+    views = torch.stack([hidden, -2 * hidden], dim=2)
+    loss = two_domain_sampled_loss(4, N_ITEMS, 10_000, torch.Generator().manual_seed(5))
+    expected = _two_domain_reference(views, labels, table, 4, (4, 5), seed=5)  # 4 and 5 items
+    assert loss(views, labels, table).item() == pytest.approx(expected, rel=1e-9)
+    with pytest.raises(ValueError, match="boundary"):
+        two_domain_sampled_loss(N_ITEMS, N_ITEMS, 8, torch.Generator())
 
 
 def test_padding_positions_carry_no_loss(batch) -> None:

@@ -2,8 +2,6 @@
 
     ce        full softmax over the domain's items. The default when the logits fit in memory:
               Klenitskiy & Vasilev (2023) find it beats one-negative BCE by 1.3-2.6x NDCG@10.
-              `partitioned_ce_loss` is its form for a table holding two domains' items (`joint`): each
-              label against the items of its own domain.
     bce       the SASRec paper's loss: the positive against one uniformly drawn negative per position.
     sampled   softmax over the positive and N negatives shared by the batch, drawn by popularity, with
               the logQ correction (Bengio & Senécal 2008; Yi et al. 2019) so it estimates the full
@@ -55,25 +53,6 @@ def ce_loss(hidden: Tensor, labels: Tensor, table: Tensor) -> Tensor:
     logits = _wide(h @ table.T)  # (M, V)
     logits[:, 0] = float("-inf")  # padding is never the next item
     return F.cross_entropy(logits, y)
-
-
-def partitioned_ce_loss(boundary: int) -> LossFn:
-    """Full softmax over the label's own part of the table: ids 1..boundary against each other, and
-    boundary + 1..V - 1 against each other (two domains' items in one table, the next item's domain
-    known, as it is at evaluation time, where a domain's items are ranked among themselves)."""
-
-    def partitioned_ce(hidden: Tensor, labels: Tensor, table: Tensor) -> Tensor:
-        h, y = _labelled(hidden, labels)
-        # Each part's rows against that part's slice of the table only: fewer logits than one (M, V)
-        # product and no (M, V) mask (an epoch of `joint` on ABXI's Grocery + Kitchen data, 28K items,
-        # took 160 s with the mask and 70 s without, side by side on the same cores).
-        total = sum(  # an empty part adds a 0 that still carries a gradient
-            F.cross_entropy(_wide(h[rows] @ table[first:last].T), y[rows] - first, reduction="sum")
-            for rows, first, last in ((y <= boundary, 1, boundary + 1), (y > boundary, boundary + 1, None))
-        )
-        return total / len(y)
-
-    return partitioned_ce
 
 
 def uniform_negatives(y: Tensor, n_items: int, generator: torch.Generator) -> Tensor:
@@ -142,8 +121,8 @@ def two_domain_sampled_loss(
     """InfoNCE for two domains' views: hidden (B, L, 2, D), labels (B, L) in 1..n_items, table (V, D).
 
     Labels 1..boundary are domain 0's items and scored with view 0; boundary + 1..n_items domain 1's, with
-    view 1. Each domain's `negatives` are drawn uniformly from its items once per batch; a draw that is
-    the position's own label is masked (it would be a positive among the negatives)."""
+    view 1. Each domain's `negatives` (at most as many as it has items) are drawn uniformly from its items
+    once per batch; a draw that is the position's own label is masked (a positive among the negatives)."""
     if not 0 < boundary < n_items:
         raise ValueError(f"the boundary {boundary} must split items 1..{n_items} into two non-empty domains")
     bounds = ((1, boundary + 1), (boundary + 1, n_items + 1))
@@ -153,7 +132,9 @@ def two_domain_sampled_loss(
         total = views.new_zeros(())
         for view, (first, last) in enumerate(bounds):
             rows = (y >= first) & (y < last)  # this domain's labels, scored in its view
-            drawn = torch.randint(first, last, (negatives,), generator=generator, device=generator.device)
+            # No more draws than the domain has items: beyond that they only repeat (a small catalogue).
+            draws = min(negatives, last - first)
+            drawn = torch.randint(first, last, (draws,), generator=generator, device=generator.device)
             drawn = drawn.to(y.device)  # (N,)
             h, own = views[rows, view], y[rows]  # (m, D), (m,)
             pos = _wide((h * table[own]).sum(-1))  # (m,)
