@@ -352,7 +352,7 @@ def absent_of(ws: Workspace, *args: str) -> dict[str, dict]:
 
 def test_evaluate_before_training_names_every_missing_model(copy: Workspace) -> None:
     absent = absent_of(copy)
-    assert set(absent) == {"target-only", "mapping", "finetune", "bag", "joint"}  # the default pipeline's
+    assert set(absent) == {"target-only", "mapping", "finetune", "bag"}  # what the default pipeline trains
     assert absent["target-only"]["fix"] == f"xdrec pretrain --domain {TARGET}"
     assert absent["bag"] == {"model": "bag", "reason": "not trained", "fix": "xdrec transfer --strategy bag"}
     table = invoke(copy, *EVAL)
@@ -402,11 +402,7 @@ def test_recommend_names_the_models_it_could_not_use(copy: Workspace) -> None:
     assert result.exit_code == 0, result.output
     rec = json.loads(result.stdout)
     assert rec["model"] == "popularity" and rec["segment"] == "cold"
-    assert {a["model"] for a in rec["absent"]} == {
-        "mapping",
-        "bag",
-        "joint",
-    }  # the default ones serving cold users
+    assert {a["model"] for a in rec["absent"]} == {"mapping", "bag"}  # the default ones serving cold users
     table = invoke(copy, "recommend", cold_user)
     assert "not available: bag, not trained" in table.stdout
     one_error_line(invoke(copy, "recommend", cold_user, "--strict"), "bag: not trained")

@@ -27,7 +27,7 @@ from xdrec.pretraining import pretrain
 from xdrec.scoring import pad_left
 from xdrec.sequence_scorer import load_backbone
 from xdrec.store import load_scorer
-from xdrec.strategies import DEFAULT, STRATEGIES, TransferConfig, parse_strategies, transfer
+from xdrec.strategies import DEFAULT, STRATEGIES, TransferConfig, defaults_for, parse_strategies, transfer
 from xdrec.strategies.base import TRAINING, ScoringInputs, Strategy, TransferContext
 from xdrec.training import Examples, TrainConfig
 from xdrec.tuning import defaults, space
@@ -207,6 +207,11 @@ def test_recommend_never_returns_an_item_the_user_has(trained: Workspace) -> Non
             assert rec.segment == expected
     with pytest.raises(XdrecError, match="unknown user"):
         recommend(trained, "NOT-A-USER")
+
+
+def test_joint_is_a_default_on_the_mixed_split_only() -> None:
+    assert defaults_for("mixed") == (*DEFAULT, "joint")
+    assert defaults_for("loo") == defaults_for("timestamp") == DEFAULT and "joint" not in DEFAULT
 
 
 def test_parse_strategies() -> None:

@@ -43,7 +43,7 @@ from xdrec.store import (
     trained_models,
     untrained,
 )
-from xdrec.strategies import DEFAULT, STRATEGIES, TransferConfig, model_name
+from xdrec.strategies import DEFAULT, STRATEGIES, TransferConfig, defaults_for, model_name
 from xdrec.strategies.fallback import FALLS_BACK
 from xdrec.training import TrainConfig
 from xdrec.tuned_settings import Tuned, apply_tuned, with_params
@@ -379,7 +379,8 @@ class RunConfig:
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     train: TrainConfig = field(default_factory=TrainConfig)  # every model's training (device included)
     model: ModelOptions = field(default_factory=ModelOptions)  # architecture over the backbone's defaults
-    strategies: tuple[str, ...] = DEFAULT  # strategies.DEFAULT: what is never worse than the baselines
+    # strategies.DEFAULT: what is never worse than the baselines; on a mixed-split dataset `joint` too
+    strategies: tuple[str, ...] = DEFAULT
     # The strategies' own options (each strategy's `Options`; `strategies.strategy_options`): defaults
     # for a strategy not in it.
     strategy_options: tuple[Any, ...] = ()
@@ -485,9 +486,11 @@ def run(
         else:
             log("embed: target-only user vectors (for the reverse direction)")
             embed(workspace, dataset=name, model="target-only", device=config.train.device, progress=progress)
+    # The defaults are those of the dataset's split (`joint` on the mixed one); named strategies as named.
+    strategies = defaults_for(data.split) if config.strategies == DEFAULT else config.strategies
     strategy_models = []
     for into in directions:
-        for strategy in config.strategies:
+        for strategy in strategies:
             if STRATEGIES[strategy].both_domains and into != target:
                 continue  # its one model already scores the source domain
             model = model_name(strategy, data, into)
@@ -586,9 +589,6 @@ def _dataset_is_current(
 
 # Short training for the demo: a higher learning rate and an early stop after two flat epochs.
 DEMO_TRAIN = TrainConfig(epochs=10, patience=2, batch_size=128, lr=3e-3, seed=42)
-# run's defaults but `joint`: the synthetic timelines are generated per domain, so the merged one carries
-# nothing more (validation prefers each single-domain model to it), and it would add half a minute.
-DEMO_STRATEGIES = tuple(s for s in DEFAULT if s != "joint")
 
 
 def demo(
@@ -603,9 +603,7 @@ def demo(
     the workspace and `run`'s (report, paths)."""
     from xdrec.data.synthetic import DESCRIPTION, SyntheticConfig, write_raw
 
-    config = RunConfig(  # checked first
-        train=train, strategies=DEMO_STRATEGIES, evaluate=EvaluateConfig(seed=42, bootstrap=200)
-    )
+    config = RunConfig(train=train, evaluate=EvaluateConfig(seed=42, bootstrap=200))  # checked first
     workspace = workspace or Workspace(Path(tempfile.mkdtemp(prefix="xdrec-demo-")))
     synthetic = synthetic or SyntheticConfig()
     log(f"demo workspace: {workspace.root}")

@@ -35,7 +35,7 @@ from xdrec.models import BACKBONES
 from xdrec.popularity import PopularityScorer
 from xdrec.scoring import Scorer
 from xdrec.sequence_scorer import backbone_from_checkpoint, load_backbone
-from xdrec.strategies import DEFAULT, STRATEGIES, Strategy
+from xdrec.strategies import STRATEGIES, Strategy, defaults_for
 from xdrec.strategies.base import REVERSE, ScoringInputs
 from xdrec.training import TrainConfig
 from xdrec.workspace import Workspace, read_json
@@ -128,7 +128,7 @@ class Absent:
 def expected_models(workspace: Workspace, data: Dataset, domain: str) -> list[str]:
     """The models a default pipeline trains for `domain` (its backbone, plus the default strategies on the
     target), and any other model trained, or being trained when interrupted, for a domain of that name."""
-    default = ["target-only", *DEFAULT] if domain == data.target else ["source-only"]
+    default = ["target-only", *defaults_for(data.split)] if domain == data.target else ["source-only"]
     trained = [name for name, record in records(workspace).items() if record.get("domain") == domain]
     started = [
         run.parent.name
