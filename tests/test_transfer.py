@@ -212,6 +212,8 @@ def test_recommend_never_returns_an_item_the_user_has(trained: Workspace) -> Non
 def test_joint_is_a_default_on_the_mixed_split_only() -> None:
     assert defaults_for("mixed") == (*DEFAULT, "joint")
     assert defaults_for("loo") == defaults_for("timestamp") == DEFAULT and "joint" not in DEFAULT
+    assert parse_strategies(["default"], "mixed") == parse_strategies([], "mixed") == [*DEFAULT, "joint"]
+    assert parse_strategies(list(DEFAULT), "mixed") == list(DEFAULT)  # named strategies stay as named
 
 
 def test_parse_strategies() -> None:

@@ -699,7 +699,10 @@ def embed(
 # --- transfer's options (also run's) ---
 StrategyOpt = Annotated[
     list[str],
-    typer.Option(help="Strategies (repeatable): default (mapping, finetune, bag), all, or names."),
+    typer.Option(
+        help="Strategies (repeatable): default (mapping, finetune, bag; and joint on a mixed-split "
+        "dataset), all, or names."
+    ),
 ]
 # Each strategy's own options (--mapping-loss, --bag-dim, ...) are declared in its module and added to
 # `transfer` and `run` by `_declared_command`.
@@ -1147,6 +1150,7 @@ def run(
     from xdrec.report import reports_to_json
     from xdrec.strategies import parse_strategies
 
+    parse_strategies(strategy)  # an unknown name fails here, before any stage runs
     config = RunConfig(
         prepare=_prepare_config(
             min_user, min_item, split, cold_start, seed, one_pass, t1, t2, min_per_domain
@@ -1165,7 +1169,7 @@ def run(
             compile_model,
         ),
         model=_model_options(hidden, blocks, heads, dropout, max_len),
-        strategies=tuple(parse_strategies(strategy)),
+        strategies=tuple(strategy),  # resolved for the dataset's split by `run`
         strategy_options=_strategy_options(ctx),
         evaluate=_evaluate_config(k, negatives, keep_seen, seed, bootstrap, device, by_history),
         reverse=reverse,

@@ -43,7 +43,7 @@ from xdrec.store import (
     trained_models,
     untrained,
 )
-from xdrec.strategies import DEFAULT, STRATEGIES, TransferConfig, defaults_for, model_name
+from xdrec.strategies import STRATEGIES, TransferConfig, model_name, parse_strategies
 from xdrec.strategies.fallback import FALLS_BACK
 from xdrec.training import TrainConfig
 from xdrec.tuned_settings import Tuned, apply_tuned, with_params
@@ -379,8 +379,8 @@ class RunConfig:
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     train: TrainConfig = field(default_factory=TrainConfig)  # every model's training (device included)
     model: ModelOptions = field(default_factory=ModelOptions)  # architecture over the backbone's defaults
-    # strategies.DEFAULT: what is never worse than the baselines; on a mixed-split dataset `joint` too
-    strategies: tuple[str, ...] = DEFAULT
+    # Strategy names, `default` or `all`, resolved for the dataset's split (`strategies.parse_strategies`)
+    strategies: tuple[str, ...] = ("default",)
     # The strategies' own options (each strategy's `Options`; `strategies.strategy_options`): defaults
     # for a strategy not in it.
     strategy_options: tuple[Any, ...] = ()
@@ -486,8 +486,7 @@ def run(
         else:
             log("embed: target-only user vectors (for the reverse direction)")
             embed(workspace, dataset=name, model="target-only", device=config.train.device, progress=progress)
-    # The defaults are those of the dataset's split (`joint` on the mixed one); named strategies as named.
-    strategies = defaults_for(data.split) if config.strategies == DEFAULT else config.strategies
+    strategies = parse_strategies(config.strategies, data.split)  # the defaults: `joint` on a mixed split
     strategy_models = []
     for into in directions:
         for strategy in strategies:

@@ -101,12 +101,14 @@ def strategy_options(values: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
-def parse_strategies(names: Sequence[str]) -> list[str]:
-    """`default`, `all` or strategy names -> the list to run, with a clear error for an unknown one."""
+def parse_strategies(names: Sequence[str], split: str | None = None) -> list[str]:
+    """`default`, `all` or strategy names -> the list to run, with a clear error for an unknown one.
+    `default` (also no names) is `defaults_for(split)`: DEFAULT when the dataset's split is not known."""
     if "all" in names:
         return list(STRATEGIES)
     if not names or "default" in names:
-        names = [*DEFAULT, *(n for n in names if n != "default")]
+        defaults = DEFAULT if split is None else defaults_for(split)
+        names = [*defaults, *(n for n in names if n != "default")]
     unknown = [n for n in names if n not in STRATEGIES]
     if unknown:
         raise XdrecError(
@@ -138,10 +140,9 @@ def transfer(
     tuned: train each strategy with the settings `xdrec tune` stored for its model name, except the
         fields named in `keep` (the options a user set explicitly); see `xdrec.tuned_settings`.
     """
-    names = parse_strategies(strategies)
+    parse_strategies(strategies)  # an unknown name fails before the dataset is read
     data = Dataset.from_workspace(workspace, dataset)
-    if not strategies or "default" in strategies:  # the defaults of this dataset's split
-        names = list(dict.fromkeys([*names, *defaults_for(data.split)]))
+    names = parse_strategies(strategies, data.split)
     target = target or data.target
     data.check_domain(target)
     if "mapping" in names and data.manifest.get("overlap_users") == 0:  # its validation would be nan
