@@ -135,12 +135,15 @@ class MergedTimeline(nn.Module):
     def item_embeddings(self) -> Tensor:
         return self.encoder.item_embeddings()  # (n_a + n_b + 1, D)
 
+    def tokens_of(self, domain: int) -> tuple[int, int]:
+        """Domain 0 (A) or 1 (B): its first and last token (the domain's item i is token first + i - 1)."""
+        return (1, self.cfg.n_a) if domain == 0 else (self.cfg.n_a + 1, self.cfg.n_items)
+
     def domain_table(self, domain: int) -> Tensor:
         """Domain 0 (A) or 1 (B): its rows of the table, padding row first: (n_d + 1, D)."""
         table = self.item_embeddings()
-        if domain == 0:
-            return table[: self.cfg.n_a + 1]
-        return torch.cat([table[:1], table[self.cfg.n_a + 1 :]])
+        first, last = self.tokens_of(domain)
+        return torch.cat([table[:1], table[first : last + 1]])
 
     def user_vectors(self, tokens: Tensor, domain: int) -> Tensor:
         """(B, L) merged timelines -> (B, D): the view for `domain` after each user's latest interaction."""

@@ -19,12 +19,14 @@ validation NDCG@10 is not above that model's, users with history in the domain g
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from typing import Any
 
 import polars as pl
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from xdrec.checkpoint import Checkpoint
 from xdrec.data.dataset import Dataset
@@ -39,7 +41,7 @@ from xdrec.scoring import Scorer, pad_left
 from xdrec.strategies.base import ScoringInputs, Strategy, TransferConfig, TransferContext
 from xdrec.strategies.fallback import WarmFallback
 from xdrec.training import Examples, TrainConfig, TrainResult
-from xdrec.validation import METRIC, validation_sample
+from xdrec.validation import METRIC, validation_metric, validation_sample
 
 
 @dataclass(frozen=True)
@@ -129,10 +131,7 @@ class JointScorer:
 
     def __init__(self, model: MergedTimeline, tokens: Tensor, view: int, name: str = "joint") -> None:
         self.model, self.tokens, self.view, self.name = model, tokens, view, name
-        n_a = model.cfg.n_a
-        self.first, self.last = (
-            (1, n_a) if view == 0 else (n_a + 1, n_a + model.cfg.n_b)
-        )  # the domain's tokens
+        self.first, self.last = model.tokens_of(view)
 
     @torch.no_grad()
     def scores(self, user_ids: Tensor, history: Tensor) -> Tensor:
@@ -157,27 +156,18 @@ def _view(data: Dataset, domain: str) -> int:
     return 0 if domain == data.source else 1
 
 
-def _validation(data: Dataset, max_len: int) -> dict[str, tuple[pl.DataFrame, Tensor]]:
-    """Per domain: the validation users early stopping ranks, and the scoring timelines."""
-    return {
-        d: (validation_sample(data.eval_cases(d, "valid")), scoring_timelines(data, d, max_len))
-        for d in data.domains
-    }
-
-
-def _valid_scores(
-    model: MergedTimeline, data: Dataset, cases: dict[str, tuple[pl.DataFrame, Tensor]]
-) -> dict[str, float]:
-    """Validation NDCG@10 of the model in each domain that has validation users."""
-    return {
-        d: float(
-            per_user_metrics(JointScorer(model, tokens, _view(data, d)), users, data.n_items(d), ks=(10,))[
-                METRIC
-            ].mean()
+def _validators(data: Dataset, max_len: int) -> dict[str, tuple[pl.DataFrame, Callable[[nn.Module], float]]]:
+    """Per domain with validation users: those early stopping ranks, and the model's NDCG@10 on them."""
+    validators = {}
+    for domain in data.domains:
+        cases = validation_sample(data.eval_cases(domain, "valid"))
+        scorer = partial(
+            JointScorer, tokens=scoring_timelines(data, domain, max_len), view=_view(data, domain)
         )
-        for d, (users, tokens) in cases.items()
-        if users.height
-    }
+        validate = validation_metric(cases, data.n_items(domain), scorer)
+        if validate is not None:
+            validators[domain] = (cases, validate)
+    return validators
 
 
 class Joint(Strategy):
@@ -202,21 +192,16 @@ class Joint(Strategy):
         )  # fmt: skip
         model = MergedTimeline(cfg)
         singles = {ctx.source_domain: ctx.source, ctx.target: inputs.target_model}
-        validation = _validation(data, cfg.max_len)
+        validators = _validators(data, cfg.max_len)
 
-        def validate(trained: torch.nn.Module) -> float:  # the domains' mean: one model serves both
-            assert isinstance(trained, MergedTimeline)
-            scores = _valid_scores(trained, data, validation)
-            return sum(scores.values()) / max(len(scores), 1)
+        def validate(trained: nn.Module) -> float:  # the domains' mean: one model serves both
+            return sum(v(trained) for _, v in validators.values()) / max(len(validators), 1)
 
-        def compare(trained: torch.nn.Module, _: TrainResult) -> dict[str, Any]:
-            assert isinstance(trained, MergedTimeline)
-            own = _valid_scores(trained, data, validation)
+        def compare(trained: nn.Module, _: TrainResult) -> dict[str, Any]:
+            own = {d: v(trained) for d, (_, v) in validators.items()}
             single = {
-                d: float(
-                    per_user_metrics(singles[d], validation[d][0], data.n_items(d), ks=(10,))[METRIC].mean()
-                )
-                for d in own
+                d: float(per_user_metrics(singles[d], cases, data.n_items(d), ks=(10,))[METRIC].mean())
+                for d, (cases, _) in validators.items()
             }
             behind = [d for d in data.domains if d in own and own[d] <= single[d]]
             return {
