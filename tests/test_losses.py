@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from xdrec.models.losses import (
+    CE_MAX_ITEMS,
     CE_MEMORY_BUDGET,
     bce_loss,
     ce_loss,
@@ -188,10 +189,13 @@ def test_sampled_loss_is_seeded() -> None:
 
 
 def test_auto_choice_by_catalogue_size() -> None:
-    small = choose_loss("auto", 20_000, 128, 50)
-    assert small.name == "ce" and "GiB" in small.reason
+    small = choose_loss("auto", CE_MAX_ITEMS, 128, 50)
+    assert small.name == "ce" and "GiB" in small.reason and small.words == "full softmax"
+    larger = choose_loss("auto", CE_MAX_ITEMS + 1, 128, 50)  # fits in memory, but ce would be slower
+    assert larger.name == "sampled" and larger.words == "sampled softmax (a full softmax would be slower)"
+    assert choose_loss("auto", CE_MAX_ITEMS, 4096, 200).name == "sampled"  # too large a batch for ce
     books = choose_loss("auto", 495_000, 128, 50)  # Amazon Books 5-core
-    assert books.name == "sampled" and "over the" in books.reason
+    assert books.name == "sampled" and "over the" in books.reason and "memory" in books.words
     need = 128 * 50 * 495_001 * 8
     assert need > CE_MEMORY_BUDGET
     assert choose_loss("bce", 495_000, 128, 50).name == "bce"

@@ -316,6 +316,6 @@ def test_in_batch_negatives_train_and_must_be_repeated_on_resume(tmp_path: Path)
     result = train(new_model(dropout=0.0), examples(), cfg, out_dir=tmp_path, progress=False)
     assert result.lr == pytest.approx(3e-3 * (16 / 128) ** 0.5) and result.world_size == 1
     assert result.history[-1]["loss"] < result.history[0]["loss"]
+    without = config(loss="sampled", negatives=4, in_batch=False, lr_scaling="sqrt", epochs=5)
     with pytest.raises(XdrecError, match="in_batch was True"):
-        train(new_model(), examples(), config(loss="sampled", negatives=4, lr_scaling="sqrt", epochs=5),
-              out_dir=tmp_path, resume=True, progress=False)  # fmt: skip
+        train(new_model(), examples(), without, out_dir=tmp_path, resume=True, progress=False)

@@ -535,7 +535,8 @@ InBatchOpt = Annotated[
     bool,
     typer.Option(
         help="sampled loss: the batch's other labels are negatives too, beside the shared popularity "
-        "ones (logQ-corrected; costs a (positions x positions) score matrix per batch)."
+        "ones (logQ-corrected; costs a (positions x positions) score matrix per batch). Ignored by ce "
+        "and bce."
     ),
 ]
 
@@ -550,7 +551,7 @@ def _train_config(
     seed: int,
     device: str,
     lr_scaling: str = "none",
-    in_batch: bool = False,
+    in_batch: bool = True,
     compile_model: bool = False,
 ):
     from xdrec.training import TrainConfig
@@ -603,7 +604,7 @@ def pretrain(
     weight_decay: WeightDecayOpt = 0.0,
     patience: PatienceOpt = 5,
     lr_scaling: LrScalingOpt = "none",
-    in_batch: InBatchOpt = False,
+    in_batch: InBatchOpt = True,
     hidden: HiddenOpt = None,
     blocks: BlocksOpt = None,
     heads: HeadsOpt = None,
@@ -720,7 +721,7 @@ def transfer(
     weight_decay: WeightDecayOpt = 0.0,
     patience: PatienceOpt = 5,
     lr_scaling: LrScalingOpt = "none",
-    in_batch: InBatchOpt = False,
+    in_batch: InBatchOpt = True,
     hidden: HiddenOpt = None,
     blocks: BlocksOpt = None,
     heads: HeadsOpt = None,
@@ -1125,7 +1126,7 @@ def run(
     weight_decay: WeightDecayOpt = 0.0,
     patience: PatienceOpt = 5,
     lr_scaling: LrScalingOpt = "none",
-    in_batch: InBatchOpt = False,
+    in_batch: InBatchOpt = True,
     hidden: HiddenOpt = None,
     blocks: BlocksOpt = None,
     heads: HeadsOpt = None,

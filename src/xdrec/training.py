@@ -75,8 +75,8 @@ class TrainConfig:
     # decoupled decay).
     weight_decay: float = option(0.0, "AdamW weight decay.", tune=Choice(low=1e-6, high=3.0, log=True))
     loss: str = "auto"  # auto | ce | bce | sampled (see xdrec.models.losses)
-    negatives: int = 256  # negatives per batch for `sampled`
-    in_batch: bool = False  # `sampled`: the batch's other labels are negatives too (mixed negatives)
+    negatives: int = 1024  # popularity negatives per batch for `sampled` (beside the in-batch ones)
+    in_batch: bool = True  # `sampled` only: the batch's other labels are negatives too (mixed negatives)
     # Larger batches take fewer steps per epoch: scale lr by (global batch / BASE_BATCH) ** 1/2 or 1.
     lr_scaling: LrScaling = "none"
     patience: int = 5  # epochs without a better validation metric before stopping (see min_epochs)
@@ -95,8 +95,6 @@ class TrainConfig:
             raise OptionError(f"--weight-decay must be 0 or a positive number, got {self.weight_decay}")
         if self.loss != "auto" and self.loss not in LOSSES:
             raise XdrecError(f"unknown loss {self.loss!r}: choose auto, {', '.join(LOSSES)}")
-        if self.in_batch and self.loss in ("ce", "bce"):
-            raise XdrecError(f"in-batch negatives are for the sampled loss (or auto), not {self.loss}")
         if self.lr_scaling not in get_args(LrScaling):
             raise XdrecError(
                 f"unknown lr scaling {self.lr_scaling!r}: choose {', '.join(get_args(LrScaling))}"
