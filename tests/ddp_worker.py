@@ -56,7 +56,15 @@ def run(loss: str, batch_size: int, out: Path | None) -> tuple[SASRec, dict]:
     model = SASRec(SASRecConfig(N_ITEMS, hidden=16, blocks=1, heads=2, max_len=MAX_LEN, dropout=0.0))
     validate = validation_metric(cases(), N_ITEMS, lambda m: SequenceScorer(m))
     config = TrainConfig(
-        epochs=3, batch_size=batch_size, lr=3e-3, loss=loss, negatives=8, device="cpu", threads=1, patience=10
+        epochs=3,
+        batch_size=batch_size,
+        lr=3e-3,
+        loss=loss,
+        negatives=8,
+        device="cpu",
+        threads=1,
+        patience=10,
+        in_batch=False,  # in-batch negatives are each process's own labels: not one process's global batch
     )
     result = train(model, examples(), config, validate=validate, out_dir=out, progress=False)
     keep = ("loss", "world_size", "steps", "epochs_run", "best_metric", "history")

@@ -76,7 +76,8 @@ class TrainConfig:
     weight_decay: float = option(0.0, "AdamW weight decay.", tune=Choice(low=1e-6, high=3.0, log=True))
     loss: str = "auto"  # auto | ce | bce | sampled (see xdrec.models.losses)
     negatives: int = 1024  # popularity negatives per batch for `sampled` (beside the in-batch ones)
-    in_batch: bool = True  # `sampled` only: the batch's other labels are negatives too (mixed negatives)
+    in_batch: bool = True  # `sampled` only: the batch's other labels are negatives too (under torchrun: each
+    # process's own batch)
     # Larger batches take fewer steps per epoch: scale lr by (global batch / BASE_BATCH) ** 1/2 or 1.
     lr_scaling: LrScaling = "none"
     patience: int = 5  # epochs without a better validation metric before stopping (see min_epochs)
