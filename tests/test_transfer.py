@@ -29,6 +29,7 @@ from xdrec.sequence_scorer import load_backbone
 from xdrec.store import load_scorer
 from xdrec.strategies import DEFAULT, STRATEGIES, TransferConfig, defaults_for, parse_strategies, transfer
 from xdrec.strategies.base import TRAINING, ScoringInputs, Strategy, TransferContext
+from xdrec.strategies.fallback import BLEND_WEIGHTS, WarmBlend
 from xdrec.training import Examples, TrainConfig
 from xdrec.tuning import defaults, space
 from xdrec.workspace import Workspace, read_json
@@ -123,11 +124,34 @@ def test_joint_is_one_model_that_scores_both_domains(trained: Workspace) -> None
             users, pad_left(cases["history"].to_list())
         )
         assert scores.shape == (8, data.n_items(domain) + 1) and torch.isfinite(scores[:, 1:]).all()
-    # each domain's validation was compared with that domain's single-domain model
-    assert set(config["valid_against_single"]) == set(data.domains)
-    assert sorted(config["falls_back_in"]) == sorted(
-        d for d, v in config["valid_against_single"].items() if v["own"] <= v["single"]
-    )
+    # each domain's blend with that domain's single-domain model was chosen on validation: the best
+    # weight, the smaller at a tie; weight 0 (the single-domain model alone) is a fallback
+    assert set(config["blend_weights"]) == set(config["valid_by_weight"]) == set(data.domains)
+    for domain, tried in config["valid_by_weight"].items():
+        best = max(tried, key=lambda w: (tried[w], -float(w)))
+        assert config["blend_weights"][domain] == float(best)
+    assert sorted(config["falls_back_in"]) == sorted(d for d, w in config["blend_weights"].items() if w == 0)
+
+
+def test_a_blend_mixes_the_two_models_scores_for_users_with_history(trained: Workspace) -> None:
+    data = Dataset.from_workspace(trained)
+    cases = data.eval_cases(data.target, "test")
+    users = torch.from_numpy(cases["user_id"].to_numpy().astype("int64"))
+    history = pad_left(cases["history"].to_list())
+    own, target = (load_scorer(trained, name, data, "cpu") for name in ("fusion", "target-only"))
+    own = getattr(own, "own", own)  # fusion's own scores, whether or not it fell back
+    mine, theirs = own.scores(users, history), target.scores(users, history)
+    has_history = (history != 0).any(1)
+    assert has_history.any() and (~has_history).any()
+    for weight in BLEND_WEIGHTS:
+        got = WarmBlend(own, target, "blend", weight).scores(users, history)
+        expected = (1 - weight) * theirs + weight * mine
+        torch.testing.assert_close(got[has_history], expected[has_history])
+        assert torch.equal(got[~has_history], mine[~has_history])  # no history: its own scores
+    assert WarmBlend(own, target, "b", 0.0).defers_to == "target-only"
+    assert WarmBlend(own, target, "b", 0.5).defers_to is None
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        WarmBlend(own, target, "b", 1.5)
 
 
 def test_joint_scores_from_the_history_it_is_given(trained: Workspace) -> None:

@@ -7,7 +7,8 @@ validation already knew to be worse. So after training, `compare_with_target` (a
 ranks the validation users early stopping ranked (every one has target history) with the target model
 and records `falls_back` when the trained model's best validation score is not above it. `with_fallback`
 then gives users with target history the target model's scores; users without (cold) keep the
-strategy's own. `bag` makes the same choice through its blend weight (0 = target-only alone).
+strategy's own. `bag` makes the same choice through its blend weight (0 = target-only alone), and so does
+`joint` (`choose_blend`): a weight between 0 and 1 blends the two models' scores for those users.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import polars as pl
 import torch
 from torch import Tensor, nn
 
@@ -45,22 +47,48 @@ def compare_with_target(
     return compare
 
 
-class WarmFallback:
-    """Users with target history: the target model's scores; the others: the strategy's own."""
+class WarmBlend:
+    """Users with target history: the target model's scores blended with the strategy's,
+    (1 - weight) * target + weight * own, where weight 0 is the target model alone (a fallback) and 1 the
+    strategy alone; the others (no history): the strategy's own. Both score with logits of a softmax over
+    the domain's items, so the blend ranks as the product of experts p_target^(1 - w) * p_own^w does (the
+    log-softmax's per-user constants do not change a ranking)."""
 
-    def __init__(self, own: Scorer, target: Scorer, name: str) -> None:
-        self.own, self.target, self.name = own, target, name
-        self.defers_to = target.name  # what the report says of its rows for users with history
+    def __init__(self, own: Scorer, target: Scorer, name: str, weight: float = 0.0) -> None:
+        if not 0 <= weight <= 1:
+            raise ValueError(f"a blend weight is between 0 and 1, got {weight}")
+        self.own, self.target, self.name, self.weight = own, target, name, weight
+        # what the report says of its rows for users with history
+        self.defers_to = target.name if weight == 0 else None
         self.history_only = getattr(own, "history_only", False)
 
     @torch.no_grad()
     def scores(self, user_ids: Tensor, history: Tensor) -> Tensor:
         has_history = (history != 0).any(1).cpu()
         target = self.target.scores(user_ids, history)
-        if has_history.all():
+        if has_history.all() and self.weight == 0:
             return target
         own = self.own.scores(user_ids, history).to(target.device, target.dtype)
-        return torch.where(has_history.to(target.device)[:, None], target, own)
+        warm = target if self.weight == 0 else torch.lerp(target, own, self.weight)
+        return torch.where(has_history.to(target.device)[:, None], warm, own)
+
+
+# The weights `choose_blend` tries, the target model alone first.
+BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def choose_blend(
+    own: Scorer, target: Scorer, cases: pl.DataFrame, n_items: int
+) -> tuple[float, dict[str, float]]:
+    """The blend weight with the best validation NDCG@10 on `cases` (a seeded sample of at most
+    VALIDATION_USERS, as early stopping ranks; ties: the smaller weight), and every weight's value."""
+    cases = validation_sample(cases)
+    tried = {
+        w: float(per_user_metrics(WarmBlend(own, target, "blend", w), cases, n_items)[METRIC].mean())
+        for w in BLEND_WEIGHTS
+    }
+    best = max(BLEND_WEIGHTS, key=lambda w: (tried[w], -w))
+    return best, {f"{w:g}": v for w, v in tried.items()}
 
 
 # What `transfer` and `run` say of a strategy that falls back.
@@ -72,4 +100,4 @@ def with_fallback(own: Scorer, checkpoint: Checkpoint, target_model: SequenceSco
     checkpoint from before the fallback existed names no target model and gets `own`)."""
     if not checkpoint.config.get("falls_back") or target_model is None:
         return own
-    return WarmFallback(own, target_model, own.name)
+    return WarmBlend(own, target_model, own.name)
