@@ -28,7 +28,7 @@ from xdrec.scoring import pad_left
 from xdrec.sequence_scorer import load_backbone
 from xdrec.store import load_scorer
 from xdrec.strategies import DEFAULT, STRATEGIES, TransferConfig, defaults_for, parse_strategies, transfer
-from xdrec.strategies.base import TRAINING, ScoringInputs, Strategy, TransferContext
+from xdrec.strategies.base import TRAINING, ScoringInputs, Strategy, TransferContext, TransferResult
 from xdrec.strategies.fallback import BLEND_WEIGHTS, WarmBlend
 from xdrec.training import Examples, TrainConfig
 from xdrec.tuning import defaults, space
@@ -152,6 +152,15 @@ def test_a_blend_mixes_the_two_models_scores_for_users_with_history(trained: Wor
     assert WarmBlend(own, target, "b", 0.5).defers_to is None
     with pytest.raises(ValueError, match="between 0 and 1"):
         WarmBlend(own, target, "b", 1.5)
+
+
+def test_transfer_names_the_blend_validation_chose() -> None:
+    result = TransferResult("joint", Path("joint"), None, frozenset(), blend_weights={"A": 0.5, "B": 1.0})  # type: ignore[arg-type]
+    assert (
+        result.blend_note() is not None and "A 0.5" in result.blend_note() and "B" not in result.blend_note()
+    )
+    alone = TransferResult("joint", Path("joint"), None, frozenset(), blend_weights={"A": 0.0, "B": 1.0})  # type: ignore[arg-type]
+    assert alone.blend_note() is None  # a fallback or the model alone: no blend to name
 
 
 def test_joint_scores_from_the_history_it_is_given(trained: Workspace) -> None:

@@ -790,6 +790,7 @@ def transfer(
             "world_size": r.training.world_size,
             "tuned": _tuned(r.tuned),
             "falls_back": r.falls_back,
+            "blend_weights": r.blend_weights,
         }
         for r in results
     ]
@@ -804,6 +805,8 @@ def transfer(
             )
             if result.falls_back:
                 console.print(f"  {FALLS_BACK}")
+            if result.blend_note():
+                console.print(f"  {result.blend_note()}")
 
 
 # --- evaluate's options (also run's) ---

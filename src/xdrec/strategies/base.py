@@ -122,6 +122,18 @@ class TransferResult:
     tuned: Tuned | None = None  # the stored `xdrec tune` settings it was trained with, if any
     # True when validation preferred the target model it competes with: warm users get that model's scores
     falls_back: bool = False
+    # domain -> the weight of its own scores in its blend with the domain's single-domain model (`joint`)
+    blend_weights: dict[str, float] = field(default_factory=dict)
+
+    def blend_note(self) -> str | None:
+        """One line on the blend validation chose, or None without one."""
+        mixed = {d: w for d, w in self.blend_weights.items() if 0 < w < 1}
+        if not mixed:
+            return None
+        weights = ", ".join(f"{d} {w:g}" for d, w in mixed.items())
+        return (
+            f"users with history get its scores blended with the single-domain model's, at weight {weights}"
+        )
 
 
 class Strategy(ABC):
@@ -219,5 +231,12 @@ def fit_strategy(
         resume=resume,
         progress=progress,
     )
-    falls_back = bool(fitted.checkpoint.config.get("falls_back", False))
-    return TransferResult(name, out, fitted.training, strategy.serves, falls_back=falls_back)
+    recorded = fitted.checkpoint.config
+    return TransferResult(
+        name,
+        out,
+        fitted.training,
+        strategy.serves,
+        falls_back=bool(recorded.get("falls_back", False)),
+        blend_weights=dict(recorded.get("blend_weights", {})),
+    )
