@@ -314,6 +314,7 @@ def test_transfer_trains_the_named_strategies_only(chain: Chain) -> None:
             "world_size",
             "tuned",
             "falls_back",
+            "blend_weights",
         }
         for r in rows
     )
