@@ -182,7 +182,7 @@ def _validators(data: Dataset, max_len: int) -> dict[str, _Validator]:
 class Joint(Strategy):
     name = "joint"
     serves = frozenset({"warm", "cold", "target-only"})
-    needs = frozenset({"target_model"})  # each domain's single-domain model, its fallback (fallback.py)
+    needs = frozenset({"target_model"})  # each domain's single-domain model, its blend partner (fallback.py)
     both_domains = True
 
     Options = JointOptions
@@ -237,9 +237,8 @@ class Joint(Strategy):
         model.load_state_dict(checkpoint.state_dict())
         model = model.to(resolve_device(inputs.device)).eval()
         own = JointScorer(model, scoring_timelines(data, domain, model.cfg.max_len), _view(data, domain))
-        weight = config.get("blend_weights", {}).get(
-            domain, 0.0 if domain in config["falls_back_in"] else 1.0
-        )
+        fallback = 0.0 if domain in config.get("falls_back_in", []) else 1.0  # trained before blends
+        weight = config.get("blend_weights", {}).get(domain, fallback)
         if weight == 1 or inputs.target_model is None:
             return own
         return WarmBlend(own, inputs.target_model, own.name, weight)
