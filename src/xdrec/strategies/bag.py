@@ -37,6 +37,7 @@ from xdrec.options import Choice, check, option
 from xdrec.scoring import Precomputed, pad_left
 from xdrec.sequence_scorer import SequenceScorer
 from xdrec.strategies.base import ScoringInputs, Strategy, TransferConfig, TransferContext
+from xdrec.strategies.fallback import CHUNK  # validation users per chunk when choosing a blend
 from xdrec.strategies.mapping import pseudo_cold_cases, split_pseudo_cold
 from xdrec.training import Examples, LossFn, TrainConfig, TrainResult
 from xdrec.validation import validation_metric, validation_sample
@@ -77,8 +78,6 @@ WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 DECAYS = (0.0, 0.5, 1.0)
 # The (weight, decay) pairs tried on validation; weight 0 (target-only alone) needs no decay.
 BLENDS = [(w, d) for w in WEIGHTS for d in (DECAYS if w else (0.0,))]
-# Validation users per chunk when choosing them: both models' log-probabilities are computed once a chunk.
-CHUNK = 2048
 
 
 class BagModel(nn.Module):

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from xdrec.checkpoint import Checkpoint
 from xdrec.data.dataset import Dataset
 from xdrec.evaluation import per_user_metrics
-from xdrec.scoring import Scorer
+from xdrec.scoring import Precomputed, Scorer, pad_left
 from xdrec.sequence_scorer import SequenceScorer
 from xdrec.training import TrainResult
 from xdrec.validation import METRIC, validation_sample
@@ -69,12 +69,19 @@ class WarmBlend:
         if has_history.all() and self.weight == 0:
             return target
         own = self.own.scores(user_ids, history).to(target.device, target.dtype)
-        warm = target if self.weight == 0 else torch.lerp(target, own, self.weight)
-        return torch.where(has_history.to(target.device)[:, None], warm, own)
+        return warm_blend(own, target, has_history, self.weight)
+
+
+def warm_blend(own: Tensor, target: Tensor, has_history: Tensor, weight: float) -> Tensor:
+    """`WarmBlend`'s scores from both models' scores (B, n_items + 1) and which rows have history (B,)."""
+    warm = target if weight == 0 else torch.lerp(target, own, weight)
+    return torch.where(has_history.to(target.device)[:, None], warm, own)
 
 
 # The weights `choose_blend` tries, the target model alone first.
 BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+# Validation users per chunk when choosing a blend: both models score a chunk once for every weight.
+CHUNK = 2048
 
 
 def choose_blend(
@@ -83,10 +90,21 @@ def choose_blend(
     """The blend weight with the best validation NDCG@10 on `cases` (a seeded sample of at most
     VALIDATION_USERS, as early stopping ranks; ties: the smaller weight), and every weight's value."""
     cases = validation_sample(cases)
-    tried = {
-        w: float(per_user_metrics(WarmBlend(own, target, "blend", w), cases, n_items)[METRIC].mean())
-        for w in BLEND_WEIGHTS
-    }
+    sums, users = dict.fromkeys(BLEND_WEIGHTS, 0.0), 0
+    for start in range(0, cases.height, CHUNK):
+        chunk = cases[start : start + CHUNK]
+        user_ids = torch.from_numpy(chunk["user_id"].to_numpy().astype("int64"))
+        history = pad_left(chunk["history"].to_list())
+        with torch.no_grad():
+            theirs = target.scores(user_ids, history)
+            mine = own.scores(user_ids, history).to(theirs.device, theirs.dtype)
+        has_history = (history != 0).any(1)
+        for w in BLEND_WEIGHTS:
+            given = Precomputed(user_ids, warm_blend(mine, theirs, has_history, w), "blend")
+            ranked = per_user_metrics(given, chunk, n_items)[METRIC]
+            sums[w] += float(ranked.sum())
+        users += ranked.len()  # users with a target (the metrics skip the others)
+    tried = {w: total / max(users, 1) for w, total in sums.items()}
     best = max(BLEND_WEIGHTS, key=lambda w: (tried[w], -w))
     return best, {f"{w:g}": v for w, v in tried.items()}
 
