@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from torch import Tensor
 from xdrec.devices import cpu_threads, resolve_device
 from xdrec.errors import XdrecError
 from xdrec.models.sasrec import SASRec, SASRecConfig
-from xdrec.training import METRICS, STATE_DIR, Examples, TrainConfig, train
+from xdrec.training import METRICS, STATE_DIR, Examples, TrainConfig, lr_factor, train
 
 N_ITEMS, MAX_LEN = 40, 8
 
@@ -319,3 +321,39 @@ def test_in_batch_negatives_train_and_must_be_repeated_on_resume(tmp_path: Path)
     without = config(loss="sampled", negatives=4, in_batch=False, lr_scaling="sqrt", epochs=5)
     with pytest.raises(XdrecError, match="in_batch was True"):
         train(new_model(), examples(), without, out_dir=tmp_path, resume=True, progress=False)
+
+
+def test_cosine_schedule_warms_up_for_an_epoch_then_decays_to_zero() -> None:
+    cosine = config(schedule="cosine", epochs=4)
+    factors = [lr_factor(cosine, step, 10) for step in range(40)]
+    assert factors[:10] == pytest.approx([(step + 1) / 10 for step in range(10)])
+    assert all(a >= b for a, b in itertools.pairwise(factors[9:]))
+    assert factors[-1] < 0.01 and lr_factor(cosine, 40, 10) == 0.0
+    assert {lr_factor(config(), step, 10) for step in range(40)} == {1.0}
+    with pytest.raises(XdrecError, match="schedule"):
+        config(schedule="step")
+
+
+def test_a_cosine_run_resumes_exactly(tmp_path: Path) -> None:
+    """The learning rate follows the step count, so a resumed cosine run is the uninterrupted one."""
+    cosine = config(schedule="cosine", epochs=4)
+    whole = new_model()
+    full = train(whole, examples(), cosine, validate=weight_metric, progress=False)
+    constant = new_model()
+    train(constant, examples(), config(epochs=4), validate=weight_metric, progress=False)
+    assert not same(weights(whole), weights(constant))
+
+    stopped = replace(cosine, max_steps=2 * full.steps // 4)  # the end of epoch 2
+    train(new_model(), examples(), stopped, validate=weight_metric, out_dir=tmp_path, progress=False)
+    resumed_model = new_model(seed=99)
+    resumed = train(
+        resumed_model,
+        examples(),
+        cosine,
+        validate=weight_metric,
+        out_dir=tmp_path,
+        resume=True,
+        progress=False,
+    )
+    assert resumed.resumed_from_epoch == 2 and resumed.steps == full.steps
+    assert same(weights(whole), weights(resumed_model))

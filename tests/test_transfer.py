@@ -12,7 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from xdrec.checkpoint import BUILT_FROM
+from xdrec.checkpoint import BUILT_FROM, VALIDATION_WEIGHTS, load_tensors
 from xdrec.cli import app
 from xdrec.data.dataset import Dataset
 from xdrec.data.prepare import PrepareConfig, prepare
@@ -61,9 +61,12 @@ def _plan(ws: Workspace, strategy: str, train: TrainConfig = FAST) -> Plan:
 
 
 def _examples_seen(ws: Workspace, strategy: str) -> dict[str, torch.Tensor]:
-    """The tensors `strategy` hands the trainer: its plan's examples."""
+    """The tensors `strategy` hands the trainer: its plan's examples, and those it is refitted on."""
     plan = _plan(ws, strategy)
-    return {"inputs": plan.examples.inputs, "labels": plan.examples.labels, **plan.examples.extras}
+    seen = {"inputs": plan.examples.inputs, "labels": plan.examples.labels, **plan.examples.extras}
+    if plan.refit is not None:
+        seen |= {"refit_inputs": plan.refit.inputs, "refit_labels": plan.refit.labels}
+    return seen
 
 
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
@@ -89,15 +92,19 @@ def test_cold_start_target_rows_never_reach_training(
         )
 
 
-def test_joint_learns_every_next_item_of_the_merged_timeline(trained: Workspace) -> None:
+@pytest.mark.parametrize(("examples", "splits"), [("", ["train"]), ("refit_", ["train", "valid"])])
+def test_joint_learns_every_next_item_of_the_merged_timeline(
+    trained: Workspace, examples: str, splits: list[str]
+) -> None:
     """Each user's examples are their merged training timeline (both domains, by time, source first at a
     tie; source items 1..n_source, target items after them), shifted by one: checked row by row against
-    the timeline rebuilt in Python from the interactions table."""
+    the timeline rebuilt in Python from the interactions table. The examples it is refitted on are the
+    same with the validation items too."""
     seen = _examples_seen(trained, "joint")
-    inputs, labels = seen["inputs"], seen["labels"]
+    inputs, labels = seen[f"{examples}inputs"], seen[f"{examples}labels"]
     data = Dataset.from_workspace(trained)
     n_source, width = data.n_items(data.source), inputs.shape[1]
-    rows = data.interactions().filter(pl.col("split") == "train").collect()
+    rows = data.interactions().filter(pl.col("split").is_in(splits)).collect()
     timelines: dict[int, list[tuple[int, int, int]]] = {}
     for user, domain, item, time in rows.select("user_id", "domain", "item_id", "timestamp").iter_rows():
         token = item if domain == data.source else item + n_source
@@ -133,6 +140,33 @@ def test_joint_is_one_model_that_scores_both_domains(trained: Workspace) -> None
     assert sorted(config["falls_back_in"]) == sorted(d for d, w in config["blend_weights"].items() if w == 0)
 
 
+def test_joint_is_refitted_and_validation_sees_the_weights_it_chose(trained: Workspace) -> None:
+    """The saved joint was trained again with the validation items as labels, for the epochs validation
+    chose; the weights validation chose stay beside it, and choices on validation load those."""
+    data = Dataset.from_workspace(trained)
+    folder = trained.model_dir("joint")
+    config = read_json(folder / "config.json")
+    assert config["refit"]["epochs"] == config["best_epoch"] >= 1
+    refitted = load_tensors(folder / "model.safetensors")
+    chosen = load_tensors(folder / VALIDATION_WEIGHTS)
+    assert refitted.keys() == chosen.keys()
+    assert any(not torch.equal(refitted[k], chosen[k]) for k in refitted)
+    cases = data.eval_cases(data.target, "valid").head(16)
+    users = torch.tensor(cases["user_id"].to_list())
+    history = torch.zeros(len(users), 1, dtype=torch.long)  # as if cold: joint's own scores, no blend
+    served = load_scorer(trained, "joint", data, "cpu").scores(users, history)
+    validated = load_scorer(trained, "joint", data, "cpu", for_validation=True).scores(users, history)
+    assert not torch.allclose(served, validated)
+    again = load_scorer(trained, "joint", data, "cpu", for_validation=True).scores(users, history)
+    assert torch.equal(validated, again)
+    # a model that was not refitted is ranked on validation with the weights it is served with
+    plain = load_scorer(trained, "bag", data, "cpu")
+    assert torch.equal(
+        plain.scores(users, history),
+        load_scorer(trained, "bag", data, "cpu", for_validation=True).scores(users, history),
+    )
+
+
 def test_a_blend_mixes_the_two_models_scores_for_users_with_history(trained: Workspace) -> None:
     data = Dataset.from_workspace(trained)
     cases = data.eval_cases(data.target, "test")
@@ -154,13 +188,15 @@ def test_a_blend_mixes_the_two_models_scores_for_users_with_history(trained: Wor
         WarmBlend(own, target, "b", 1.5)
 
 
-def test_transfer_names_the_blend_validation_chose() -> None:
+def test_transfer_names_the_blend_and_the_refit_validation_chose() -> None:
     result = TransferResult("joint", Path("joint"), None, frozenset(), blend_weights={"A": 0.5, "B": 1.0})  # type: ignore[arg-type]
-    assert (
-        result.blend_note() is not None and "A 0.5" in result.blend_note() and "B" not in result.blend_note()
-    )
+    [note] = result.notes()
+    assert "A 0.5" in note and "B" not in note
     alone = TransferResult("joint", Path("joint"), None, frozenset(), blend_weights={"A": 0.0, "B": 1.0})  # type: ignore[arg-type]
-    assert alone.blend_note() is None  # a fallback or the model alone: no blend to name
+    assert alone.notes() == []  # a fallback or the model alone: no blend to name
+    refitted = replace(alone, refit={"epochs": 12, "sequences": 40, "seconds": 3.5})
+    [note] = refitted.notes()
+    assert "validation items" in note and "12 epochs" in note
 
 
 def test_joint_scores_from_the_history_it_is_given(trained: Workspace) -> None:

@@ -25,7 +25,7 @@ import contextlib
 import json
 import shutil
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +42,9 @@ if TYPE_CHECKING:
     from xdrec.data.dataset import Dataset
 
 WEIGHTS = "model.safetensors"
+# A model refitted with the validation items as labels too (`fit.Plan.refit`) keeps the weights validation
+# chose here: choices made on validation read these, since the refitted ones have learnt its answers.
+VALIDATION_WEIGHTS = "validation.safetensors"
 METRICS = "metrics.jsonl"  # the trainer's per-epoch log (training.METRICS)
 CONFIG = "config.json"
 BUILT_FROM = "built_from"  # config key: {model name: fingerprint} of the models this one was built from
@@ -71,13 +74,20 @@ def dataset_identity(dataset: Dataset) -> dict[str, str]:
 class Checkpoint:
     path: Path
     config: dict[str, Any]
+    weights: str = WEIGHTS  # which of the folder's weights state_dict reads
 
     @property
     def kind(self) -> str:
         return self.config["kind"]
 
     def state_dict(self, device: torch.device | str = "cpu") -> dict[str, Tensor]:
-        return load_tensors(self.path / WEIGHTS, device)
+        return load_tensors(self.path / self.weights, device)
+
+    def for_validation(self) -> Checkpoint:
+        """This model as choices on the validation split must see it: its weights from before a refit on
+        the validation items (`VALIDATION_WEIGHTS`) where it was refitted, else the same."""
+        refitted = (self.path / VALIDATION_WEIGHTS).exists()
+        return replace(self, weights=VALIDATION_WEIGHTS) if refitted else self
 
     @property
     def fingerprint(self) -> str | None:
@@ -141,19 +151,28 @@ def rebuild_command(strategy: str | None, domain: str, *, reverse: bool = False)
     return f"xdrec transfer --strategy {strategy}" + (f" --domain {domain}" if reverse else "")
 
 
-def save_checkpoint(model_dir: Path, state: Mapping[str, Tensor], config: Mapping[str, Any]) -> Checkpoint:
+def save_checkpoint(
+    model_dir: Path,
+    state: Mapping[str, Tensor],
+    config: Mapping[str, Any],
+    validation_state: Mapping[str, Tensor] | None = None,
+) -> Checkpoint:
     """Write the model folder as one unit: weights, config and the training's metrics.jsonl (from
     `run_dir(model_dir)`, where the trainer logs while it runs) in a new folder that replaces the old one
     atomically. A kill at any instant leaves the previous model or this one, never a mix.
 
-    `config` must hold `kind` and `dataset`."""
+    `config` must hold `kind` and `dataset`. validation_state: a refitted model's weights from before the
+    refit (`VALIDATION_WEIGHTS`)."""
     for key in ("kind", "dataset"):
         if key not in config:
             raise ValueError(f"checkpoint config needs {key!r}")
     manifest = config["dataset"].get("manifest_hash")
     with atomic_path(model_dir) as tmp:
         tmp.mkdir()
-        save_tensors(tmp / WEIGHTS, state, {MANIFEST_HASH: str(manifest)} if manifest else None)
+        header = {MANIFEST_HASH: str(manifest)} if manifest else None
+        save_tensors(tmp / WEIGHTS, state, header)
+        if validation_state is not None:
+            save_tensors(tmp / VALIDATION_WEIGHTS, validation_state, header)
         full = {**config, "xdrec_version": xdrec.__version__, "fingerprint": fingerprint(tmp / WEIGHTS)}
         log = run_dir(model_dir) / METRICS
         if log.exists():

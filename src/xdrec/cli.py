@@ -791,6 +791,7 @@ def transfer(
             "tuned": _tuned(r.tuned),
             "falls_back": r.falls_back,
             "blend_weights": r.blend_weights,
+            "refit": r.refit,
         }
         for r in results
     ]
@@ -805,8 +806,8 @@ def transfer(
             )
             if result.falls_back:
                 console.print(f"  {FALLS_BACK}")
-            if result.blend_note():
-                console.print(f"  {result.blend_note()}")
+            for note in result.notes():
+                console.print(f"  {note}")
 
 
 # --- evaluate's options (also run's) ---

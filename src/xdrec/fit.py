@@ -9,14 +9,14 @@ writes the checkpoint with the fields every model records.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from rich.console import Console
-from torch import nn
+from torch import Tensor, nn
 
 from xdrec import distributed
 from xdrec.checkpoint import (
@@ -52,6 +52,11 @@ class Plan:
     # returns more config.json fields, e.g. a setting chosen on validation with the trained model (bag's
     # blend weight, a strategy's fallback to the target model).
     finish: Callable[[nn.Module, TrainResult], Mapping[str, Any]] | None = None
+    # The examples again with each user's validation item as a label too. Given, the model is trained
+    # once more on them from its initial weights, for the epochs validation chose, and that is the model
+    # saved: the item just before the test item is the most telling label there is. The weights
+    # validation chose are kept beside it for later choices made on validation (Checkpoint.for_validation).
+    refit: Examples | None = None
 
 
 def _continues(out_dir: Path, started: Mapping[str, Any], epoch: int | None) -> bool:
@@ -138,6 +143,7 @@ def fit(
             f"note: starting {out_dir.name} over; its interrupted run (epoch {epoch}) is dropped"
         )
     plan = seeded(build, config.seed)
+    initial = _copy(plan.model) if plan.refit is not None else None
     result = train_plan(
         plan,
         config,
@@ -145,10 +151,14 @@ def fit(
         resume=resume,
         progress=progress,
     )
+    finished = plan.finish(plan.model, result) if plan.finish is not None and distributed.is_main() else {}
+    chosen = refitted = None
+    if plan.refit is not None and initial is not None:
+        chosen = _copy(plan.model)
+        refitted = _refit(plan, initial, config, result, progress)
     if not distributed.is_main():  # under torchrun every rank holds the same weights; rank 0 writes them
         distributed.barrier()
         return Fitted(plan.model, result, read_checkpoint(out_dir))
-    finished = plan.finish(plan.model, result) if plan.finish is not None else {}
     checkpoint = save_checkpoint(
         out_dir,
         plan.model.state_dict(),
@@ -164,8 +174,31 @@ def fit(
             **({"world_size": result.world_size} if result.world_size > 1 else {}),
             **plan.record,
             **finished,
+            **({"refit": refitted} if refitted is not None else {}),
         },
+        validation_state=chosen,
     )
     finish_run(out_dir)
     distributed.barrier()
     return Fitted(plan.model, result, checkpoint)
+
+
+def _copy(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _refit(
+    plan: Plan, initial: Mapping[str, Tensor], config: TrainConfig, result: TrainResult, progress: bool
+) -> dict[str, Any]:
+    """Train plan.model again from `initial` on plan.refit for the epochs validation chose (the schedule
+    laid over them); returns what config.json records of it."""
+    assert plan.refit is not None
+    plan.model.load_state_dict(initial)
+    epochs = max(result.best_epoch, 1)
+    Console(stderr=True, quiet=not (progress and distributed.is_main())).print(
+        f"refitting with the validation items as labels too: {epochs} epochs", highlight=False
+    )
+    again = train_plan(
+        replace(plan, examples=plan.refit, validate=None), replace(config, epochs=epochs), progress=progress
+    )
+    return {"epochs": epochs, "sequences": len(plan.refit), "seconds": round(again.seconds, 1)}

@@ -518,8 +518,8 @@ def run(
                 )
                 if result.falls_back:
                     log(f"transfer: {model} {FALLS_BACK}")
-                if result.blend_note():
-                    log(f"transfer: {model}: {result.blend_note()}")
+                for note in result.notes():
+                    log(f"transfer: {model}: {note}")
 
     domains = evaluation_domains(data, both=config.reverse)
     models = [f"{data.role(domain)}-only" for domain in domains] + strategy_models

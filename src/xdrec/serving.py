@@ -77,7 +77,7 @@ def select_models(workspace: Workspace, data: Dataset, device: str = "auto") -> 
     skipped: dict[str, str] = {}
     for name in names:
         try:
-            scorer = load_scorer(workspace, name, data, device)
+            scorer = load_scorer(workspace, name, data, device, for_validation=True)
         except XdrecError as e:
             skipped[name] = str(e)
             continue

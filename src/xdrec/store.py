@@ -281,10 +281,16 @@ def model_states(workspace: Workspace, data: Dataset) -> list[ModelState]:
 
 
 def load_scorer(
-    workspace: Workspace, name: str, dataset: Dataset, device: str = "auto", domain: str | None = None
+    workspace: Workspace,
+    name: str,
+    dataset: Dataset,
+    device: str = "auto",
+    domain: str | None = None,
+    for_validation: bool = False,
 ) -> Scorer:
     """models/<name>/ (or the popularity baseline) as a Scorer of `domain` (default: the model's own;
-    a model of both domains, `joint`, scores either).
+    a model of both domains, `joint`, scores either). for_validation: to be ranked on the validation
+    split, with the weights validation chose where the model was refitted on it (`Checkpoint.for_validation`).
 
     A strategy is loaded with the inputs it `needs` as the workspace holds them now, and refused if any
     of those were retrained since the strategy was trained (`check_lineage`).
@@ -292,6 +298,8 @@ def load_scorer(
     if name == POPULARITY:
         return PopularityScorer.from_dataset(dataset, domain or dataset.target)
     checkpoint = read_checkpoint(workspace.model_dir(name), dataset)
+    if for_validation:
+        checkpoint = checkpoint.for_validation()
     with readable_config(checkpoint):
         return _load(workspace, checkpoint, dataset, device, domain)
 

@@ -61,8 +61,11 @@ BUCKET_BATCHES = 50
 # The batch size the default learning rate is tuned for: `lr_scaling` scales lr from it.
 BASE_BATCH = 128
 # A resumed run must repeat these, or it would not be the same run continued.
-RESUME_KEYS = ("batch_size", "lr", "weight_decay", "loss", "negatives", "seed", "in_batch", "lr_scaling")
+RESUME_KEYS = (
+    "batch_size", "lr", "weight_decay", "loss", "negatives", "seed", "in_batch", "lr_scaling", "schedule"
+)  # fmt: skip
 LrScaling = Literal["none", "sqrt", "linear"]
+Schedule = Literal["constant", "cosine"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,8 @@ class TrainConfig:
     # process's own batch)
     # Larger batches take fewer steps per epoch: scale lr by (global batch / BASE_BATCH) ** 1/2 or 1.
     lr_scaling: LrScaling = "none"
+    # constant: lr throughout; cosine: lr warms up over the first epoch, then decays to 0 at `epochs`.
+    schedule: Schedule = "constant"
     patience: int = 5  # epochs without a better validation metric before stopping (see min_epochs)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -96,6 +101,8 @@ class TrainConfig:
             raise OptionError(f"--weight-decay must be 0 or a positive number, got {self.weight_decay}")
         if self.loss != "auto" and self.loss not in LOSSES:
             raise XdrecError(f"unknown loss {self.loss!r}: choose auto, {', '.join(LOSSES)}")
+        if self.schedule not in get_args(Schedule):
+            raise XdrecError(f"unknown schedule {self.schedule!r}: choose {', '.join(get_args(Schedule))}")
         if self.lr_scaling not in get_args(LrScaling):
             raise XdrecError(
                 f"unknown lr scaling {self.lr_scaling!r}: choose {', '.join(get_args(LrScaling))}"
@@ -105,6 +112,17 @@ class TrainConfig:
         """The learning rate the optimizer uses: `lr`, scaled for the global batch by `lr_scaling`."""
         power = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}[self.lr_scaling]
         return self.lr if power == 0.0 else self.lr * (self.batch_size * world_size / BASE_BATCH) ** power
+
+
+def lr_factor(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """The share of the learning rate that optimizer step `step` (from 0) takes under `config.schedule`."""
+    if config.schedule == "constant":
+        return 1.0
+    warmup = max(steps_per_epoch, 1)
+    if step < warmup:
+        return (step + 1) / warmup
+    decay = max(config.epochs * steps_per_epoch - warmup, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / decay)))
 
 
 def min_epochs(config: TrainConfig) -> int:
@@ -372,7 +390,10 @@ class _Run:
         self.model.train()
         # Summed on the device: calling .item() every step would wait for the GPU each time.
         total, steps, seen = torch.zeros((), device=self.device), 0, 0
+        lr = self.config.effective_lr(self.ranks.world_size)
         for batch in batches.epoch(self.shuffle_gen):
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr * lr_factor(self.config, self.state.step, len(batches))
             with autocast(self.device):
                 hidden = self.forward(batch.inputs, **batch.extras)  # (B, L, D)
                 loss = self.loss_fn(hidden, batch.labels, self.model.item_embeddings())

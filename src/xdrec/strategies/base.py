@@ -125,15 +125,24 @@ class TransferResult:
     # domain -> the weight of its own scores in its blend with the domain's single-domain model (`joint`)
     blend_weights: dict[str, float] = field(default_factory=dict)
 
-    def blend_note(self) -> str | None:
-        """One line on the blend validation chose, or None without one."""
+    # what config.json records of its refit with the validation items as labels (fit.Plan.refit), if any
+    refit: dict[str, Any] | None = None
+
+    def notes(self) -> list[str]:
+        """Lines on what validation chose beyond the epochs: the blend, and the refit."""
+        lines = []
         mixed = {d: w for d, w in self.blend_weights.items() if 0 < w < 1}
-        if not mixed:
-            return None
-        weights = ", ".join(f"{d} {w:g}" for d, w in mixed.items())
-        return (
-            f"users with history get its scores blended with the single-domain model's, at weight {weights}"
-        )
+        if mixed:
+            weights = ", ".join(f"{d} {w:g}" for d, w in mixed.items())
+            lines.append(
+                f"users with history get its scores blended with the single-domain model's, at {weights}"
+            )
+        if self.refit is not None:
+            lines.append(
+                f"then trained again with the validation items as labels too, for its {self.refit['epochs']} "
+                f"epochs ({self.refit['seconds']}s): the model kept"
+            )
+        return lines
 
 
 class Strategy(ABC):
@@ -239,4 +248,5 @@ def fit_strategy(
         strategy.serves,
         falls_back=bool(recorded.get("falls_back", False)),
         blend_weights=dict(recorded.get("blend_weights", {})),
+        refit=recorded.get("refit"),
     )

@@ -71,6 +71,15 @@ class JointOptions:
         tune=Choice(low=0.01, high=5.0, log=True),
     )
     max_len: int = option(50, "joint: the most recent interactions of the merged timeline it reads.", low=1)
+    refit: bool = option(
+        True,
+        "joint: once validation has chosen its epochs and blend, train again with the validation items "
+        "as labels too (about twice the time); the model kept is that one.",
+    )
+    epochs: int = option(
+        30, "joint: epochs of its learning-rate schedule (a one-epoch warm-up, then a cosine decay; "
+        "--epochs caps it).", low=1,
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         check(self, "joint")
@@ -103,10 +112,10 @@ def merged_timelines(data: Dataset, splits: dict[str, tuple[str, ...]]) -> pl.La
     )
 
 
-def examples(data: Dataset, max_len: int) -> Examples:
-    """Each user's merged training timeline, its most recent max_len positions; label = the next token."""
+def examples(data: Dataset, max_len: int, splits: tuple[str, ...] = ("train",)) -> Examples:
+    """Each user's merged timeline of `splits`, its most recent max_len positions; label = the next token."""
     rows = (
-        merged_timelines(data, {d: ("train",) for d in data.domains})
+        merged_timelines(data, dict.fromkeys(data.domains, splits))
         .filter(pl.col("token").list.len() > 1)
         .collect()
     )
@@ -189,7 +198,13 @@ class Joint(Strategy):
     tunes = ("lr", "batch_size")  # its architecture is its own options
 
     def train_config(self, config: TransferConfig) -> TrainConfig:
-        return replace(config.train, weight_decay=config.options(JointOptions).weight_decay)
+        options = config.options(JointOptions)
+        return replace(
+            config.train,
+            weight_decay=options.weight_decay,
+            epochs=min(options.epochs, config.train.epochs),
+            schedule="cosine",
+        )
 
     def build(self, ctx: TransferContext, config: TransferConfig, inputs: ScoringInputs) -> Plan:
         data = ctx.dataset
@@ -226,6 +241,7 @@ class Joint(Strategy):
             validate,
             loss_fn=two_domain_sampled_loss(cfg.n_a, cfg.n_items, options.negatives, loss_seed),
             finish=blend,
+            refit=examples(data, cfg.max_len, ("train", "valid")) if options.refit else None,
             record={"model": asdict(cfg), "domains": list(data.domains)},
         )
 
