@@ -315,6 +315,7 @@ def test_transfer_trains_the_named_strategies_only(chain: Chain) -> None:
             "tuned",
             "falls_back",
             "blend_weights",
+            "refit",
         }
         for r in rows
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,8 +12,10 @@ import pytest
 import torch
 from torch import Tensor
 
+from xdrec.checkpoint import VALIDATION_WEIGHTS
 from xdrec.devices import cpu_threads, resolve_device
 from xdrec.errors import XdrecError
+from xdrec.fit import Plan, fit
 from xdrec.models.sasrec import SASRec, SASRecConfig
 from xdrec.training import METRICS, STATE_DIR, Examples, TrainConfig, lr_factor, train
 
@@ -242,6 +245,9 @@ def test_training_that_ends_while_validation_improves_says_so(capsys: pytest.Cap
     assert result.best_epoch == 3 and not result.stopped_early
     err = " ".join(capsys.readouterr().err.split())
     assert "warning: training ended at --epochs 3 while validation NDCG@10 was still improving" in err
+    scores = iter([0.1, 0.2, 0.3])  # a cosine schedule ends where it is laid out to: nothing to warn of
+    train(new_model(), examples(), config(epochs=3, schedule="cosine"), validate=lambda m: next(scores))
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_quiet_training_of_a_kept_model_still_warns_it_ended_improving(
@@ -357,3 +363,27 @@ def test_a_cosine_run_resumes_exactly(tmp_path: Path) -> None:
     )
     assert resumed.resumed_from_epoch == 2 and resumed.steps == full.steps
     assert same(weights(whole), weights(resumed_model))
+
+
+def test_a_refit_trains_again_with_more_labels_and_keeps_the_chosen_weights(tmp_path: Path) -> None:
+    """fit with `refit` examples saves the model trained again from its initial weights on them for the
+    epochs validation chose; the weights validation chose, kept beside it, are the model a fit without
+    the refit saves (same seed)."""
+    more = examples(seed=1)  # stands for the examples with the validation items added
+
+    def plan(refit: Examples | None) -> Callable[[], Plan]:
+        return lambda: Plan(new_model(), examples(), weight_metric, refit=refit)
+
+    record = {"kind": "test", "dataset": {"name": "d", "manifest_hash": "h"}}
+    cfg = config(epochs=4, schedule="cosine")
+    plain = fit(plan(None), cfg, tmp_path / "plain", record, progress=False)
+    refitted = fit(plan(more), cfg, tmp_path / "refitted", record, progress=False)
+
+    assert "refit" not in plain.checkpoint.config and not (tmp_path / "plain" / VALIDATION_WEIGHTS).exists()
+    assert refitted.checkpoint.config["refit"]["epochs"] == plain.training.best_epoch
+    chosen = refitted.checkpoint.for_validation()
+    assert same(chosen.state_dict(), plain.checkpoint.state_dict())
+    assert plain.checkpoint.for_validation() == plain.checkpoint
+    by_hand = new_model()
+    train(by_hand, more, replace(cfg, epochs=plain.training.best_epoch), progress=False)
+    assert same(refitted.checkpoint.state_dict(), weights(by_hand))

@@ -32,7 +32,7 @@ from xdrec.checkpoint import (
 )
 from xdrec.errors import XdrecError
 from xdrec.models.losses import LossFn
-from xdrec.training import RESUME_KEYS, Examples, TrainConfig, TrainResult, train
+from xdrec.training import RESUME_KEYS, Examples, TrainConfig, TrainResult, cpu_copy, train
 from xdrec.validation import METRIC
 
 P = TypeVar("P")
@@ -54,8 +54,9 @@ class Plan:
     finish: Callable[[nn.Module, TrainResult], Mapping[str, Any]] | None = None
     # The examples again with each user's validation item as a label too. Given, the model is trained
     # once more on them from its initial weights, for the epochs validation chose, and that is the model
-    # saved: the item just before the test item is the most telling label there is. The weights
-    # validation chose are kept beside it for later choices made on validation (Checkpoint.for_validation).
+    # saved: it has learnt the interaction just before each test item, which training on the training
+    # split never shows it. The weights validation chose are kept beside it for the choices made later on
+    # validation (Checkpoint.for_validation).
     refit: Examples | None = None
 
 
@@ -143,7 +144,7 @@ def fit(
             f"note: starting {out_dir.name} over; its interrupted run (epoch {epoch}) is dropped"
         )
     plan = seeded(build, config.seed)
-    initial = _copy(plan.model) if plan.refit is not None else None
+    initial = cpu_copy(plan.model) if plan.refit is not None else None
     result = train_plan(
         plan,
         config,
@@ -154,7 +155,7 @@ def fit(
     finished = plan.finish(plan.model, result) if plan.finish is not None and distributed.is_main() else {}
     chosen = refitted = None
     if plan.refit is not None and initial is not None:
-        chosen = _copy(plan.model)
+        chosen = cpu_copy(plan.model)
         refitted = _refit(plan, initial, config, result, progress)
     if not distributed.is_main():  # under torchrun every rank holds the same weights; rank 0 writes them
         distributed.barrier()
@@ -181,10 +182,6 @@ def fit(
     finish_run(out_dir)
     distributed.barrier()
     return Fitted(plan.model, result, checkpoint)
-
-
-def _copy(model: nn.Module) -> dict[str, Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def _refit(

@@ -125,6 +125,11 @@ def lr_factor(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / decay)))
 
 
+def cpu_copy(model: nn.Module) -> dict[str, Tensor]:
+    """The model's weights as they are now, copied to the CPU."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
 def min_epochs(config: TrainConfig) -> int:
     """The epochs every run trains before early stopping may end it: twice its patience."""
     return min(2 * config.patience, config.epochs)
@@ -286,9 +291,11 @@ def train(
 
 
 def still_improving(state: _State, config: TrainConfig) -> bool:
-    """Whether training ran out of epochs (not patience, not --max-steps) with its last epoch the best."""
+    """Whether training ran out of epochs (not patience, not --max-steps) with its last epoch the best,
+    on a constant learning rate (a schedule ends where it is laid out to end)."""
     return (
-        state.epoch == config.epochs
+        config.schedule == "constant"
+        and state.epoch == config.epochs
         and state.best_epoch == state.epoch
         and state.best_metric is not None
         and (config.max_steps is None or state.step < config.max_steps)
@@ -437,7 +444,7 @@ class _Run:
         improved = metric is None or state.best_metric is None or metric > state.best_metric
         if improved:
             state.best_metric, state.best_epoch, state.bad_epochs = metric, epoch, 0
-            self.best = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            self.best = cpu_copy(self.model)
         else:
             state.bad_epochs += 1
             # A slow starter can sit on a plateau for its first epochs while its loss still falls
