@@ -1,8 +1,8 @@
-"""What `joint`'s refit with the validation items adds: the saved `joint` (refitted) against the weights
-validation chose before the refit (`validation.safetensors`, what `--no-joint-refit` saves), each served
-as `evaluate` serves it (blended with the domain's SASRec at the recorded weight), on the same test users:
-NDCG@10 in full ranking and with 999 sampled negatives, and the paired difference [95% CI]. The model
-before the refit is trained on the training split only, as the papers train; it is the like-for-like
+"""What the refits with the validation items add to `joint` as served: the saved `joint` blended with the
+domain's SASRec (both refitted) against both as validation chose them before their refits
+(`validation.safetensors`, what `--no-refit` saves), at the recorded blend weight, on the same test users:
+NDCG@10 in full ranking and with 999 sampled negatives, and the paired difference [95% CI]. The models
+before the refit are trained on the training split only, as the papers train; they are the like-for-like
 number beside theirs.
 
     python benchmarks/refit_gain.py --workspace ./afk        # a workspace `run` trained joint in

@@ -84,7 +84,9 @@ def run(
         config = workspace.model_dir(name) / CONFIG
         meta = read_json(config) if config.exists() else {}
         pseudo_cold = "pseudo-cold" in str(meta.get("validation", ""))
-        warm = per_user_metrics(scorer, warm_valid, n_items, ks=(10,))
+        # ranked on validation as the choices were: with the weights validation chose, before any refit
+        chosen = load_scorer(workspace, name, data, device, for_validation=True)
+        warm = per_user_metrics(chosen, warm_valid, n_items, ks=(10,))
         valid[name] = {
             **{s: float(g[METRIC].mean()) for (s,), g in warm.group_by("segment")},
             COLD_SEGMENT: meta.get("best_valid", {}).get(METRIC) if pseudo_cold else None,

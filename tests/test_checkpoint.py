@@ -78,7 +78,8 @@ def test_pretrain_writes_a_complete_checkpoint(trained) -> None:
     ws, result = trained
     assert result.name == "source-only" and result.domain == "Synthetic_Books"
     files = {p.name for p in result.model_dir.iterdir()}
-    assert files == {"model.safetensors", "config.json", "metrics.jsonl"}
+    # the refitted model, and the weights validation chose before its refit (what strategies build on)
+    assert files == {"model.safetensors", "validation.safetensors", "config.json", "metrics.jsonl"}
     # Only an interrupted run needs its resumable state (several times the model's size): it is gone.
     assert not (ws.run_dir("source-only") / "train_state").exists()
     config = json.loads((result.model_dir / "config.json").read_text())
@@ -89,6 +90,7 @@ def test_pretrain_writes_a_complete_checkpoint(trained) -> None:
     assert config["loss"] == "ce" and "auto" in config["loss_reason"] and config["epochs_run"] == 2
     assert config["best_valid"]["NDCG@10"] == result.training.best_metric > 0
     assert config["xdrec_version"]
+    assert config["refit"]["epochs"] == config["best_epoch"] == result.refit["epochs"]
     lines = [json.loads(line) for line in (result.model_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 2 and all(0 <= line["NDCG@10"] <= 1 for line in lines)
     # safetensors: an 8-byte little-endian header length, then a JSON header; no pickle anywhere

@@ -155,9 +155,10 @@ def test_pretrain_trains_the_source_by_default_with_json_summary(chain: Chain) -
     summary = chain.json("pretrain")
     assert set(summary) == {
         "model", "domain", "dataset", "path", "loss", "loss_reason", "lr", "epochs_run", "best_epoch",
-        "valid_NDCG@10", "seconds", "device", "world_size", "tuned",
+        "valid_NDCG@10", "seconds", "device", "world_size", "tuned", "refit",
     }  # fmt: skip
     assert summary["model"] == "source-only" and summary["domain"] == SOURCE
+    assert summary["refit"]["epochs"] == summary["best_epoch"]  # then trained again on the valid items too
     assert summary["dataset"] == DATASET and summary["device"] == "cpu" and summary["world_size"] == 1
     assert summary["epochs_run"] == 1 and summary["best_epoch"] == 1
     assert 0.0 <= summary["valid_NDCG@10"] <= 1.0

@@ -27,7 +27,15 @@ from xdrec.pretraining import pretrain
 from xdrec.scoring import pad_left
 from xdrec.sequence_scorer import load_backbone
 from xdrec.store import load_scorer
-from xdrec.strategies import DEFAULT, STRATEGIES, TransferConfig, defaults_for, parse_strategies, transfer
+from xdrec.strategies import (
+    DEFAULT,
+    STRATEGIES,
+    TransferConfig,
+    defaults_for,
+    parse_strategies,
+    strategy_inputs,
+    transfer,
+)
 from xdrec.strategies.base import TRAINING, ScoringInputs, Strategy, TransferContext, TransferResult
 from xdrec.strategies.fallback import BLEND_WEIGHTS, WarmBlend
 from xdrec.training import Examples, TrainConfig
@@ -54,9 +62,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
 def _plan(ws: Workspace, strategy: str, train: TrainConfig = FAST) -> Plan:
     """What `strategy` hands the trainer, built through the public interface."""
     data = Dataset.from_workspace(ws)
-    vectors = load_user_vectors(ws, data)
-    ctx = TransferContext(ws, data, load_backbone(ws, "source-only", data, "cpu"), vectors, data.target)
-    inputs = ScoringInputs(data, "cpu", vectors, load_backbone(ws, "target-only", data, "cpu"))
+    ctx, inputs = strategy_inputs(ws, data, STRATEGIES[strategy], TransferConfig(train=train))
     return STRATEGIES[strategy].build(ctx, TransferConfig(train=train), inputs)
 
 
@@ -165,6 +171,40 @@ def test_joint_is_refitted_and_validation_sees_the_weights_it_chose(trained: Wor
         plain.scores(users, history),
         load_scorer(trained, "bag", data, "cpu", for_validation=True).scores(users, history),
     )
+
+
+def test_strategies_are_built_on_the_weights_validation_chose_and_served_with_the_refitted_model(
+    trained: Workspace,
+) -> None:
+    """The SASRecs are refitted too. A strategy is built, and chosen on validation, with the weights
+    validation chose; served, its users with target history get the refitted target-only's scores, and its
+    cold users the same scores as on validation (the mapping was trained against the chosen weights)."""
+    data = Dataset.from_workspace(trained)
+    for name in ("source-only", "target-only"):
+        config = read_json(trained.model_dir(name) / "config.json")
+        assert config["refit"]["epochs"] == config["best_epoch"] >= 1
+        assert (trained.model_dir(name) / VALIDATION_WEIGHTS).exists()
+    served = load_backbone(trained, "target-only", data, "cpu")
+    chosen = load_backbone(trained, "target-only", data, "cpu", for_validation=True)
+    cases = data.eval_cases(data.target, "test")
+    users = torch.from_numpy(cases["user_id"].to_numpy().astype("int64"))
+    history = pad_left(cases["history"].to_list())
+    warm = (history != 0).any(1)
+    assert warm.any() and (~warm).any()
+    assert not torch.allclose(served.scores(users, history), chosen.scores(users, history))
+    mapping = load_scorer(trained, "mapping", data, "cpu").scores(users, history)
+    on_validation = load_scorer(trained, "mapping", data, "cpu", for_validation=True).scores(users, history)
+    torch.testing.assert_close(mapping[warm], served.scores(users, history)[warm])
+    torch.testing.assert_close(on_validation[warm], chosen.scores(users, history)[warm])
+    torch.testing.assert_close(mapping[~warm], on_validation[~warm])
+    # user vectors come from the chosen weights: what the strategies trained on them were validated with
+    source = load_backbone(trained, "source-only", data, "cpu", for_validation=True).model
+    some = data.context_sequences(data.source).head(8)
+    with torch.no_grad():
+        expected = source.user_vector(pad_left(some["items"].to_list(), source.cfg.max_len)).float()
+    vectors = load_user_vectors(trained, data).vectors
+    ids = torch.from_numpy(some["user_id"].to_numpy().astype("int64"))
+    torch.testing.assert_close(vectors[ids], expected, atol=1e-5, rtol=1e-4)
 
 
 def test_a_blend_mixes_the_two_models_scores_for_users_with_history(trained: Workspace) -> None:

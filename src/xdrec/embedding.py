@@ -66,7 +66,8 @@ def embed(
     """Every user's vector from `model` (a single-domain backbone) over their history in its domain, into
     embeddings/<model>.safetensors and its raw-user-id index. progress: a bar on stderr."""
     data = Dataset.from_workspace(workspace, dataset)
-    scorer = load_backbone(workspace, model, data, device)
+    # the weights validation chose: the strategies trained on these vectors are chosen on validation
+    scorer = load_backbone(workspace, model, data, device, for_validation=True)
     sequences = data.context_sequences(scorer.domain or data.source)
     max_len = scorer.model.cfg.max_len
     chunks = []

@@ -52,11 +52,11 @@ class Plan:
     # returns more config.json fields, e.g. a setting chosen on validation with the trained model (bag's
     # blend weight, a strategy's fallback to the target model).
     finish: Callable[[nn.Module, TrainResult], Mapping[str, Any]] | None = None
-    # The examples again with each user's validation item as a label too. Given, the model is trained
-    # once more on them from its initial weights, for the epochs validation chose, and that is the model
-    # saved: it has learnt the interaction just before each test item, which training on the training
-    # split never shows it. The weights validation chose are kept beside it for the choices made later on
-    # validation (Checkpoint.for_validation).
+    # The examples again with each user's validation item as a label too. Given (and TrainConfig.refit),
+    # the model is trained once more on them from its initial weights, for the epochs validation chose,
+    # and that is the model saved: it has learnt the interaction just before each test item, which
+    # training on the training split never shows it. The weights validation chose are kept beside it for
+    # the models built on it and the choices made later on validation (Checkpoint.for_validation).
     refit: Examples | None = None
 
 
@@ -144,7 +144,7 @@ def fit(
             f"note: starting {out_dir.name} over; its interrupted run (epoch {epoch}) is dropped"
         )
     plan = seeded(build, config.seed)
-    initial = cpu_copy(plan.model) if plan.refit is not None else None
+    initial = cpu_copy(plan.model) if plan.refit is not None and config.refit else None
     result = train_plan(
         plan,
         config,
@@ -154,7 +154,7 @@ def fit(
     )
     finished = plan.finish(plan.model, result) if plan.finish is not None and distributed.is_main() else {}
     chosen = refitted = None
-    if plan.refit is not None and initial is not None:
+    if initial is not None:
         chosen = cpu_copy(plan.model)
         refitted = _refit(plan, initial, config, result, progress)
     if not distributed.is_main():  # under torchrun every rank holds the same weights; rank 0 writes them

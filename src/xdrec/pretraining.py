@@ -1,5 +1,11 @@
 """`xdrec pretrain`: train one single-domain sequence model (SASRec) on one domain of a prepared dataset.
 
+Early stopping chooses the epochs on the validation split; then (`--refit`, the default) the model is
+trained again from its initial weights for as many epochs with each user's validation item as a label too,
+and that is the model served: the validation item is the interaction just before the test item. The
+weights validation chose stay beside it (`validation.safetensors`): what the transfer strategies are built
+on and every choice on validation reads (`Checkpoint.for_validation`).
+
 The training windows and validator are `xdrec.sequence_training`'s, loading is `xdrec.sequence_scorer`'s.
 """
 
@@ -8,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -36,6 +43,8 @@ class PretrainResult:
     training: TrainResult  # loss chosen and why, epochs, best validation NDCG@10, timings, history
     scorer: SequenceScorer  # the trained model (best weights, eval mode), ready for evaluation
     tuned: Tuned | None = None  # the stored `xdrec tune` settings it was trained with, if any
+    # its refit with the validation items as labels too (`fit.Plan.refit`): epochs, sequences, seconds
+    refit: dict[str, Any] | None = None
 
 
 def default_model_name(dataset: Dataset, domain: str) -> str:
@@ -85,7 +94,13 @@ def pretrain(
     def plan() -> Plan:
         net = build_backbone(cfg)
         check = validate or ndcg_validator(data, domain, name)
-        return Plan(net, examples, check, item_counts=data.item_counts(domain))  # type: ignore[arg-type]
+        return Plan(
+            net,  # type: ignore[arg-type]
+            examples,
+            check,
+            item_counts=data.item_counts(domain),
+            refit=training_examples(data.history_sequences(domain, "test"), cfg.max_len),
+        )
 
     record = {
         "kind": backbone_kind(cfg),
@@ -111,4 +126,5 @@ def pretrain(
         training=fitted.training,
         scorer=SequenceScorer(fitted.model, name, domain),  # type: ignore[arg-type]
         tuned=settings,
+        refit=fitted.checkpoint.config.get("refit"),
     )

@@ -50,12 +50,17 @@ class SequenceScorer:
         return self.model.item_embeddings().detach()
 
 
-def load_backbone(workspace: Workspace, name: str, dataset: Dataset, device: str = "auto") -> SequenceScorer:
-    """models/<name>/ (a single-domain sequence model) as a Scorer in eval mode.
+def load_backbone(
+    workspace: Workspace, name: str, dataset: Dataset, device: str = "auto", for_validation: bool = False
+) -> SequenceScorer:
+    """models/<name>/ (a single-domain sequence model) as a Scorer in eval mode. for_validation: with the
+    weights validation chose where the model was refitted (`Checkpoint.for_validation`), as a model built
+    on it or a choice on the validation split must see it.
 
     Refuses a checkpoint trained on another dataset, or one that is not a backbone (a strategy's).
     """
-    return backbone_from_checkpoint(read_checkpoint(workspace.model_dir(name), dataset), device)
+    checkpoint = read_checkpoint(workspace.model_dir(name), dataset)
+    return backbone_from_checkpoint(checkpoint.for_validation() if for_validation else checkpoint, device)
 
 
 def backbone_from_checkpoint(checkpoint: Checkpoint, device: str = "auto") -> SequenceScorer:

@@ -34,7 +34,7 @@ from xdrec.errors import XdrecError
 from xdrec.models import BACKBONES
 from xdrec.popularity import PopularityScorer
 from xdrec.scoring import Scorer
-from xdrec.sequence_scorer import backbone_from_checkpoint, load_backbone
+from xdrec.sequence_scorer import backbone_from_checkpoint
 from xdrec.strategies import STRATEGIES, Strategy, defaults_for
 from xdrec.strategies.base import REVERSE, ScoringInputs
 from xdrec.training import TrainConfig
@@ -301,11 +301,16 @@ def load_scorer(
     if for_validation:
         checkpoint = checkpoint.for_validation()
     with readable_config(checkpoint):
-        return _load(workspace, checkpoint, dataset, device, domain)
+        return _load(workspace, checkpoint, dataset, device, domain, for_validation)
 
 
 def _load(
-    workspace: Workspace, checkpoint: Checkpoint, dataset: Dataset, device: str, domain: str | None
+    workspace: Workspace,
+    checkpoint: Checkpoint,
+    dataset: Dataset,
+    device: str,
+    domain: str | None,
+    for_validation: bool = False,
 ) -> Scorer:
     name, config = checkpoint.path.name, checkpoint.config
     if domain is not None and domain not in record_domains(config):
@@ -318,7 +323,7 @@ def _load(
             return backbone_from_checkpoint(checkpoint, device)
         kind = checkpoint.kind
         raise XdrecError(f"model {name} has kind {kind!r}, which this xdrec version cannot load: upgrade it")
-    vectors = target_model = None
+    vectors = target_model = served_target = None
     current: dict[str, str | None] = {}
     if "source_vectors" in strategy.needs:
         vectors = load_user_vectors(workspace, dataset, config["embeddings"])
@@ -329,9 +334,15 @@ def _load(
         single = (
             f"{dataset.role(domain)}-only" if strategy.both_domains and domain else config["target_model"]
         )
-        target_model = load_backbone(workspace, single, dataset, device)
+        # built on the weights validation chose; served beside the refitted ones (ScoringInputs.partner)
+        single_checkpoint = read_checkpoint(workspace.model_dir(single), dataset)
+        built_on = single_checkpoint.for_validation()
+        target_model = backbone_from_checkpoint(built_on, device)
+        if not for_validation and built_on.weights != single_checkpoint.weights:
+            served_target = backbone_from_checkpoint(single_checkpoint, device)
         current[single] = target_model.fingerprint
     check_lineage(checkpoint, current)
-    scorer = strategy.load(checkpoint, ScoringInputs(dataset, device, vectors, target_model, domain))
+    inputs = ScoringInputs(dataset, device, vectors, target_model, domain, served_target)
+    scorer = strategy.load(checkpoint, inputs)
     scorer.name = name  # reported under its models/ name, as backbones are (<strategy>-reverse)
     return scorer

@@ -179,7 +179,8 @@ def strategy_inputs(
     target = target or data.target
     data.check_domain(target)
     device = config.train.device
-    source = load_backbone(workspace, config.source_model, data, device)
+    # Built on the weights validation chose (where a single-domain model was refitted on its answers).
+    source = load_backbone(workspace, config.source_model, data, device, for_validation=True)
     if not workspace.embeddings(config.source_model).exists():
         raise XdrecError(
             f"no user vectors of {config.source_model}: run `xdrec embed --model {config.source_model}` first"
@@ -198,7 +199,7 @@ def strategy_inputs(
                 f"{strategy.name} needs the target model {config.target_model!r}: "
                 f"run `xdrec pretrain --domain {target}` first"
             )
-        target_model = load_backbone(workspace, config.target_model, data, device)
+        target_model = load_backbone(workspace, config.target_model, data, device, for_validation=True)
     return ctx, ScoringInputs(data, device, vectors=vectors, target_model=target_model)
 
 

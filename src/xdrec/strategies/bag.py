@@ -311,18 +311,19 @@ class Bag(Strategy):
         )
 
     def load(self, checkpoint: Checkpoint, inputs: ScoringInputs) -> BagScorer:
-        assert inputs.target_model is not None
+        partner = inputs.partner  # the target model as served: bag's scores add to its log-softmax
+        assert partner is not None
         config, data = checkpoint.config, inputs.dataset
         source_domain, target = config["source_domain"], config["domain"]
         n_target = data.n_items(target)
         bag = BagOptions(**config["bag"])
         model = BagModel(data.n_items(source_domain), n_target, bag, torch.zeros(n_target + 1))
         model.load_state_dict(checkpoint.state_dict())
-        device = inputs.target_model.device
+        device = partner.device
         return BagScorer(
             model.to(device).eval(),
             source_tokens(data, source_domain),
-            inputs.target_model,
+            partner,
             config["weight"],
             config["decay"],
         )

@@ -108,9 +108,19 @@ class ScoringInputs:
     dataset: Dataset
     device: str
     vectors: UserVectors | None = None  # with "source_vectors"
-    # with "target_model": the single-domain model of the domain scored (target-only into the target)
+    # with "target_model": the single-domain model of the domain scored (target-only into the target),
+    # with the weights the strategy was built on: those validation chose, where that model was refitted
     target_model: SequenceScorer | None = None
     domain: str | None = None  # the domain to score, for a strategy that scores both (None: its own)
+    # The same model as it is served (refitted), where that differs from target_model: what users with
+    # history in the domain are blended with or fall back to. Scores mix at the score level, so a model
+    # refitted after the strategy was built still fits there.
+    served_target: SequenceScorer | None = None
+
+    @property
+    def partner(self) -> SequenceScorer | None:
+        """The single-domain model users with history are blended with or fall back to: as it is served."""
+        return self.served_target if self.served_target is not None else self.target_model
 
 
 @dataclass(frozen=True)

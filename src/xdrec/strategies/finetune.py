@@ -56,6 +56,4 @@ class Finetune(Strategy):
         )
 
     def load(self, checkpoint: Checkpoint, inputs: ScoringInputs) -> Scorer:
-        return with_fallback(
-            backbone_from_checkpoint(checkpoint, inputs.device), checkpoint, inputs.target_model
-        )
+        return with_fallback(backbone_from_checkpoint(checkpoint, inputs.device), checkpoint, inputs.partner)

@@ -114,4 +114,4 @@ class Fusion(Strategy):
         model = FusionModel(load_config(config), config["source_dim"])
         model.load_state_dict(checkpoint.state_dict())
         own = FusionScorer(model.to(resolve_device(inputs.device)).eval(), inputs.vectors)
-        return with_fallback(own, checkpoint, inputs.target_model)
+        return with_fallback(own, checkpoint, inputs.partner)

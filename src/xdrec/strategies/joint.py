@@ -21,7 +21,7 @@ joint's own scores.
 
 Training: a fixed schedule (`--joint-epochs`, a one-epoch warm-up and a cosine decay; the checkpoint is
 the epoch with the best validation NDCG@10, the mean of the domains'), then the blend weights are chosen,
-then (`--joint-refit`, the default) the model is trained again from its initial weights for that many
+then (`--refit`, the default) the model is trained again from its initial weights for that many
 epochs with each user's validation item as one more label (`fit.Plan.refit`). The validation item is the
 interaction just before the test item, and learning it is most of what the refit adds: on ABXI's data
 it moved test NDCG@10 more than any architecture change did (BENCHMARKS). The test item is never trained
@@ -80,11 +80,6 @@ class JointOptions:
         tune=Choice(low=0.01, high=5.0, log=True),
     )
     max_len: int = option(50, "joint: the most recent interactions of the merged timeline it reads.", low=1)
-    refit: bool = option(
-        True,
-        "joint: once validation has chosen its epochs and blend, train again with the validation items "
-        "as labels too (about twice the time); the model kept is that one.",
-    )
     epochs: int = option(
         30, "joint: epochs of its learning-rate schedule (a one-epoch warm-up, then a cosine decay; "
         "--epochs caps it).", low=1,
@@ -250,7 +245,7 @@ class Joint(Strategy):
             validate,
             loss_fn=two_domain_sampled_loss(cfg.n_a, cfg.n_items, options.negatives, loss_seed),
             finish=blend,
-            refit=examples(data, cfg.max_len, ("train", "valid")) if options.refit else None,
+            refit=examples(data, cfg.max_len, ("train", "valid")),
             record={"model": asdict(cfg), "domains": list(data.domains)},
         )
 
@@ -264,6 +259,6 @@ class Joint(Strategy):
         own = JointScorer(model, scoring_timelines(data, domain, model.cfg.max_len), _view(data, domain))
         fallback = 0.0 if domain in config.get("falls_back_in", []) else 1.0  # trained before blends
         weight = config.get("blend_weights", {}).get(domain, fallback)
-        if weight == 1 or inputs.target_model is None:
+        if weight == 1 or inputs.partner is None:
             return own
-        return WarmBlend(own, inputs.target_model, own.name, weight)
+        return WarmBlend(own, inputs.partner, own.name, weight)

@@ -82,13 +82,21 @@ def mse_loss(hidden: Tensor, labels: Tensor, table: Tensor) -> Tensor:
 
 
 class MappingScorer:
-    """Cold users (no target history): the mapped source vector; the others: the target model itself."""
+    """Cold users (no target history): the mapped source vector, scored against the item table of the
+    target model the mapping was trained on (`target`); the others: the target model as it is served
+    (`served`, default `target`: a refitted one has other item vectors but the same kind of scores)."""
 
     def __init__(
-        self, model: MappingModel, vectors: UserVectors, target: SequenceScorer, name: str = "mapping"
+        self,
+        model: MappingModel,
+        vectors: UserVectors,
+        target: SequenceScorer,
+        name: str = "mapping",
+        served: SequenceScorer | None = None,
     ) -> None:
         self.model, self.vectors, self.target, self.name = model, vectors, target, name
-        self.defers_to = target.name  # users with target history get its scores (the report says so)
+        self.served = served if served is not None else target
+        self.defers_to = self.served.name  # users with target history get its scores (the report says so)
 
     @torch.no_grad()
     def scores(self, user_ids: Tensor, history: Tensor) -> Tensor:
@@ -99,7 +107,7 @@ class MappingScorer:
         mapped = self.model.mlp(source) @ table.T  # (B, n + 1)
         if self.model.bias is not None:
             mapped = mapped + self.model.bias
-        own = self.target.scores(user_ids, history)  # (B, n + 1)
+        own = self.served.scores(user_ids, history).to(device)  # (B, n + 1)
         cold = (history != 0).sum(1).to(device) == 0  # (B,)
         return torch.where(cold[:, None], mapped, own)
 
@@ -182,4 +190,4 @@ class Mapping(Strategy):
         table = target.model.item_embeddings().detach()
         model = MappingModel(config["source_dim"], table, item_bias=config["mapping_loss"] == "task")
         model.load_state_dict(checkpoint.state_dict())
-        return MappingScorer(model.to(target.device).eval(), inputs.vectors, target)
+        return MappingScorer(model.to(target.device).eval(), inputs.vectors, target, served=inputs.partner)
