@@ -176,11 +176,12 @@ def test_joint_is_refitted_and_validation_sees_the_weights_it_chose(trained: Wor
 def test_strategies_are_built_on_the_weights_validation_chose_and_served_with_the_refitted_model(
     trained: Workspace,
 ) -> None:
-    """The SASRecs are refitted too. A strategy is built, and chosen on validation, with the weights
-    validation chose; served, its users with target history get the refitted target-only's scores, and its
-    cold users the same scores as on validation (the mapping was trained against the chosen weights)."""
+    """The SASRecs (and finetune and fusion, served beside them) are refitted too. A strategy is built,
+    and chosen on validation, with the weights validation chose; served, its users with target history get
+    the refitted target-only's scores, and its cold users the same scores as on validation (the mapping
+    was trained against the chosen weights)."""
     data = Dataset.from_workspace(trained)
-    for name in ("source-only", "target-only"):
+    for name in ("source-only", "target-only", "finetune", "fusion"):  # the sequence models of one domain
         config = read_json(trained.model_dir(name) / "config.json")
         assert config["refit"]["epochs"] == config["best_epoch"] >= 1
         assert (trained.model_dir(name) / VALIDATION_WEIGHTS).exists()

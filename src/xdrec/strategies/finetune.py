@@ -1,8 +1,8 @@
 """`finetune`: a target SASRec whose Transformer blocks start from the source model's weights.
 
 The item embeddings are new (the target has its own items); what carries over is how the source model
-learned to read a sequence. Training, validation and checkpoint are exactly the target-only model's, so it
-loads as a plain backbone. It needs target history: a cold-start user gets the empty-history output.
+learned to read a sequence. Training, validation, refit and checkpoint are exactly the target-only model's,
+so it loads as a plain backbone. It needs target history: a cold-start user gets the empty-history output.
 When validation does not prefer it to the target model, it serves that model's scores (see fallback.py).
 """
 
@@ -47,6 +47,8 @@ class Finetune(Strategy):
             ndcg_validator(data, target, self.name),
             item_counts=data.item_counts(target),
             finish=compare_with_target(data, target, target_model),
+            # refitted as target-only is (`--refit`): the model it is compared with when served
+            refit=training_examples(data.history_sequences(target, "test"), cfg.max_len),
             record={
                 "kind": backbone_kind(cfg),
                 "n_items": cfg.n_items,
