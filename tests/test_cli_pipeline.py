@@ -323,7 +323,9 @@ def test_transfer_trains_the_named_strategies_only(chain: Chain) -> None:
     assert chain.models_after["transfer-two"] == ["fusion", "mapping", "source-only", "target-only"]
     for r in rows:
         assert Path(r["path"]) == chain.ws.model_dir(r["strategy"]) and r["epochs_run"] == 1
-        assert r["falls_back"] is False  # neither competes with the target model on warm users
+        recorded = json.loads((Path(r["path"]) / "config.json").read_text())
+        assert r["falls_back"] is recorded.get("falls_back", False)
+    assert rows[1]["falls_back"] is False  # mapping never competes with the target model on warm users
 
 
 def test_transfer_all_trains_every_strategy_into_the_target(chain: Chain) -> None:
@@ -897,7 +899,8 @@ def test_a_retrained_source_model_reruns_embed_and_every_strategy(ran: Ran, tmp_
     # As if source-only had been retrained by hand with the same settings into other weights.
     config = ws.model_dir("source-only") / "config.json"
     config.write_text(json.dumps(json.loads(config.read_text()) | {"fingerprint": "0123456789abcdef"}))
-    retrained = [line for line in _rerun_stages(ws, ran.downloads) if "not better than" not in line]
+    notes = ("not better than", "trained again")  # a fallback, a refit: what a retraining says of itself
+    retrained = [line for line in _rerun_stages(ws, ran.downloads) if not any(n in line for n in notes)]
     assert retrained == ["embed: source-only user vectors", *(f"transfer: {s}" for s in DEFAULT)]
     assert _rerun_stages(ws, ran.downloads) == []  # and now everything is current again
 
@@ -911,9 +914,11 @@ def test_a_finetune_from_before_its_fallback_is_retrained(ran: Ran, tmp_path: Pa
     config.write_text(json.dumps(old))
     stages = _rerun_stages(ws, ran.downloads)
     falls_back = json.loads(config.read_text())["falls_back"]  # run's log says when it does
-    said = "transfer: finetune not better than the target model on validation: users with target history"
-    assert stages[0] == "transfer: finetune" and len(stages) == 1 + falls_back
-    assert all(line.startswith(said) for line in stages[1:])
+    said = "transfer: finetune not better than the target model on validation (paired 95% CI above 0)"
+    refit = "transfer: finetune: then trained again with the validation items as labels too"
+    assert stages[0] == "transfer: finetune" and len(stages) == 2 + falls_back
+    assert sum(line.startswith(said) for line in stages) == falls_back
+    assert stages[-1].startswith(refit)
 
 
 def test_re_embedding_with_the_same_source_model_retrains_no_strategy(ran: Ran, tmp_path: Path) -> None:

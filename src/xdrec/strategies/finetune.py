@@ -15,7 +15,7 @@ from xdrec.errors import XdrecError
 from xdrec.fit import Plan
 from xdrec.models import backbone_kind, build_backbone
 from xdrec.scoring import Scorer
-from xdrec.sequence_scorer import backbone_from_checkpoint
+from xdrec.sequence_scorer import SequenceScorer, backbone_from_checkpoint
 from xdrec.sequence_training import ndcg_validator, training_examples
 from xdrec.strategies.base import TRAINING, ScoringInputs, Strategy, TransferConfig, TransferContext
 from xdrec.strategies.fallback import compare_with_target, with_fallback
@@ -46,7 +46,12 @@ class Finetune(Strategy):
             training_examples(data.train_sequences(target), cfg.max_len),
             ndcg_validator(data, target, self.name),
             item_counts=data.item_counts(target),
-            finish=compare_with_target(data, target, target_model),
+            finish=compare_with_target(
+                data,
+                target,
+                target_model,
+                lambda m: SequenceScorer(m, self.name, target),  # type: ignore[arg-type]
+            ),
             # refitted as target-only is (`--refit`): the model it is compared with when served
             refit=training_examples(data.history_sequences(target, "test"), cfg.max_len),
             record={

@@ -104,7 +104,7 @@ class Fusion(Strategy):
             model,
             examples(data.train_sequences(target), vectors, model.slot, cfg.max_len),
             validate,
-            finish=compare_with_target(data, target, inputs.target_model),
+            finish=compare_with_target(data, target, inputs.target_model, lambda m: FusionScorer(m, vectors)),
             # refitted as target-only is (`--refit`): the model it is compared with when served
             refit=examples(data.history_sequences(target, "test"), vectors, model.slot, cfg.max_len),
             record={"backbone": backbone_kind(cfg), "model": asdict(cfg), "source_dim": vectors.dim},
