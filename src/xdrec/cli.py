@@ -544,7 +544,8 @@ RefitOpt = Annotated[
     typer.Option(
         "--refit/--no-refit",
         help="Once validation has chosen a model's epochs, train it again for as many with the validation "
-        "items as labels too, and keep that one (the SASRecs and joint; about twice their time).",
+        "items as labels too, and keep that one (the SASRecs, finetune, fusion and joint; about twice "
+        "their time).",
     ),
 ]
 
@@ -629,6 +630,7 @@ def pretrain(
     quiet: QuietOpt = False,
 ) -> None:
     """Train SASRec on one domain: models/source-only (default) or models/target-only."""
+    from xdrec.fit import refit_note
     from xdrec.models import default_config
     from xdrec.pretraining import pretrain as train_sasrec
 
@@ -685,10 +687,7 @@ def pretrain(
             f"({t.seconds:.0f}s on {t.device}{_tuned_note(result.tuned)}) -> {result.model_dir}"
         )
         if result.refit is not None:
-            console.print(
-                f"  then trained again with the validation items as labels too, for its "
-                f"{result.refit['epochs']} epochs ({result.refit['seconds']}s): the model kept"
-            )
+            console.print(f"  {refit_note(result.refit)}", highlight=False)
 
 
 @app.command()

@@ -184,6 +184,14 @@ def fit(
     return Fitted(plan.model, result, checkpoint)
 
 
+def refit_note(refit: Mapping[str, Any]) -> str:
+    """What `pretrain`, `transfer` and `run` say of a model's refit, from what config.json records of it."""
+    return (
+        f"then trained again with the validation items as labels too, for its {refit['epochs']} epochs "
+        f"({refit['seconds']}s): the model kept"
+    )
+
+
 def _refit(
     plan: Plan, initial: Mapping[str, Tensor], config: TrainConfig, result: TrainResult, progress: bool
 ) -> dict[str, Any]:

@@ -92,8 +92,8 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimizer steps (smoke runs, benchmarks)
     threads: int | None = None  # CPU threads; None: every core (or OMP_NUM_THREADS), restored afterwards
     # Where the plan gives its examples again with each user's validation item as a label too
-    # (`fit.Plan.refit`: the SASRecs, joint), train once more from the initial weights for the epochs
-    # validation chose, and keep that model.
+    # (`fit.Plan.refit`: the SASRecs, finetune, fusion, joint), train once more from the initial weights
+    # for the epochs validation chose, and keep that model.
     refit: bool = True
 
     def __post_init__(self) -> None:

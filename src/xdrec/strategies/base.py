@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 from xdrec.checkpoint import BUILT_FROM, Checkpoint, dataset_identity
 from xdrec.data.dataset import Dataset
 from xdrec.embedding import UserVectors
-from xdrec.fit import Plan, fit
+from xdrec.fit import Plan, fit, refit_note
 from xdrec.model_options import ModelOptions
 from xdrec.models import BackboneConfig
 from xdrec.scoring import Scorer
@@ -148,10 +148,7 @@ class TransferResult:
                 f"users with history get its scores blended with the single-domain model's, at {weights}"
             )
         if self.refit is not None:
-            lines.append(
-                f"then trained again with the validation items as labels too, for its {self.refit['epochs']} "
-                f"epochs ({self.refit['seconds']}s): the model kept"
-            )
+            lines.append(refit_note(self.refit))
         return lines
 
 

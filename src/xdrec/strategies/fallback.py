@@ -7,10 +7,10 @@ validation already knew to be worse. So after training, `compare_with_target` (a
 ranks the validation users early stopping ranked (every one has target history) with the trained model
 and the target model and records `falls_back` unless the trained model is better with a paired 95% CI
 above zero: a model validation cannot tell apart from the target model is not served in its place.
-`with_fallback`
-then gives users with target history the target model's scores; users without (cold) keep the
-strategy's own. `bag` makes the same choice through its blend weight (0 = target-only alone), and so does
-`joint` (`choose_blend`): a weight between 0 and 1 blends the two models' scores for those users.
+`with_fallback` then gives users with target history the target model's scores; users without (cold)
+keep the strategy's own. `bag` makes the same choice through its blend weight (0 = target-only alone),
+and so does `joint` (`choose_blend`): a weight between 0 and 1 blends the two models' scores for those
+users.
 """
 
 from __future__ import annotations

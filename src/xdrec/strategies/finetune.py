@@ -3,7 +3,8 @@
 The item embeddings are new (the target has its own items); what carries over is how the source model
 learned to read a sequence. Training, validation, refit and checkpoint are exactly the target-only model's,
 so it loads as a plain backbone. It needs target history: a cold-start user gets the empty-history output.
-When validation does not prefer it to the target model, it serves that model's scores (see fallback.py).
+When validation does not show it better than the target model, it serves that model's scores
+(see fallback.py).
 """
 
 from __future__ import annotations
